@@ -1,0 +1,3 @@
+from mlops_kpi_exporter.cli import main
+
+raise SystemExit(main())

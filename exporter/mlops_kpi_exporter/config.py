@@ -1,0 +1,319 @@
+"""The YAML config file: parsed and validated once, before anything starts.
+
+Every error names the file and the dotted path of the offending field. Secrets are never read from
+the file itself, only from environment variables or secret files it points to.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_PORT = 10150  # outside the community exporter port range 9100-9999
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ConfigError(Exception):
+    """A config problem, worded for the person who wrote the file."""
+
+
+def parse_duration(value: Any) -> float:
+    """'90s', '5m', '1h30m', '30d' -> seconds. Bare numbers are refused: the unit must be said."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        if isinstance(value, (int, float)):
+            raise ValueError(f"{value!r} has no unit; write e.g. '{value}s' (units: ms, s, m, h, d, w)")
+        raise ValueError(f"expected a duration such as '30s', '5m' or '1h', got {value!r}")
+    text = value.strip()
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise ValueError(f"invalid duration {value!r}; use e.g. '30s', '5m', '1h', '1h30m', '30d'")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds}s"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def redact_uri(uri: str) -> str:
+    """Drop user info and query strings from a URI before it reaches a log, a label or a page."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparseable uri>"
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = "<redacted>" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MlflowAuth(_Strict):
+    """Where credentials come from. Values themselves never sit in the config file."""
+
+    token_env: str | None = None
+    token_file: Path | None = None
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("token", "password"):
+                if key in data:
+                    raise ValueError(
+                        f"'{key}' may not be written in the config file; "
+                        f"use {key}_env (an environment variable) or {key}_file (a secret file)"
+                    )
+        return data
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> MlflowAuth:
+        if self.token_env and self.token_file:
+            raise ValueError("set token_env or token_file, not both")
+        if self.password_env and self.password_file:
+            raise ValueError("set password_env or password_file, not both")
+        if (self.password_env or self.password_file) and not self.username:
+            raise ValueError("a password needs a username")
+        return self
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str
+    poll_interval: Duration = 60.0
+    resync_interval: Duration = 3600.0
+    experiments: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    exclude_experiments: list[str] = Field(default_factory=list)
+    timeout: Duration = 30.0
+    retry_backoff: Duration = 5.0
+    watermark_overlap: Duration = 300.0
+    page_size: int = Field(1000, ge=1, le=50000)
+    auth: MlflowAuth = Field(default_factory=MlflowAuth)
+    ui_url: str | None = None
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty")
+        parts = urlsplit(value)
+        if parts.scheme in ("http", "https"):
+            if not parts.hostname:
+                raise ValueError(f"{redact_uri(value)!r} has no host")
+            if parts.username or parts.password:
+                raise ValueError("credentials may not be written in the URI; use mlflow.auth")
+        return value
+
+    @field_validator("poll_interval", "resync_interval", "timeout", "retry_backoff")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError("must be at least 1s")
+        return value
+
+    @model_validator(mode="after")
+    def _resync_after_poll(self) -> MlflowConfig:
+        if self.resync_interval < self.poll_interval:
+            raise ValueError("resync_interval must not be shorter than poll_interval")
+        return self
+
+
+class PricingConfig(_Strict):
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    default_hourly_cost: float = Field(0.0, ge=0, allow_inf_nan=False)
+    hourly_cost_tag: str = "mlops.hourly_cost"
+    instance_type_keys: list[str] = Field(default_factory=lambda: ["instance_type"])
+    instance_count_keys: list[str] = Field(default_factory=lambda: ["instance_count"])
+    instances: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=dict)
+    use_catalog: bool = True
+
+
+DEFAULT_DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 259200)
+DEFAULT_COST_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 10, 50, 100, 500, 1000)
+
+
+def _buckets(value: Any) -> Any:
+    if isinstance(value, list):
+        return [parse_duration(v) if isinstance(v, str) else v for v in value]
+    return value
+
+
+class RunsConfig(_Strict):
+    estimator_keys: list[str] = Field(default_factory=lambda: ["estimator"])
+    max_run_series: int = Field(100, ge=0, le=10000)
+    max_estimators: int = Field(20, ge=1, le=1000)
+    activity_window: Duration = 30 * 86400.0
+    timezone: str = "UTC"
+    duration_buckets: Annotated[list[float], BeforeValidator(_buckets)] = Field(
+        default_factory=lambda: [float(b) for b in DEFAULT_DURATION_BUCKETS], min_length=1, max_length=30
+    )
+    cost_buckets: list[float] = Field(
+        default_factory=lambda: [float(b) for b in DEFAULT_COST_BUCKETS], min_length=1, max_length=30
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'UTC' or 'Europe/Paris'")
+        return value
+
+    @field_validator("duration_buckets", "cost_buckets")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(not math.isfinite(v) or v <= 0 for v in value):
+            raise ValueError("bucket bounds must be positive finite numbers")
+        if any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError("bucket bounds must be strictly increasing")
+        return value
+
+    @field_validator("activity_window")
+    @classmethod
+    def _window(cls, value: float) -> float:
+        if value < 3600:
+            raise ValueError("must be at least 1h")
+        return value
+
+
+class ServerConfig(_Strict):
+    listen: str = f":{DEFAULT_PORT}"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+
+class Config(_Strict):
+    mlflow: MlflowConfig
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    runs: RunsConfig = Field(default_factory=RunsConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """'HOST:PORT', ':PORT' (all interfaces) or '[::1]:PORT' -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid listen address {value!r}; use HOST:PORT such as 127.0.0.1:{DEFAULT_PORT}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("function-before", "function-after") or "[" in str(part):
+            continue  # pydantic's validator frames, not config keys
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config file is empty (at least mlflow.tracking_uri is needed)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return config_from_dict(data, source=str(path))
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{source}: {_location(e['loc'])}: {_describe(e)}" for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
+class Credentials(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+def _read_secret(kind: str, env: str | None, file: Path | None) -> SecretStr | None:
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            raise ConfigError(f"mlflow.auth.{kind}_env: environment variable {env} is not set or empty")
+        return SecretStr(value)
+    if file:
+        try:
+            value = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"mlflow.auth.{kind}_file: cannot read {file}: {exc.strerror or exc}") from None
+        if not value:
+            raise ConfigError(f"mlflow.auth.{kind}_file: {file} is empty")
+        return SecretStr(value)
+    return None
+
+
+def resolve_credentials(auth: MlflowAuth) -> Credentials:
+    return Credentials(
+        token=_read_secret("token", auth.token_env, auth.token_file),
+        username=auth.username,
+        password=_read_secret("password", auth.password_env, auth.password_file),
+    )

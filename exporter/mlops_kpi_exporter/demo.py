@@ -1,0 +1,151 @@
+"""The embedded default: a local MLflow store with a month of realistic history, made once.
+
+Start times are relative to the moment the store is made, so a fresh demo always shows the last
+30 days; `demo --reset` makes it anew. The store is written through MLflow's own client, so what
+the exporter reads is exactly what a tracking server would hold.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from mlops_kpi_exporter.config import Config, config_from_dict
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+MARKER = ".demo-complete"  # written last: a store without it was interrupted and is made again
+
+# experiment -> (estimators, instance types, instance counts, typical run hours (low, high), runs)
+EXPERIMENTS = {
+    "churn-training": (["LogisticRegression", "RandomForestClassifier", "XGBClassifier"], ["m5.xlarge", "c5.2xlarge"], [1], (0.1, 0.8), 70),
+    "churn-tuning": (["XGBClassifier", "LGBMClassifier"], ["c5.4xlarge", "m5.4xlarge"], [1, 2, 4], (1.0, 4.0), 30),
+    "fraud-detection": (["IsolationForest", "XGBClassifier", "MLPClassifier"], ["g4dn.xlarge", "n1-standard-8"], [1], (0.3, 2.0), 45),
+    "recsys-embeddings": (["TwoTowerTransformer", "MatrixFactorization"], ["p3.2xlarge", "Standard_NC6s_v3", "onprem-a100"], [1, 2], (2.0, 8.0), 20),
+    "demand-forecast": (["Prophet", "LGBMRegressor"], ["m5.2xlarge"], [1], (0.2, 1.0), 35),
+}
+STATUSES = ["FINISHED"] * 17 + ["FAILED"] * 2 + ["KILLED"]
+
+
+def demo_config_dict(db: Path) -> dict:
+    return {
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{db.resolve()}",
+            "poll_interval": "15s",
+            "resync_interval": "10m",
+            "experiments": ["*"],
+            "exclude_experiments": ["Default"],
+        },
+        "pricing": {
+            "currency": "USD",
+            "default_hourly_cost": 0.10,
+            "instances": {"onprem-a100": 2.10},  # a machine the catalog cannot know: priced in config
+        },
+        "runs": {"estimator_keys": ["estimator"], "max_run_series": 50, "activity_window": "30d"},
+    }
+
+
+def config_yaml(data_dir: Path) -> str:
+    """The demo's settings as a config file, a starting point for `serve --config`."""
+    return yaml.safe_dump(demo_config_dict(Path(data_dir) / "mlflow.db"), sort_keys=False)
+
+
+def prepare(data_dir: Path, reset: bool = False) -> Config:
+    """The demo's config, making the store under data_dir first if it is not there yet."""
+    data_dir = Path(data_dir)
+    db = data_dir / "mlflow.db"
+    if reset or not (data_dir / MARKER).exists():
+        if data_dir.exists():
+            for item in (db, data_dir / "artifacts", data_dir / MARKER):
+                if item.is_dir():
+                    shutil.rmtree(item)
+                elif item.exists():
+                    item.unlink()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        log.info("creating demo MLflow store at %s (once; takes a few seconds)", db)
+        runs = seed(f"sqlite:///{db.resolve()}", data_dir / "artifacts", now_ms=int(time.time() * 1000))
+        (data_dir / MARKER).write_text("ok\n")
+        log.info("demo store ready: %d runs in %.1fs", runs, time.monotonic() - started)
+    return config_from_dict(demo_config_dict(db), source="<demo config>")
+
+
+def _start_ms(rng: random.Random, now_ms: int) -> int:
+    """A start within the last 30 days: mostly office hours, some nightly scheduled jobs."""
+    day = now_ms - rng.randint(1, 29) * DAY_MS
+    midnight = day - day % DAY_MS
+    hour = rng.choice([2, 3]) if rng.random() < 0.2 else rng.choice([8, 9, 9, 10, 10, 11, 13, 14, 14, 15, 16, 17, 19])
+    return midnight + hour * HOUR_MS + rng.randint(0, HOUR_MS - 1)
+
+
+def seed(tracking_uri: str, artifact_root: Path, now_ms: int, rng_seed: int = 7) -> int:
+    from mlflow.tracking import MlflowClient
+
+    rng = random.Random(rng_seed)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    artifact_root.mkdir(parents=True, exist_ok=True)
+    total = 0
+    churn_runs = []
+    for name, (estimators, machines, counts, (low, high), n_runs) in EXPERIMENTS.items():
+        exp_id = client.create_experiment(name, artifact_location=(artifact_root / name).resolve().as_uri())
+        for i in range(n_runs):
+            start = _start_ms(rng, now_ms)
+            hours = rng.uniform(low, high)
+            status = rng.choice(STATUSES)
+            if status != "FINISHED":
+                hours *= rng.uniform(0.1, 0.7)  # failures and kills end early
+            end = min(start + int(hours * HOUR_MS), now_ms - 60_000)
+            estimator = rng.choice(estimators)
+            tags = {"estimator": estimator, "instance_type": rng.choice(machines), "team": name.split("-")[0]}
+            count = rng.choice(counts)
+            if count > 1:
+                tags["instance_count"] = str(count)
+            if name == "demand-forecast" and i % 7 == 0:
+                tags["mlops.hourly_cost"] = "0.45"  # a platform that knows its own rate tags the run
+            run = client.create_run(exp_id, start_time=start, tags=tags, run_name=f"{name}-{i:03d}")
+            metrics = {"accuracy": round(rng.uniform(0.78, 0.95), 4), "training_hours": round(hours, 3)}
+            if name.startswith("churn") and status == "FINISHED":
+                metrics["customer_retention_lift"] = round(rng.uniform(0.04, 0.16), 4)
+            _log(client, run.info.run_id, metrics, {"estimator": estimator, "max_depth": str(rng.randint(3, 12))}, end)
+            client.set_terminated(run.info.run_id, status, end_time=end)
+            if name == "churn-training" and status == "FINISHED":
+                churn_runs.append((end, run.info.run_id))
+            total += 1
+    # One run still burning money: a GPU job started 40 minutes ago.
+    exp = client.get_experiment_by_name("recsys-embeddings")
+    client.create_run(
+        exp.experiment_id,
+        start_time=now_ms - 40 * 60_000,
+        tags={"estimator": "TwoTowerTransformer", "instance_type": "p3.2xlarge", "instance_count": "2"},
+        run_name="recsys-embeddings-nightly-retrain",
+    )
+    total += 1
+    _register_models(client, sorted(churn_runs)[-3:])
+    return total
+
+
+def _log(client, run_id: str, metrics: dict[str, float], params: dict[str, str], at_ms: int) -> None:
+    from mlflow.entities import Metric, Param
+
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, at_ms, 0) for k, v in metrics.items()],
+        params=[Param(k, v) for k, v in params.items()],
+    )
+
+
+def _register_models(client, churn_runs: list[tuple[int, str]]) -> None:
+    client.create_registered_model("churn-classifier", description="Demo: churn prediction model")
+    for _, run_id in churn_runs:
+        run = client.get_run(run_id)
+        client.create_model_version("churn-classifier", f"{run.info.artifact_uri}/model", run_id=run_id)
+    if churn_runs:
+        client.set_registered_model_alias("churn-classifier", "champion", str(max(1, len(churn_runs) - 1)))
+        client.set_registered_model_alias("churn-classifier", "challenger", str(len(churn_runs)))

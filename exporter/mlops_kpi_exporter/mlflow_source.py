@@ -1,0 +1,418 @@
+"""The MLflow source: polls runs and experiments into a RunLedger and renders cost and activity metrics.
+
+The first poll (and every `resync_interval`) pages through all runs of the watched experiments and
+builds a fresh ledger. In between, a poll asks only for what can have changed: runs RUNNING now,
+runs that ended or started since the last poll (minus an overlap for late clocks), the full history
+of newly watched experiments, and, one by one, the open runs we knew that have since disappeared
+from the RUNNING set. Its cost follows the number of changes, not the size of the history.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily, Metric
+
+from mlops_kpi_exporter.config import Config, Credentials, redact_uri
+from mlops_kpi_exporter.pricing import BadRunData, Pricer
+from mlops_kpi_exporter.runs import NANO, RunFacts, RunLedger, RunRules, make_facts
+from mlops_kpi_exporter.snapshot import POLLED_NOTE
+
+log = logging.getLogger(__name__)
+
+SKIP_REASONS = (
+    "missing_start_time",
+    "missing_end_time",
+    "end_before_start",
+    "start_in_future",
+    "unknown_status",
+    "invalid_hourly_cost",
+    "invalid_instance_count",
+)
+PRICE_SOURCES = ("tag", "config", "catalog", "default")
+OTHER = "other"  # the estimator label that gathers everything beyond runs.max_estimators
+EXPERIMENT_CHUNK = 100  # experiment ids per search_runs call
+
+
+class SourceError(Exception):
+    """A source could not be read; the message is safe to log and show."""
+
+
+@dataclass(frozen=True)
+class PollReport:
+    full_sync: bool
+    fetched: int
+    changed: int
+    runs: int
+    skipped: int
+    experiments: int
+
+    def summary(self) -> str:
+        kind = "full sync" if self.full_sync else "incremental"
+        return (
+            f"{kind}: {self.fetched} runs fetched, {self.changed} changed; "
+            f"{self.runs} runs ({self.skipped} skipped) in {self.experiments} experiments"
+        )
+
+
+def configure_mlflow_client(timeout: float, credentials: Credentials) -> None:
+    """MLflow's client reads its HTTP settings and credentials from the environment.
+
+    Retries are switched off: the exporter's own scheduler retries a failed poll with backoff,
+    and a poll must fail within `timeout` rather than block for minutes inside MLflow's retries.
+    """
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout)))
+    if credentials.token is not None:
+        os.environ["MLFLOW_TRACKING_TOKEN"] = credentials.token.get_secret_value()
+    if credentials.username is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = credentials.username
+    if credentials.password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = credentials.password.get_secret_value()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///") :].split("?", 1)[0])
+
+
+class MlflowSource:
+    name = "mlflow"
+
+    def __init__(self, config: Config, credentials: Credentials | None = None, clock=time.time):
+        self.cfg = config.mlflow
+        self.runs_cfg = config.runs
+        self.currency = config.pricing.currency
+        self.rules = RunRules(
+            pricer=Pricer(config.pricing),
+            estimator_keys=tuple(config.runs.estimator_keys),
+            timezone=config.runs.timezone,
+        )
+        self.interval = self.cfg.poll_interval
+        self.retry_backoff = self.cfg.retry_backoff
+        self.uri_for_humans = redact_uri(self.cfg.tracking_uri)
+        self.clock = clock
+        configure_mlflow_client(self.cfg.timeout, credentials or Credentials())
+        self._client: Any = None
+        self.ledger: RunLedger | None = None
+        self.experiments: dict[str, str] = {}  # id -> name of the watched experiments
+        self.watermark_ms: int | None = None
+        self.last_full_sync: float | None = None
+        self.last_report: PollReport | None = None
+
+    # -- MLflow access ---------------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            path = sqlite_path(self.cfg.tracking_uri)
+            if path is not None and not path.is_file():
+                # MLflow would silently create an empty store there; a typo must not look like no runs.
+                raise SourceError(f"no MLflow database at {path} (from mlflow.tracking_uri)")
+            from mlflow.tracking import MlflowClient  # imported late: mlflow is slow to import
+
+            self._client = MlflowClient(tracking_uri=self.cfg.tracking_uri)
+        return self._client
+
+    def _matching_experiments(self) -> dict[str, str]:
+        from mlflow.entities import ViewType
+
+        out: dict[str, str] = {}
+        token = None
+        while True:
+            page = self.client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+            for exp in page:
+                if self._watched(exp.name):
+                    out[exp.experiment_id] = exp.name
+            token = page.token
+            if not token:
+                return out
+
+    def _watched(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, g) for g in self.cfg.experiments) and not any(
+            fnmatch.fnmatchcase(name, g) for g in self.cfg.exclude_experiments
+        )
+
+    def _search(self, experiment_ids: Iterable[str], filter_string: str = "") -> Iterator[Any]:
+        from mlflow.entities import ViewType
+
+        ids = sorted(experiment_ids)
+        for start in range(0, len(ids), EXPERIMENT_CHUNK):
+            token = None
+            while True:
+                page = self.client.search_runs(
+                    ids[start : start + EXPERIMENT_CHUNK],
+                    filter_string,
+                    run_view_type=ViewType.ACTIVE_ONLY,
+                    max_results=self.cfg.page_size,
+                    page_token=token,
+                )
+                yield from page
+                token = page.token
+                if not token:
+                    break
+
+    def _refetch(self, run_id: str) -> Any | None:
+        """A run looked up by id; None when it is gone (deleted or purged)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        return None if run.info.lifecycle_stage == "deleted" else run
+
+    # -- polling ---------------------------------------------------------------------------------
+    def check(self) -> str:
+        """Reach MLflow once and say what would be watched."""
+        experiments = self._matching_experiments()
+        names = ", ".join(sorted(experiments.values())[:10]) + (" ..." if len(experiments) > 10 else "")
+        return f"{self.uri_for_humans}: reachable; {len(experiments)} experiments watched ({names or 'none'})"
+
+    def poll(self) -> tuple[list[Metric], str]:
+        now = self.clock()
+        now_ms = int(now * 1000)
+        experiments = self._matching_experiments()
+        due = self.last_full_sync is None or now - self.last_full_sync >= self.cfg.resync_interval
+        if self.ledger is None or self.watermark_ms is None or due:
+            report = self._full_sync(experiments, now_ms)
+            self.last_full_sync = now
+        else:
+            report = self._incremental(experiments, now_ms)
+        self.experiments = experiments
+        self.watermark_ms = now_ms
+        self.last_report = report
+        return self.families(now_ms), report.summary()
+
+    def _new_ledger(self) -> RunLedger:
+        return RunLedger(tuple(self.runs_cfg.duration_buckets), tuple(self.runs_cfg.cost_buckets))
+
+    def _full_sync(self, experiments: dict[str, str], now_ms: int) -> PollReport:
+        ledger = self._new_ledger()  # built aside and swapped in whole: a failed sync changes nothing
+        fetched = 0
+        for run in self._search(experiments):
+            fetched += 1
+            self._apply(ledger, run, now_ms)
+        self.ledger = ledger
+        return PollReport(True, fetched, fetched, len(ledger), len(ledger.skipped), len(experiments))
+
+    def _incremental(self, experiments: dict[str, str], now_ms: int) -> PollReport:
+        ledger = self.ledger
+        assert ledger is not None and self.watermark_ms is not None
+        since = self.watermark_ms - int(self.cfg.watermark_overlap * 1000)
+        known = [e for e in experiments if e in self.experiments]
+        added = [e for e in experiments if e not in self.experiments]
+        gone = [e for e in self.experiments if e not in experiments]
+        fetched: dict[str, Any] = {}
+        for filter_string in (
+            "attributes.status = 'RUNNING'",
+            f"attributes.end_time >= {since}",
+            f"attributes.start_time >= {since}",
+        ):
+            for run in self._search(known, filter_string):
+                fetched[run.info.run_id] = run
+        for run in self._search(added):
+            fetched[run.info.run_id] = run
+        vanished = []
+        for run_id in [r for r in ledger.open_runs if r not in fetched]:
+            run = self._refetch(run_id)
+            if run is None or run.info.experiment_id not in experiments:
+                vanished.append(run_id)
+            else:
+                fetched[run_id] = run
+        # Everything was read; only now is the ledger touched, so a failed poll leaves it whole.
+        changed = 0
+        for exp_id in gone:
+            ledger.remove_experiment(exp_id)
+        for run in fetched.values():
+            changed += self._apply(ledger, run, now_ms)
+        for run_id in vanished:
+            changed += ledger.remove(run_id)
+        return PollReport(False, len(fetched), changed, len(ledger), len(ledger.skipped), len(experiments))
+
+    def _apply(self, ledger: RunLedger, run: Any, now_ms: int) -> bool:
+        info = run.info
+        try:
+            facts = make_facts(
+                self.rules,
+                run_id=info.run_id,
+                experiment_id=info.experiment_id,
+                run_name=info.run_name,
+                status=info.status,
+                start_time=info.start_time,
+                end_time=info.end_time,
+                tags=run.data.tags,
+                params=run.data.params,
+                now_ms=now_ms,
+            )
+        except BadRunData as exc:
+            if ledger.skipped.get(info.run_id, (None, None))[1] != exc.reason:
+                log.info("skipping run %s of experiment %s: %s (%s)", info.run_id, info.experiment_id, exc.reason, exc)
+            return ledger.skip(info.run_id, info.experiment_id, exc.reason)
+        return ledger.upsert(facts)
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def families(self, now_ms: int) -> list[Metric]:
+        ledger = self.ledger or self._new_ledger()
+        names = self.experiments
+        cur = self.currency
+
+        def exp_name(exp_id: str) -> str:
+            return names.get(exp_id, exp_id)
+
+        cost = GaugeMetricFamily(
+            "mlops_experiment_cost",
+            f"Cumulative compute cost in {cur} of the experiment's runs by run status; running runs accrue "
+            f"up to the poll. Recomputed from MLflow, so it only falls when runs are deleted. {POLLED_NOTE}",
+            labels=["experiment", "status"],
+        )
+        seconds = GaugeMetricFamily(
+            "mlops_experiment_run_seconds",
+            f"Cumulative run time of the experiment's runs by run status. {POLLED_NOTE}",
+            labels=["experiment", "status"],
+        )
+        count = GaugeMetricFamily(
+            "mlops_runs", f"Runs of the experiment by run status. {POLLED_NOTE}", labels=["experiment", "status"]
+        )
+        for (exp_id, status), totals in sorted(ledger.status_totals(now_ms).items()):
+            labels = [exp_name(exp_id), status]
+            cost.add_metric(labels, totals.cost_nano / NANO)
+            seconds.add_metric(labels, totals.run_ms / 1000)
+            count.add_metric(labels, totals.runs)
+
+        burn = GaugeMetricFamily(
+            "mlops_running_hourly_cost",
+            f"Summed hourly rate in {cur} of the experiment's runs RUNNING now: the current burn rate. {POLLED_NOTE}",
+            labels=["experiment"],
+        )
+        hourly = ledger.running_hourly()
+        for exp_id in sorted(names):
+            burn.add_metric([names[exp_id]], hourly.get(exp_id, 0.0))
+
+        info = InfoMetricFamily(
+            "mlops_experiment", "Watched MLflow experiments, for joins and links.", labels=["experiment", "experiment_id"]
+        )
+        for exp_id in sorted(names):
+            info.add_metric([names[exp_id], exp_id], {})
+
+        families: list[Metric] = [cost, seconds, count, burn, info]
+        families += self._run_series(ledger, now_ms, exp_name)
+        families += self._activity(ledger, now_ms, exp_name)
+        families += self._distributions(ledger, exp_name)
+
+        skipped = GaugeMetricFamily(
+            "mlops_runs_skipped",
+            "Runs left out of every figure because their data cannot be costed, by reason. " + POLLED_NOTE,
+            labels=["reason"],
+        )
+        skip_counts = ledger.skip_counts()
+        for reason in sorted(set(SKIP_REASONS) | set(skip_counts)):
+            skipped.add_metric([reason], skip_counts.get(reason, 0))
+        priced = GaugeMetricFamily(
+            "mlops_runs_by_price_source",
+            "Runs by where their hourly rate came from: tag, config, catalog, or default (machine unknown).",
+            labels=["experiment", "source"],
+        )
+        for (exp_id, source), n in sorted(ledger.price_sources.items()):
+            priced.add_metric([exp_name(exp_id), source], n)
+        tracked = GaugeMetricFamily("mlops_mlflow_runs_tracked", "Runs held by the exporter's ledger.")
+        tracked.add_metric([], len(ledger))
+        families += [skipped, priced, tracked]
+        if self.last_full_sync is not None:
+            resync = GaugeMetricFamily(
+                "mlops_mlflow_last_full_sync_timestamp_seconds", "Unix time of the last full reconciliation with MLflow."
+            )
+            resync.add_metric([], self.last_full_sync)
+            families.append(resync)
+        return families
+
+    def _run_series(self, ledger: RunLedger, now_ms: int, exp_name) -> list[Metric]:
+        labels = ["experiment", "run_id", "run_name", "status"]
+        note = f"Running runs and the most recently ended ones, at most runs.max_run_series. {POLLED_NOTE}"
+        run_cost = GaugeMetricFamily("mlops_run_cost", f"Compute cost in {self.currency} of one run. {note}", labels=labels)
+        run_seconds = GaugeMetricFamily("mlops_run_seconds", f"Run time of one run. {note}", labels=labels)
+        run_rate = GaugeMetricFamily(
+            "mlops_run_hourly_cost", f"Hourly rate in {self.currency} of one run's machines. {note}", labels=labels
+        )
+        run_start = GaugeMetricFamily("mlops_run_start_timestamp_seconds", f"Start time of one run. {note}", labels=labels)
+        run_info = InfoMetricFamily(
+            "mlops_run",
+            f"Machine, estimator and price source of one run. {note}",
+            labels=[*labels, "instance_type", "estimator", "price_source"],
+        )
+        run: RunFacts
+        for run in ledger.run_series(self.runs_cfg.max_run_series):
+            values = [exp_name(run.experiment_id), run.run_id, run.run_name, run.status]
+            run_cost.add_metric(values, run.cost_nano(now_ms) / NANO)
+            run_seconds.add_metric(values, run.duration_ms(now_ms) / 1000)
+            run_rate.add_metric(values, run.hourly)
+            run_start.add_metric(values, run.start_ms / 1000)
+            run_info.add_metric(
+                [*values, run.instance_type or "", run.estimator, run.price_source], {}
+            )
+        return [run_cost, run_seconds, run_rate, run_start, run_info]
+
+    def _activity(self, ledger: RunLedger, now_ms: int, exp_name) -> list[Metric]:
+        window = int(self.runs_cfg.activity_window * 1000)
+        by_hour = GaugeMetricFamily(
+            "mlops_runs_by_start_hour",
+            f"Runs started within runs.activity_window, by hour of day (0-23, {self.runs_cfg.timezone}). {POLLED_NOTE}",
+            labels=["experiment", "hour"],
+        )
+        counts = ledger.start_hour_counts(now_ms, window)
+        for exp_id in sorted(self.experiments):
+            for hour in range(24):
+                by_hour.add_metric([exp_name(exp_id), str(hour)], counts.get((exp_id, hour), 0))
+
+        by_estimator = GaugeMetricFamily(
+            "mlops_runs_by_estimator",
+            f"Runs by estimator (the first of runs.estimator_keys found in tags, then params); "
+            f"beyond runs.max_estimators per experiment they count as '{OTHER}'. {POLLED_NOTE}",
+            labels=["experiment", "estimator"],
+        )
+        per_exp: dict[str, Counter[str]] = {}
+        for (exp_id, estimator), n in ledger.estimators.items():
+            per_exp.setdefault(exp_id, Counter())[estimator] = n
+        limit = self.runs_cfg.max_estimators
+        for exp_id in sorted(per_exp):
+            ranked = sorted(per_exp[exp_id].items(), key=lambda kv: (-kv[1], kv[0]))
+            kept, rest = ranked[:limit], ranked[limit:]
+            merged = Counter(dict(kept))
+            for _, n in rest:
+                merged[OTHER] += n
+            for estimator, n in sorted(merged.items()):
+                by_estimator.add_metric([exp_name(exp_id), estimator], n)
+        return [by_hour, by_estimator]
+
+    def _distributions(self, ledger: RunLedger, exp_name) -> list[Metric]:
+        durations = HistogramMetricFamily(
+            "mlops_completed_run_duration_seconds",
+            f"Run time of the experiment's completed runs (FINISHED, FAILED, KILLED). {POLLED_NOTE}",
+            labels=["experiment"],
+        )
+        costs = HistogramMetricFamily(
+            "mlops_completed_run_cost",
+            f"Compute cost in {self.currency} of the experiment's completed runs. {POLLED_NOTE}",
+            labels=["experiment"],
+        )
+        for exp_id in sorted(ledger.duration_hist):
+            hist = ledger.duration_hist[exp_id]
+            if hist.count:
+                durations.add_metric([exp_name(exp_id)], hist.cumulative(), hist.total / 1000)
+        for exp_id in sorted(ledger.cost_hist):
+            hist = ledger.cost_hist[exp_id]
+            if hist.count:
+                costs.add_metric([exp_name(exp_id)], hist.cumulative(), hist.total / NANO)
+        return [durations, costs]

@@ -1,0 +1,121 @@
+"""What a run's machine costs per hour: a run tag, the config's prices, the shipped catalog, a default."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+
+import yaml
+
+from mlops_kpi_exporter.config import ConfigError, PricingConfig
+
+
+class BadRunData(ValueError):
+    """A run whose data cannot be priced or timed; `reason` becomes the skip counter's label."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Catalog:
+    source: str
+    as_of: str
+    currency: str
+    prices: Mapping[str, float]  # instance type -> hourly price
+
+
+def load_catalog() -> Catalog:
+    """The catalog shipped in the package (data/pricing_catalog.yaml)."""
+    text = resources.files("mlops_kpi_exporter").joinpath("data/pricing_catalog.yaml").read_text("utf-8")
+    raw = yaml.safe_load(text)
+    prices: dict[str, float] = {}
+    for provider, machines in raw["providers"].items():
+        for name, price in machines.items():
+            if name in prices:
+                raise ValueError(f"pricing catalog: {name} is listed twice (again under {provider})")
+            prices[str(name)] = float(price)
+    return Catalog(source=raw["source"], as_of=str(raw["as_of"]), currency=raw["currency"], prices=prices)
+
+
+@dataclass(frozen=True)
+class Rate:
+    hourly: float
+    source: str  # tag | config | catalog | default: how the rate was found, for the price-source metric
+    instance_type: str | None
+
+
+def _lookup(keys: list[str], tags: Mapping[str, str], params: Mapping[str, str]) -> str | None:
+    """The first of `keys` found, tags before params (tags are where a platform records the machine)."""
+    for store in (tags, params):
+        for key in keys:
+            value = store.get(key)
+            if value is not None and str(value).strip():
+                return str(value).strip()
+    return None
+
+
+class Pricer:
+    def __init__(self, config: PricingConfig, catalog: Catalog | None = None):
+        self.config = config
+        if config.use_catalog:
+            catalog = catalog or load_catalog()
+            if catalog.currency != config.currency:
+                raise ConfigError(
+                    f"pricing.currency: the shipped catalog is priced in {catalog.currency}, not "
+                    f"{config.currency}; set pricing.use_catalog: false and list your own prices "
+                    "under pricing.instances, or use the catalog's currency"
+                )
+        self.catalog = catalog if config.use_catalog else None
+        # Exact names first; a case-insensitive match catches 'standard_nc6s_v3' style spellings.
+        self._config_prices = dict(config.instances)
+        self._config_lower = {k.lower(): v for k, v in config.instances.items()}
+        catalog_prices = dict(self.catalog.prices) if self.catalog else {}
+        self._catalog_prices = catalog_prices
+        self._catalog_lower = {k.lower(): v for k, v in catalog_prices.items()}
+
+    def price_of(self, instance_type: str) -> tuple[float, str] | None:
+        for exact, lower, source in (
+            (self._config_prices, self._config_lower, "config"),
+            (self._catalog_prices, self._catalog_lower, "catalog"),
+        ):
+            if instance_type in exact:
+                return exact[instance_type], source
+            if instance_type.lower() in lower:
+                return lower[instance_type.lower()], source
+        return None
+
+    def rate(self, tags: Mapping[str, str], params: Mapping[str, str]) -> Rate:
+        """Hourly rate of one run. Raises BadRunData for values that cannot be a price or a count."""
+        cfg = self.config
+        instance_type = _lookup(cfg.instance_type_keys, tags, params)
+        tagged = tags.get(cfg.hourly_cost_tag)
+        if tagged is not None:
+            return Rate(_non_negative(tagged, "invalid_hourly_cost"), "tag", instance_type)
+        count_text = _lookup(cfg.instance_count_keys, tags, params)
+        count = 1.0 if count_text is None else _instance_count(count_text)
+        if instance_type is not None:
+            found = self.price_of(instance_type)
+            if found is not None:
+                return Rate(found[0] * count, found[1], instance_type)
+        return Rate(cfg.default_hourly_cost * count, "default", instance_type)
+
+
+def _non_negative(text: str, reason: str) -> float:
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise BadRunData(reason, f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise BadRunData(reason, f"not a finite non-negative number: {text!r}")
+    return value
+
+
+def _instance_count(text: str) -> float:
+    value = _non_negative(text, "invalid_instance_count")
+    if value < 1 or value != int(value) or value > 100_000:
+        raise BadRunData("invalid_instance_count", f"not a whole number of machines: {text!r}")
+    return value
