@@ -1,0 +1,160 @@
+"""Shared fixtures: a real `mlflow server` on SQLite on a free loopback port, and small helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+BIN = Path(sys.executable).parent
+EXPORTER = str(BIN / "mlops-kpi-exporter")
+HOUR_MS = 3_600_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job-consumer processes: starts in seconds
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+class MlflowServer:
+    """`mlflow server` on a SQLite file; can be killed and started again on the same port and data."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.db = workdir / "mlflow.db"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MlflowServer:
+        log = open(self.workdir / "mlflow-server.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                str(BIN / "mlflow"), "server",
+                "--backend-store-uri", f"sqlite:///{self.db}",
+                "--default-artifact-root", str(self.workdir / "artifacts"),
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True,
+        )
+        wait_http(f"{self.url}/health", timeout=90, proc=self.proc)
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.url)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-shared")).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def own_mlflow_server(tmp_path):
+    """A server of the test's own, for tests that kill it."""
+    server = MlflowServer(tmp_path).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A unique experiment-name prefix, so tests sharing one server never see each other's runs."""
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+def add_run(client, exp_id: str, start_ms: int, end_ms: int | None, status: str = "FINISHED",
+            tags: dict | None = None, params: dict | None = None, name: str | None = None) -> str:
+    """A run with exactly the given times (end_ms None leaves it RUNNING)."""
+    from mlflow.entities import Param
+
+    run = client.create_run(exp_id, start_time=start_ms, tags=tags or {}, run_name=name)
+    if params:
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    if end_ms is not None:
+        client.set_terminated(run.info.run_id, status, end_time=end_ms)
+    return run.info.run_id
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Exposition text -> {(sample name, sorted labels): value}."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(parsed: dict, name: str, **labels: str) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    if key not in parsed:
+        raise KeyError(f"no sample {name}{labels}")
+    return parsed[key]
+
+
+def render(families) -> str:
+    """Families of one poll -> exposition text, as /metrics would serve them."""
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.registry import Collector, CollectorRegistry
+
+    class _Fixed(Collector):
+        def collect(self):
+            return iter(families)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed())
+    return generate_latest(registry).decode()
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool is not installed (Debian package 'prometheus'; .ci/run installs it)")
+    return path
