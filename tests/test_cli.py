@@ -1,0 +1,173 @@
+"""The command line and the HTTP server, run as a user would: real processes, real sockets."""
+
+from __future__ import annotations
+
+import gzip
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+import yaml
+
+from conftest import EXPORTER, HOUR_MS, add_run, child_env, free_port, samples, value, wait_http
+
+
+def write_config(tmp_path, url: str, prefix: str, **mlflow) -> str:
+    path = tmp_path / "config.yaml"
+    data = {"mlflow": {"tracking_uri": url, "experiments": [f"{prefix}-*"], "poll_interval": "2s",
+                       "timeout": "5s", "retry_backoff": "1s", **mlflow}}
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([EXPORTER, *args], capture_output=True, text=True, env=env or child_env(), timeout=timeout)
+
+
+class Served:
+    def __init__(self, args: list[str], port: int, env: dict | None = None):
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([EXPORTER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env or child_env())
+
+    def wait_metric(self, needle: str, timeout: float = 90) -> str:
+        wait_http(f"{self.url}/healthz", timeout=timeout, proc=self.proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = requests.get(f"{self.url}/metrics", timeout=5).text
+            if needle in text:
+                return text
+            time.sleep(0.3)
+        raise AssertionError(f"{needle!r} never appeared on /metrics")
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=30)
+        return self.proc.returncode, err
+
+
+@pytest.fixture
+def small_experiment(mlflow_server, prefix):
+    client = mlflow_server.client()
+    exp = client.create_experiment(f"{prefix}-cli")
+    now = int(time.time() * 1000)
+    add_run(client, exp, now - 3 * HOUR_MS, now - HOUR_MS, tags={"instance_type": "p3.2xlarge"})
+    return f"{prefix}-cli"
+
+
+def test_serve_metrics_health_landing_and_methods(tmp_path, mlflow_server, prefix, small_experiment, promtool, monkeypatch):
+    port = free_port()
+    secret = "tok-9f2c1e-do-not-leak"
+    env = child_env() | {"EXPORTER_TEST_TOKEN": secret}
+    config = write_config(tmp_path, mlflow_server.url, prefix, auth={"token_env": "EXPORTER_TEST_TOKEN"})
+    served = Served(["serve", "--config", config, "--listen", f"127.0.0.1:{port}"], port, env)
+    try:
+        text = served.wait_metric('mlops_experiment_cost{experiment="%s",status="FINISHED"}' % small_experiment)
+        m = samples(text)
+        assert value(m, "mlops_experiment_cost", experiment=small_experiment, status="FINISHED") == pytest.approx(6.12)
+        assert value(m, "mlops_source_up", source="mlflow") == 1
+        assert value(m, "mlops_exporter_info", version=m and next(
+            dict(k[1])["version"] for k in m if k[0] == "mlops_exporter_info"), currency="USD") == 1
+
+        check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+        zipped = requests.get(f"{served.url}/metrics", headers={"Accept-Encoding": "gzip"}, stream=True, timeout=5)
+        assert zipped.headers["Content-Encoding"] == "gzip"
+        assert b"mlops_experiment_cost" in gzip.decompress(zipped.raw.read())
+        om = requests.get(f"{served.url}/metrics", headers={"Accept": "application/openmetrics-text"}, timeout=5)
+        assert om.headers["Content-Type"].startswith("application/openmetrics-text") and om.text.endswith("# EOF\n")
+
+        assert requests.get(f"{served.url}/healthz", timeout=5).text == "ok\n"
+        landing = requests.get(f"{served.url}/", timeout=5)
+        assert landing.status_code == 200 and "/metrics" in landing.text and "mlflow" in landing.text
+        assert requests.post(f"{served.url}/metrics", timeout=5).status_code == 405
+        assert requests.get(f"{served.url}/nope", timeout=5).status_code == 404
+        pages = text + landing.text
+    finally:
+        code, err = served.stop()
+    assert code == 0, err
+    assert "poll ok source=mlflow" in err
+    assert secret not in err and secret not in pages
+
+
+def test_once_and_check_succeed(tmp_path, mlflow_server, prefix, small_experiment):
+    config = write_config(tmp_path, mlflow_server.url, prefix)
+    proc = run_cli("once", "--config", config)
+    assert proc.returncode == 0, proc.stderr
+    assert value(samples(proc.stdout), "mlops_runs", experiment=small_experiment, status="FINISHED") == 1
+    proc = run_cli("check", "--config", config)
+    assert proc.returncode == 0, proc.stdout
+    assert "source mlflow: ok" in proc.stdout and "1 experiments watched" in proc.stdout
+
+
+def test_unreachable_mlflow_fails_clearly_and_fast(tmp_path, prefix):
+    config = write_config(tmp_path, f"http://127.0.0.1:{free_port()}", prefix)
+    started = time.monotonic()
+    proc = run_cli("once", "--config", config)
+    assert proc.returncode == 1
+    assert "error: source mlflow failed:" in proc.stderr
+    assert 'mlops_source_up{source="mlflow"} 0.0' in proc.stdout
+    assert "mlops_experiment_cost{" not in proc.stdout
+    proc = run_cli("check", "--config", config)
+    assert proc.returncode == 1 and "source mlflow: FAILED" in proc.stdout
+    assert time.monotonic() - started < 60  # no minutes of hidden client retries
+
+
+def test_missing_sqlite_store_is_an_error_not_an_empty_store(tmp_path, prefix):
+    config = write_config(tmp_path, f"sqlite:///{tmp_path}/typo.db", prefix)
+    proc = run_cli("check", "--config", config)
+    assert proc.returncode == 1 and "no MLflow database at" in proc.stdout
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_listen_address_in_use(tmp_path, mlflow_server, prefix):
+    config = write_config(tmp_path, mlflow_server.url, prefix)
+    port = mlflow_server.port  # already taken
+    proc = run_cli("serve", "--config", config, "--listen", f"127.0.0.1:{port}")
+    assert proc.returncode == 3 and "cannot listen" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("demo")
+    from mlops_kpi_exporter import demo
+
+    demo.prepare(path)
+    return path
+
+
+def test_demo_serves_embedded_data_without_a_server(demo_dir):
+    port = free_port()
+    served = Served(["demo", "--listen", f"127.0.0.1:{port}", "--data-dir", str(demo_dir)], port)
+    try:
+        m = samples(served.wait_metric("mlops_running_hourly_cost"))
+    finally:
+        code, err = served.stop()
+    assert code == 0, err
+    assert value(m, "mlops_running_hourly_cost", experiment="recsys-embeddings") == pytest.approx(2 * 3.06)
+    assert value(m, "mlops_runs", experiment="recsys-embeddings", status="RUNNING") == 1
+    experiments = {dict(k[1])["experiment"] for k in m if k[0] == "mlops_runs"}
+    assert len(experiments) == 5 and "Default" not in experiments
+    statuses = {dict(k[1])["status"] for k in m if k[0] == "mlops_runs"}
+    assert {"FINISHED", "FAILED", "KILLED", "RUNNING"} <= statuses
+    estimators = {dict(k[1])["estimator"] for k in m if k[0] == "mlops_runs_by_estimator"}
+    assert len(estimators) >= 8
+    sources = {dict(k[1])["source"] for k in m if k[0] == "mlops_runs_by_price_source"}
+    assert sources == {"catalog", "config", "tag"}
+    busy_hours = [k for k, v in m.items() if k[0] == "mlops_runs_by_start_hour" and v > 0]
+    assert len({dict(k[1])["hour"] for k in busy_hours}) >= 8  # a month of start times
+
+
+def test_local_sqlite_store_read_with_once(demo_dir):
+    config = demo_dir / "config.yaml"
+    proc = run_cli("demo", "--data-dir", str(demo_dir), "--print-config")
+    config.write_text(proc.stdout)
+    proc = run_cli("once", "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    m = samples(proc.stdout)
+    total_runs = sum(v for k, v in m.items() if k[0] == "mlops_runs")
+    assert total_runs == 201
+    assert value(m, "mlops_runs_skipped", reason="end_before_start") == 0

@@ -1,0 +1,142 @@
+"""The run ledger: exact sums whatever the order runs arrive in, bounded series, skip reasons."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlops_kpi_exporter.config import PricingConfig
+from mlops_kpi_exporter.pricing import BadRunData, Pricer
+from mlops_kpi_exporter.runs import MS_PER_HOUR, NANO, RunLedger, RunRules, make_facts
+
+NOW = 1_800_000_000_000  # a fixed "now" in ms
+RULES = RunRules(Pricer(PricingConfig(default_hourly_cost=1.0)), ("estimator",), "UTC")
+
+
+def facts(run_id="r", exp="1", status="FINISHED", start=NOW - 2 * MS_PER_HOUR, end=NOW - MS_PER_HOUR, tags=None):
+    return make_facts(RULES, run_id=run_id, experiment_id=exp, run_name=None, status=status, start_time=start,
+                      end_time=end, tags=tags or {}, params={}, now_ms=NOW)
+
+
+def ledger() -> RunLedger:
+    return RunLedger((60.0, 3600.0), (0.5, 1.0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason",
+    [
+        ({"start": None}, "missing_start_time"),
+        ({"start": 0}, "missing_start_time"),
+        ({"start": "yesterday"}, "missing_start_time"),
+        ({"start": float("nan")}, "missing_start_time"),
+        ({"end": None}, "missing_end_time"),
+        ({"end": NOW - 3 * MS_PER_HOUR}, "end_before_start"),
+        ({"start": NOW + MS_PER_HOUR, "end": NOW + 2 * MS_PER_HOUR}, "start_in_future"),
+        ({"status": "EXPLODED"}, "unknown_status"),
+        ({"tags": {"mlops.hourly_cost": "1e999"}}, "invalid_hourly_cost"),
+    ],
+)
+def test_impossible_runs_have_a_reason(kwargs, reason):
+    with pytest.raises(BadRunData) as exc:
+        facts(**kwargs)
+    assert exc.value.reason == reason
+
+
+def test_running_run_accrues_and_ignores_end_time():
+    run = facts(status="RUNNING", end=None, start=NOW - MS_PER_HOUR)
+    assert run.cost_nano(NOW) == NANO  # 1/h for one hour
+    assert run.cost_nano(NOW + MS_PER_HOUR) == 2 * NANO
+    scheduled = facts(status="SCHEDULED", end=None)
+    assert scheduled.cost_nano(NOW) == 0
+
+
+def test_upsert_replace_remove_keep_totals_exact():
+    book = ledger()
+    book.upsert(facts("a"))
+    book.upsert(facts("b", tags={"estimator": "xgb"}))
+    assert book.status_totals(NOW)[("1", "FINISHED")].cost_nano == 2 * NANO
+    assert not book.upsert(facts("a"))  # same facts again: no change
+    book.upsert(facts("a", status="FAILED"))  # late edit: moved between statuses
+    totals = book.status_totals(NOW)
+    assert totals[("1", "FINISHED")].runs == 1 and totals[("1", "FAILED")].runs == 1
+    book.remove("a")
+    book.remove("b")
+    assert book.status_totals(NOW) == {}
+    assert not book.estimators and not book.start_hours and not book.recent_closed
+    assert book.duration_hist["1"].count == 0 and book.duration_hist["1"].total == 0
+
+
+def test_skip_replaces_a_counted_run_and_back():
+    book = ledger()
+    book.upsert(facts("a"))
+    book.skip("a", "1", "end_before_start")
+    assert len(book) == 0 and book.skip_counts() == {"end_before_start": 1}
+    book.upsert(facts("a"))
+    assert len(book) == 1 and not book.skip_counts()
+
+
+def test_start_hours_leave_the_window():
+    book = ledger()
+    book.upsert(facts("old", start=NOW - 40 * 24 * MS_PER_HOUR, end=NOW - 40 * 24 * MS_PER_HOUR + 1000))
+    book.upsert(facts("new"))
+    counts = book.start_hour_counts(NOW, 30 * 24 * MS_PER_HOUR)
+    assert sum(counts.values()) == 1
+    assert len(book.start_hours) == 1  # the stale hour was pruned
+    book.remove("old")  # removing a run whose hour was pruned is harmless
+    assert sum(book.start_hour_counts(NOW, 30 * 24 * MS_PER_HOUR).values()) == 1
+
+
+def test_run_series_prefers_running_then_latest_ended():
+    book = ledger()
+    for i in range(5):
+        book.upsert(facts(f"done{i}", start=NOW - 10 * MS_PER_HOUR, end=NOW - (5 - i) * MS_PER_HOUR))
+    book.upsert(facts("live", status="RUNNING", end=None))
+    assert [r.run_id for r in book.run_series(3)] == ["live", "done4", "done3"]
+    assert book.run_series(0) == []
+    assert len(book.run_series(100)) == 6
+
+
+run_strategy = st.builds(
+    dict,
+    status=st.sampled_from(["FINISHED", "FAILED", "KILLED", "RUNNING"]),
+    start=st.integers(NOW - 60 * 24 * MS_PER_HOUR, NOW),
+    length=st.integers(0, 48 * MS_PER_HOUR),
+    rate=st.floats(0, 100, allow_nan=False),
+    exp=st.sampled_from(["1", "2", "3"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(run_strategy, min_size=1, max_size=40), st.randoms())
+def test_totals_do_not_depend_on_arrival_order(runs, rnd):
+    all_facts = []
+    for i, r in enumerate(runs):
+        end = None if r["status"] == "RUNNING" else r["start"] + r["length"]
+        all_facts.append(facts(f"r{i}", r["exp"], r["status"], r["start"], end, {"mlops.hourly_cost": repr(r["rate"])}))
+    one, two = ledger(), ledger()
+    for f in all_facts:
+        one.upsert(f)
+    shuffled = list(all_facts)
+    rnd.shuffle(shuffled)
+    for f in shuffled:
+        two.upsert(facts(f.run_id, "9", "KILLED"))  # a wrong early version, later corrected
+        two.upsert(f)
+    assert one.status_totals(NOW) == two.status_totals(NOW)
+    assert one.estimators == two.estimators and one.start_hours == two.start_hours
+    assert {e: h.counts for e, h in one.cost_hist.items() if h.count} == {e: h.counts for e, h in two.cost_hist.items() if h.count}
+    expected = sum(f.cost_nano(NOW) for f in all_facts)
+    assert sum(t.cost_nano for t in one.status_totals(NOW).values()) == expected
+
+
+def test_large_ledger_snapshot_does_not_scan_history():
+    """Reading totals touches experiments and open runs only (the benchmark measures the time)."""
+    book = ledger()
+    rng = random.Random(1)
+    for i in range(5000):
+        start = NOW - rng.randint(1, 1000) * MS_PER_HOUR
+        book.upsert(facts(f"r{i}", str(i % 4), "FINISHED", start, start + 1000))
+    assert len(book.status_totals(NOW)) == 4
+    assert len(book.run_series(10)) == 10
