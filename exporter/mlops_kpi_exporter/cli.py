@@ -16,7 +16,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from mlops_kpi_exporter import __version__
-from mlops_kpi_exporter.config import Config, ConfigError, load_config, parse_listen, resolve_credentials
+from mlops_kpi_exporter.config import DEFAULT_PORT, Config, ConfigError, load_config, parse_listen, redact_uri, resolve_credentials
 from mlops_kpi_exporter.poller import Poller, Source, describe_error
 from mlops_kpi_exporter.server import ExporterApp, start_http_server
 from mlops_kpi_exporter.snapshot import ExporterCollector, SnapshotStore
@@ -50,7 +50,9 @@ def serve(config: Config, listen: tuple[str, int] | None, title: str = "mlops-kp
     store = SnapshotStore()
     poller = Poller(sources, store)
     host, port = listen or parse_listen(config.server.listen)
-    links = {"MLflow": sources[0].uri_for_humans} if hasattr(sources[0], "uri_for_humans") else {}  # type: ignore[attr-defined]
+    links = {"MLflow tracking URI": redact_uri(config.mlflow.tracking_uri)}
+    if config.mlflow.ui_url:
+        links["MLflow UI"] = redact_uri(config.mlflow.ui_url)
     app = ExporterApp(build_registry(store, config), store, title, links)
     try:
         server, _ = start_http_server(app, host, port)
@@ -103,19 +105,26 @@ def check(config: Config, path: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mlops-kpi-exporter", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="mlops-kpi-exporter",
+        description="Prometheus exporter: MLflow runs as cost, activity and health metrics.",
+        epilog="Exit codes: 0 ok, 1 a source could not be read, 2 bad config or usage, 3 cannot listen.",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    s = sub.add_parser("serve", help="poll on schedule and serve /metrics")
+    s = sub.add_parser("serve", parents=[common], help="poll on schedule and serve /metrics")
     s.add_argument("--config", required=True, metavar="FILE")
     s.add_argument("--listen", type=_listen_address, metavar="HOST:PORT", help="overrides server.listen")
-    o = sub.add_parser("once", help="poll every source once and print the metrics")
+    o = sub.add_parser("once", parents=[common], help="poll every source once and print the metrics")
     o.add_argument("--config", required=True, metavar="FILE")
-    c = sub.add_parser("check", help="validate the config and reach every source")
+    c = sub.add_parser("check", parents=[common], help="validate the config and reach every source")
     c.add_argument("--config", required=True, metavar="FILE")
-    d = sub.add_parser("demo", help="serve built-in demo data from a local MLflow store (no server, no config)")
-    d.add_argument("--listen", type=_listen_address, default=("127.0.0.1", 10150), metavar="HOST:PORT")
+    d = sub.add_parser(
+        "demo", parents=[common], help="serve built-in demo data from a local MLflow store (no server, no config)"
+    )
+    d.add_argument("--listen", type=_listen_address, default=("127.0.0.1", DEFAULT_PORT), metavar="HOST:PORT")
     d.add_argument("--data-dir", type=Path, default=Path("demo-data"), metavar="DIR")
     d.add_argument("--reset", action="store_true", help="recreate the demo store (start times relative to now)")
     d.add_argument("--print-config", action="store_true", help="print the demo's config file and exit")

@@ -71,6 +71,8 @@ def redact_uri(uri: str) -> str:
         parts = urlsplit(uri)
     except ValueError:
         return "<unparseable uri>"
+    if "@" not in parts.netloc and not parts.query:
+        return uri  # nothing secret in it; also keeps 'sqlite:////abs/path' intact
     netloc = parts.netloc.rsplit("@", 1)[-1]
     query = "<redacted>" if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))

@@ -1,0 +1,34 @@
+# Two entry points for people (see README): `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager
+
+.PHONY: demo test install system-deps bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/mlops-kpi-exporter demo
+
+# The tests run real promtool/Prometheus/Alertmanager binaries from Debian; as root they are installed here.
+system-deps:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
+	  else echo "Install the Debian packages first: sudo apt-get install -y $(DEBIAN_PACKAGES)"; exit 1; fi; }
+
+test: install system-deps
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python bench/bench_poll.py
+
+clean:
+	rm -rf $(VENV) demo-data bench/.work .pytest_cache
