@@ -73,6 +73,7 @@ class Poller:
         return True
 
     def start(self) -> None:
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # per-job chatter; we log each poll
         scheduler = BackgroundScheduler(
             timezone=timezone.utc,
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
@@ -82,7 +83,6 @@ class Poller:
             scheduler.add_job(
                 self._job, "interval", seconds=source.interval, args=[source], id=source.name, next_run_time=now
             )
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # "job skipped" noise; we log each poll
         scheduler.start()
         self._scheduler = scheduler
 
