@@ -11,11 +11,12 @@ import os
 import re
 import zoneinfo
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -163,6 +164,7 @@ class PricingConfig(_Strict):
     instance_count_keys: list[str] = Field(default_factory=lambda: ["instance_count"])
     instances: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=dict)
     use_catalog: bool = True
+    storage_gb_month: float = Field(0.023, ge=0, allow_inf_nan=False)  # S3 Standard list price, per GB-month
 
 
 DEFAULT_DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 259200)
@@ -224,11 +226,90 @@ class ServerConfig(_Strict):
         return value
 
 
+LABEL_SAFE = r"^[A-Za-z0-9_.:-]{1,80}$"  # names that become label values people type in PromQL
+
+
+class KpiConfig(_Strict):
+    name: str = Field(pattern=LABEL_SAFE)
+    metric: str = Field(min_length=1)
+    source: Literal["latest_finished_run", "best_run", "model_alias"] = "latest_finished_run"
+    experiment: str | None = None
+    model: str | None = None
+    alias: str | None = None
+    target: float | None = Field(None, allow_inf_nan=False)
+    direction: Literal["higher_is_better", "lower_is_better"] = "higher_is_better"
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> KpiConfig:
+        if self.source == "model_alias":
+            if not self.model or not self.alias:
+                raise ValueError("source model_alias needs model and alias")
+        elif not self.experiment:
+            raise ValueError(f"source {self.source} needs experiment")
+        return self
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.direction == "higher_is_better"
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class BudgetConfig(_Strict):
+    name: str = Field(pattern=LABEL_SAFE)
+    experiments: Annotated[list[str], BeforeValidator(_one_or_many)] = Field(min_length=1)
+    monthly: float = Field(gt=0, allow_inf_nan=False)
+
+
+class FixedCostConfig(_Strict):
+    """A monthly cost that no run shows: the chapter's data, personnel, software, operational overhead."""
+
+    category: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")
+    monthly: float = Field(ge=0, allow_inf_nan=False)
+    project: str = Field("shared", pattern=LABEL_SAFE)
+    description: str = ""
+
+
+class AllocationConfig(_Strict):
+    tags: list[str] = Field(default_factory=list, max_length=10)
+    max_values: int = Field(20, ge=1, le=500)
+
+
+class ArtifactsConfig(_Strict):
+    enabled: bool = False  # listing artifacts costs one call per run: off by default for huge stores
+    concurrency: int = Field(4, ge=1, le=32)
+    max_runs_per_poll: int = Field(500, ge=1, le=100_000)
+
+
+class RegistryConfig(_Strict):
+    enabled: bool = True
+    models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    deploy_alias: str = "champion"
+
+
+def _unique_names(items: list[Any]) -> list[Any]:
+    seen: set[str] = set()
+    for item in items:
+        if item.name in seen:
+            raise ValueError(f"the name {item.name!r} is used twice")
+        seen.add(item.name)
+    return items
+
+
 class Config(_Strict):
     mlflow: MlflowConfig
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     runs: RunsConfig = Field(default_factory=RunsConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    kpis: Annotated[list[KpiConfig], AfterValidator(_unique_names)] = Field(default_factory=list)
+    budgets: Annotated[list[BudgetConfig], AfterValidator(_unique_names)] = Field(default_factory=list)
+    fixed_costs: list[FixedCostConfig] = Field(default_factory=list)
+    allocation: AllocationConfig = Field(default_factory=AllocationConfig)
+    artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily, Metric
 
 from mlops_kpi_exporter.config import Config, Credentials, redact_uri
 from mlops_kpi_exporter.pricing import BadRunData, Pricer
@@ -41,6 +41,8 @@ SKIP_REASONS = (
 PRICE_SOURCES = ("tag", "config", "catalog", "default")
 OTHER = "other"  # the estimator label that gathers everything beyond runs.max_estimators
 EXPERIMENT_CHUNK = 100  # experiment ids per search_runs call
+MAX_ARTIFACT_ENTRIES = 10_000  # per run: a run with more files is counted up to here
+GB = 2**30  # cloud storage bills count a GB as 2^30 bytes
 
 
 class SourceError(Exception):
@@ -98,7 +100,17 @@ class MlflowSource:
             pricer=Pricer(config.pricing),
             estimator_keys=tuple(config.runs.estimator_keys),
             timezone=config.runs.timezone,
+            allocation_tags=tuple(config.allocation.tags),
         )
+        self.budgets = config.budgets
+        self.allocation = config.allocation
+        self.artifacts = config.artifacts
+        self.storage_gb_month = config.pricing.storage_gb_month
+        # Artifact sizes survive resyncs: a finished run's artifacts are listed once, then cached.
+        self.artifact_bytes: dict[str, tuple[str, int]] = {}  # run_id -> (experiment_id, bytes)
+        self.artifact_totals: Counter[str] = Counter()  # experiment_id -> bytes, kept in step
+        self.artifact_pending: set[str] = set()
+        self.artifact_errors = 0
         self.interval = self.cfg.poll_interval
         self.retry_backoff = self.cfg.retry_backoff
         self.uri_for_humans = redact_uri(self.cfg.tracking_uri)
@@ -194,7 +206,10 @@ class MlflowSource:
         self.experiments = experiments
         self.watermark_ms = now_ms
         self.last_report = report
-        return self.families(now_ms), report.summary()
+        summary = report.summary()
+        if self.artifacts.enabled:
+            summary += "; " + self._measure_artifacts()
+        return self.families(now_ms), summary
 
     def _new_ledger(self) -> RunLedger:
         return RunLedger(tuple(self.runs_cfg.duration_buckets), tuple(self.runs_cfg.cost_buckets))
@@ -206,6 +221,8 @@ class MlflowSource:
             fetched += 1
             self._apply(ledger, run, now_ms)
         self.ledger = ledger
+        for run_id in [r for r in self.artifact_bytes if r not in ledger.runs]:
+            self._forget_artifacts(run_id)
         return PollReport(True, fetched, fetched, len(ledger), len(ledger.skipped), len(experiments))
 
     def _incremental(self, experiments: dict[str, str], now_ms: int) -> PollReport:
@@ -236,6 +253,8 @@ class MlflowSource:
         changed = 0
         for exp_id in gone:
             ledger.remove_experiment(exp_id)
+            for run_id in [r for r, (e, _) in self.artifact_bytes.items() if e == exp_id]:
+                self._forget_artifacts(run_id)
         for run in fetched.values():
             changed += self._apply(ledger, run, now_ms)
         for run_id in vanished:
@@ -261,7 +280,54 @@ class MlflowSource:
             if ledger.skipped.get(info.run_id, (None, None))[1] != exc.reason:
                 log.info("skipping run %s of experiment %s: %s (%s)", info.run_id, info.experiment_id, exc.reason, exc)
             return ledger.skip(info.run_id, info.experiment_id, exc.reason)
+        if self.artifacts.enabled and not facts.open and facts.run_id not in self.artifact_bytes:
+            self.artifact_pending.add(facts.run_id)
         return ledger.upsert(facts)
+
+    # -- artifact storage ------------------------------------------------------------------------
+    def _measure_artifacts(self) -> str:
+        """List the artifacts of up to max_runs_per_poll newly completed runs, a few at a time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        ledger = self.ledger
+        assert ledger is not None
+        batch = []
+        while self.artifact_pending and len(batch) < self.artifacts.max_runs_per_poll:
+            run_id = self.artifact_pending.pop()
+            run = ledger.runs.get(run_id)
+            if run is not None and not run.open and run_id not in self.artifact_bytes:
+                batch.append(run)
+        errors = 0
+        with ThreadPoolExecutor(max_workers=self.artifacts.concurrency) as pool:
+            for run, size in zip(batch, pool.map(self._artifact_size, [r.run_id for r in batch])):
+                if size is None:
+                    errors += 1
+                    self.artifact_pending.add(run.run_id)  # tried again next poll
+                else:
+                    self.artifact_bytes[run.run_id] = (run.experiment_id, size)
+                    self.artifact_totals[run.experiment_id] += size
+        self.artifact_errors += errors
+        return f"artifacts of {len(batch)} runs listed ({errors} failed, {len(self.artifact_pending)} pending)"
+
+    def _forget_artifacts(self, run_id: str) -> None:
+        exp_id, size = self.artifact_bytes.pop(run_id)
+        self.artifact_totals[exp_id] -= size
+
+    def _artifact_size(self, run_id: str) -> int | None:
+        """Total bytes under a run's artifact root; None when it cannot be listed (counted)."""
+        total, folders, seen = 0, [None], 0
+        try:
+            while folders and seen < MAX_ARTIFACT_ENTRIES:
+                for item in self.client.list_artifacts(run_id, folders.pop()):
+                    seen += 1
+                    if item.is_dir:
+                        folders.append(item.path)
+                    else:
+                        total += max(0, int(item.file_size or 0))
+        except Exception as exc:  # noqa: BLE001 - one run's store failing must not fail the poll
+            log.info("cannot list artifacts of run %s: %s", run_id, exc)
+            return None
+        return total
 
     # -- metrics ---------------------------------------------------------------------------------
     def families(self, now_ms: int) -> list[Metric]:
@@ -330,6 +396,10 @@ class MlflowSource:
         tracked = GaugeMetricFamily("mlops_mlflow_runs_tracked", "Runs held by the exporter's ledger.")
         tracked.add_metric([], len(ledger))
         families += [skipped, priced, tracked]
+        families += self._months(ledger, now_ms, exp_name)
+        families += self._allocation(ledger, now_ms)
+        if self.artifacts.enabled:
+            families += self._storage(exp_name)
         if self.last_full_sync is not None:
             resync = GaugeMetricFamily(
                 "mlops_mlflow_last_full_sync_timestamp_seconds", "Unix time of the last full reconciliation with MLflow."
@@ -395,6 +465,94 @@ class MlflowSource:
             for estimator, n in sorted(merged.items()):
                 by_estimator.add_metric([exp_name(exp_id), estimator], n)
         return [by_hour, by_estimator]
+
+    def _months(self, ledger: RunLedger, now_ms: int, exp_name) -> list[Metric]:
+        cur = self.currency
+        mtd, first_ms, length_ms = ledger.month_to_date(now_ms, self.rules)
+        elapsed = max(1, now_ms - first_ms)
+        scale = length_ms / elapsed  # straight line: the month so far, stretched to the whole month
+        month_note = f"calendar month in {self.runs_cfg.timezone}"
+        to_date = GaugeMetricFamily(
+            "mlops_experiment_cost_month_to_date",
+            f"Compute cost in {cur} of the experiment's runs within the current {month_note}; runs spanning "
+            f"the month start count only their hours in it; running runs up to the poll. {POLLED_NOTE}",
+            labels=["experiment"],
+        )
+        forecast = GaugeMetricFamily(
+            "mlops_experiment_cost_forecast_month",
+            f"Straight-line forecast in {cur} of the experiment's compute cost for the whole current "
+            f"{month_note}: month-to-date x month length / time elapsed. {POLLED_NOTE}",
+            labels=["experiment"],
+        )
+        for exp_id in sorted(self.experiments):
+            spent = mtd.get(exp_id, 0) / NANO
+            to_date.add_metric([exp_name(exp_id)], spent)
+            forecast.add_metric([exp_name(exp_id)], spent * scale)
+        families: list[Metric] = [to_date, forecast]
+        if self.budgets:
+            monthly = GaugeMetricFamily("mlops_budget_monthly", f"Monthly budget in {cur}.", labels=["budget"])
+            used = GaugeMetricFamily(
+                "mlops_budget_cost_month_to_date",
+                f"Month-to-date compute cost in {cur} of the experiments the budget covers. {POLLED_NOTE}",
+                labels=["budget"],
+            )
+            projected = GaugeMetricFamily(
+                "mlops_budget_cost_forecast_month",
+                f"Straight-line month-end forecast in {cur} of the experiments the budget covers. {POLLED_NOTE}",
+                labels=["budget"],
+            )
+            info = InfoMetricFamily("mlops_budget", "Experiment globs each budget covers.", labels=["budget", "experiments"])
+            for budget in self.budgets:
+                covered = [e for e, name in self.experiments.items() if any(fnmatch.fnmatchcase(name, g) for g in budget.experiments)]
+                spent = sum(mtd.get(e, 0) for e in covered) / NANO
+                monthly.add_metric([budget.name], budget.monthly)
+                used.add_metric([budget.name], spent)
+                projected.add_metric([budget.name], spent * scale)
+                info.add_metric([budget.name, ",".join(budget.experiments)], {})
+            families += [monthly, used, projected, info]
+        return families
+
+    def _allocation(self, ledger: RunLedger, now_ms: int) -> list[Metric]:
+        if not self.allocation.tags:
+            return []
+        by_tag = GaugeMetricFamily(
+            "mlops_cost_by_tag",
+            f"Cumulative compute cost in {self.currency} of all watched runs by the value of each allocation "
+            f"tag; runs without the tag count as 'untagged', the values beyond allocation.max_values as "
+            f"'{OTHER}', so each tag's values add up to the total. {POLLED_NOTE}",
+            labels=["tag", "value"],
+        )
+        costs = ledger.cost_by_tag(now_ms)
+        for index, tag in enumerate(self.allocation.tags):
+            values = sorted(((v, n) for (i, v), n in costs.items() if i == index), key=lambda vn: (-vn[1], vn[0]))
+            kept = Counter(dict(values[: self.allocation.max_values]))
+            for _, n in values[self.allocation.max_values :]:
+                kept[OTHER] += n
+            for tag_value, nano in sorted(kept.items()):
+                by_tag.add_metric([tag, tag_value], nano / NANO)
+        return [by_tag]
+
+    def _storage(self, exp_name) -> list[Metric]:
+        per_exp = self.artifact_totals
+        size = GaugeMetricFamily(
+            "mlops_experiment_artifact_bytes",
+            f"Bytes of artifacts logged by the experiment's completed runs (each run listed once). {POLLED_NOTE}",
+            labels=["experiment"],
+        )
+        cost = GaugeMetricFamily(
+            "mlops_experiment_storage_monthly_cost",
+            f"Monthly cost in {self.currency} of storing those artifacts at pricing.storage_gb_month "
+            "(GB = 2^30 bytes).",
+            labels=["experiment"],
+        )
+        for exp_id in sorted(self.experiments):
+            size.add_metric([exp_name(exp_id)], per_exp.get(exp_id, 0))
+            cost.add_metric([exp_name(exp_id)], per_exp.get(exp_id, 0) / GB * self.storage_gb_month)
+        pending = GaugeMetricFamily("mlops_artifact_runs_pending", "Completed runs whose artifacts are not listed yet.")
+        pending.add_metric([], len(self.artifact_pending))
+        errors = CounterMetricFamily("mlops_artifact_listing_errors", "Runs whose artifacts could not be listed.")
+        errors.add_metric([], self.artifact_errors)
+        return [size, cost, pending, errors]
 
     def _distributions(self, ledger: RunLedger, exp_name) -> list[Metric]:
         durations = HistogramMetricFamily(

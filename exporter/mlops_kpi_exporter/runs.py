@@ -26,6 +26,7 @@ NANO = 1_000_000_000
 MS_PER_HOUR = 3_600_000
 CLOCK_SKEW_MS = 5 * 60 * 1000  # start times this far ahead of our clock are still believed
 UNKNOWN_ESTIMATOR = "unknown"
+UNTAGGED = "untagged"
 
 
 def cost_nano(hourly: float, duration_ms: int) -> int:
@@ -46,6 +47,8 @@ class RunFacts:
     instance_type: str | None
     estimator: str
     start_local_hour: int  # hour of day of the start, in the configured time zone
+    allocation: tuple[str, ...] = ()  # values of the allocation tags, in config order
+    month_costs: tuple[tuple[str, int], ...] = ()  # completed runs: (YYYY-MM, cost in nano) per month spanned
 
     @property
     def open(self) -> bool:
@@ -68,17 +71,44 @@ class RunFacts:
 
 @dataclass(frozen=True)
 class RunRules:
-    """What turns raw run data into facts: pricing, estimator keys, the hour-of-day time zone."""
+    """What turns raw run data into facts: pricing, estimator and allocation keys, the time zone
+    of hours of day and calendar months."""
 
     pricer: Pricer
     estimator_keys: tuple[str, ...]
     timezone: str = "UTC"
+    allocation_tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_tz", zoneinfo.ZoneInfo(self.timezone))
 
+    def _local(self, ms: int) -> datetime:
+        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).astimezone(self._tz)  # type: ignore[attr-defined]
+
     def local_hour(self, start_ms: int) -> int:
-        return datetime.fromtimestamp(start_ms / 1000, tz=timezone.utc).astimezone(self._tz).hour  # type: ignore[attr-defined]
+        return self._local(start_ms).hour
+
+    def month_bounds(self, ms: int) -> tuple[str, int, int]:
+        """The calendar month holding `ms`: (YYYY-MM, first ms, first ms of the next month)."""
+        local = self._local(ms)
+        first = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        following = first.replace(year=first.year + 1, month=1) if first.month == 12 else first.replace(month=first.month + 1)
+        return f"{first.year:04d}-{first.month:02d}", int(first.timestamp() * 1000), int(following.timestamp() * 1000)
+
+    def month_costs(self, hourly: float, start_ms: int, end_ms: int) -> tuple[tuple[str, int], ...]:
+        """A run's cost split exactly at month boundaries: each month gets the hours it held."""
+        out = []
+        cursor = start_ms
+        while True:
+            key, _, next_start = self.month_bounds(cursor)
+            piece_end = min(end_ms, next_start)
+            out.append((key, cost_nano(hourly, piece_end - cursor)))
+            if piece_end >= end_ms:
+                return tuple(out)
+            cursor = piece_end
+
+    def allocation(self, tags: Mapping[str, str]) -> tuple[str, ...]:
+        return tuple((str(tags.get(t) or "").strip()[:100] or UNTAGGED) for t in self.allocation_tags)
 
     def estimator(self, tags: Mapping[str, str], params: Mapping[str, str]) -> str:
         for store in (tags, params):
@@ -131,6 +161,7 @@ def make_facts(
         if end_ms < start_ms:
             raise BadRunData("end_before_start")
     rate = rules.pricer.rate(tags, params)
+    months = rules.month_costs(rate.hourly, start_ms, end_ms) if end_ms is not None else ()
     return RunFacts(
         run_id=run_id,
         experiment_id=experiment_id,
@@ -143,6 +174,8 @@ def make_facts(
         instance_type=rate.instance_type,
         estimator=rules.estimator(tags, params),
         start_local_hour=rules.local_hour(start_ms),
+        allocation=rules.allocation(tags),
+        month_costs=months,
     )
 
 
@@ -200,6 +233,8 @@ class RunLedger:
         self.duration_hist: dict[str, Histogram] = {}
         self.cost_hist: dict[str, Histogram] = {}
         self.recent_closed: list[tuple[int, str]] = []  # sorted (end_ms, run_id) of completed runs
+        self.month_cost: Counter[tuple[str, str]] = Counter()  # (exp, YYYY-MM) -> nano, completed runs
+        self.tag_cost: Counter[tuple[int, str]] = Counter()  # (allocation tag index, value) -> nano, completed
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -258,6 +293,10 @@ class RunLedger:
             totals.cost_nano += sign * cost
             self._hist(self.duration_hist, exp, self.duration_buckets).add(duration / 1000, duration, sign)
             self._hist(self.cost_hist, exp, self.cost_buckets).add(cost / NANO, cost, sign)
+            for month, piece in run.month_costs:
+                _bump(self.month_cost, (exp, month), sign * piece)
+            for index, tag_value in enumerate(run.allocation):
+                _bump(self.tag_cost, (index, tag_value), sign * cost)
             key = (run.end_ms or 0, run.run_id)
             if sign > 0:
                 bisect.insort(self.recent_closed, key)
@@ -319,14 +358,37 @@ class RunLedger:
             chosen.append(self.runs[run_id])
         return chosen
 
+    def month_to_date(self, now_ms: int, rules: RunRules) -> tuple[dict[str, int], int, int]:
+        """Cost in nano per experiment within the current calendar month (running runs up to now),
+        with the month's first ms and its length in ms."""
+        key, first, following = rules.month_bounds(now_ms)
+        out: dict[str, int] = {}
+        for (exp, month), nano in self.month_cost.items():
+            if month == key:
+                out[exp] = out.get(exp, 0) + nano
+        for run in self.open_runs.values():
+            if run.status == ACCRUING_STATUS:
+                piece = cost_nano(run.hourly, max(0, now_ms - max(run.start_ms, first)))
+                out[run.experiment_id] = out.get(run.experiment_id, 0) + piece
+        return out, first, following - first
+
+    def cost_by_tag(self, now_ms: int) -> Counter[tuple[int, str]]:
+        """Cost in nano by (allocation tag index, value), running runs up to now."""
+        out = Counter(self.tag_cost)
+        for run in self.open_runs.values():
+            accrued = run.cost_nano(now_ms)
+            for index, tag_value in enumerate(run.allocation):
+                out[(index, tag_value)] += accrued
+        return out
+
     def skip_counts(self) -> Counter[str]:
         return Counter(reason for _, reason in self.skipped.values())
 
 
-def _bump(counter: Counter, key: object, sign: int) -> None:  # type: ignore[type-arg]
-    """Add or take one; a key that reaches zero goes, and taking from a pruned key is a no-op."""
-    if sign < 0 and key not in counter:
+def _bump(counter: Counter, key: object, amount: int) -> None:  # type: ignore[type-arg]
+    """Add or take; a key that reaches zero goes, and taking from a pruned key is a no-op."""
+    if amount < 0 and key not in counter:
         return
-    counter[key] += sign
+    counter[key] += amount
     if counter[key] <= 0:
         del counter[key]
