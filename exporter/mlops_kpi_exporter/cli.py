@@ -17,6 +17,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from mlops_kpi_exporter import __version__
 from mlops_kpi_exporter.config import DEFAULT_PORT, Config, ConfigError, load_config, parse_listen, redact_uri, resolve_credentials
+from mlops_kpi_exporter.pricing import fixed_cost_families
 from mlops_kpi_exporter.poller import Poller, Source, describe_error
 from mlops_kpi_exporter.server import ExporterApp, start_http_server
 from mlops_kpi_exporter.snapshot import ExporterCollector, SnapshotStore
@@ -27,14 +28,23 @@ EXIT_OK, EXIT_SOURCE_FAILED, EXIT_CONFIG, EXIT_LISTEN = 0, 1, 2, 3
 
 
 def build_sources(config: Config) -> list[Source]:
+    from mlops_kpi_exporter.kpis import KpiSource
     from mlops_kpi_exporter.mlflow_source import MlflowSource
+    from mlops_kpi_exporter.registry import RegistrySource
 
-    return [MlflowSource(config, resolve_credentials(config.mlflow.auth))]
+    sources: list[Source] = [MlflowSource(config, resolve_credentials(config.mlflow.auth))]
+    if config.kpis:
+        sources.append(KpiSource(config))
+    if config.registry.enabled:
+        sources.append(RegistrySource(config))
+    return sources
 
 
 def build_registry(store: SnapshotStore, config: Config) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ExporterCollector(store, __version__, config.pricing.currency))
+    registry.register(
+        ExporterCollector(store, __version__, config.pricing.currency, fixed_cost_families(config))
+    )
     return registry
 
 

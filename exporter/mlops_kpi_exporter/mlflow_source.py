@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Imported here, once, in the importing thread: mlflow's first import is not thread-safe, and two
+# sources polling in parallel threads would otherwise race into a circular-import error.
+from mlflow.entities import ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily, Metric
 
 from mlops_kpi_exporter.config import Config, Credentials, redact_uri
@@ -89,6 +94,22 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :].split("?", 1)[0])
 
 
+def open_client(tracking_uri: str) -> Any:
+    """An MlflowClient for a server or a local store (call configure_mlflow_client first)."""
+    path = sqlite_path(tracking_uri)
+    if path is not None and not path.is_file():
+        # MLflow would silently create an empty store there; a typo must not look like no runs.
+        raise SourceError(f"no MLflow database at {path} (from mlflow.tracking_uri)")
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """MLflow's way of saying a run, model, version or alias does not exist."""
+    return getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or (
+        getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE" and "not found" in str(exc).lower()
+    )
+
+
 class MlflowSource:
     name = "mlflow"
 
@@ -127,18 +148,10 @@ class MlflowSource:
     @property
     def client(self) -> Any:
         if self._client is None:
-            path = sqlite_path(self.cfg.tracking_uri)
-            if path is not None and not path.is_file():
-                # MLflow would silently create an empty store there; a typo must not look like no runs.
-                raise SourceError(f"no MLflow database at {path} (from mlflow.tracking_uri)")
-            from mlflow.tracking import MlflowClient  # imported late: mlflow is slow to import
-
-            self._client = MlflowClient(tracking_uri=self.cfg.tracking_uri)
+            self._client = open_client(self.cfg.tracking_uri)
         return self._client
 
     def _matching_experiments(self) -> dict[str, str]:
-        from mlflow.entities import ViewType
-
         out: dict[str, str] = {}
         token = None
         while True:
@@ -156,8 +169,6 @@ class MlflowSource:
         )
 
     def _search(self, experiment_ids: Iterable[str], filter_string: str = "") -> Iterator[Any]:
-        from mlflow.entities import ViewType
-
         ids = sorted(experiment_ids)
         for start in range(0, len(ids), EXPERIMENT_CHUNK):
             token = None
@@ -176,12 +187,10 @@ class MlflowSource:
 
     def _refetch(self, run_id: str) -> Any | None:
         """A run looked up by id; None when it is gone (deleted or purged)."""
-        from mlflow.exceptions import MlflowException
-
         try:
             run = self.client.get_run(run_id)
         except MlflowException as exc:
-            if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            if is_not_found(exc):
                 return None
             raise
         return None if run.info.lifecycle_stage == "deleted" else run

@@ -83,10 +83,11 @@ class SnapshotStore:
 class ExporterCollector(Collector):
     """Renders the store: exporter info, per-source health, then every source's last good poll."""
 
-    def __init__(self, store: SnapshotStore, version: str, currency: str):
+    def __init__(self, store: SnapshotStore, version: str, currency: str, static: Iterable[Metric] = ()):
         self.store = store
         self.version = version
         self.currency = currency
+        self.static = tuple(static)  # families that come from the config alone, e.g. fixed costs
 
     def describe(self) -> list[Metric]:
         return []  # nothing to probe at registration; collect() is cheap and side-effect free
@@ -120,5 +121,6 @@ class ExporterCollector(Collector):
             errors.add_metric([state.name], state.errors_total)
             polls.add_metric([state.name], state.polls_total)
         yield from (up, duration, last, errors, polls)
+        yield from self.static
         for state in states:
             yield from state.families

@@ -1,0 +1,159 @@
+"""The KPI source: business and quality KPIs read from metrics logged in MLflow (`mlflow.log_metric`).
+
+Each KPI in the config names an MLflow metric and where to read it: the latest finished run of an
+experiment that logged it, the best such run, or the run behind a registered model's alias. A KPI
+that cannot be read is reported absent with a reason, never as zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+
+from mlops_kpi_exporter.config import Config, KpiConfig
+from mlops_kpi_exporter.mlflow_source import MlflowException, ViewType, is_not_found, open_client
+from mlops_kpi_exporter.snapshot import POLLED_NOTE
+
+MISSING_REASONS = ("experiment_not_found", "metric_missing", "alias_not_found", "run_gone", "not_a_number")
+
+
+@dataclass(frozen=True)
+class KpiReading:
+    kpi: KpiConfig
+    value: float | None = None
+    experiment: str = ""
+    run_id: str = ""
+    model_version: str = ""
+    missing: str = ""  # the reason when value is None
+
+    @property
+    def target_met(self) -> bool | None:
+        if self.value is None or self.kpi.target is None:
+            return None
+        return self.value >= self.kpi.target if self.kpi.higher_is_better else self.value <= self.kpi.target
+
+
+def _metric_filter(metric: str) -> str:
+    # `> -1e308` keeps only runs that logged a real number for the key (no missing, no NaN).
+    return f"attributes.status = 'FINISHED' and metrics.`{metric}` > -1e308"
+
+
+class KpiSource:
+    name = "kpis"
+
+    def __init__(self, config: Config):
+        self.kpis = config.kpis
+        self.tracking_uri = config.mlflow.tracking_uri
+        self.interval = config.mlflow.poll_interval
+        self.retry_backoff = config.mlflow.retry_backoff
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = open_client(self.tracking_uri)
+        return self._client
+
+    def check(self) -> str:
+        readings = [self.read(k) for k in self.kpis]
+        missing = [f"{r.kpi.name} ({r.missing})" for r in readings if r.value is None]
+        return f"{len(readings) - len(missing)} of {len(readings)} KPIs readable" + (
+            f"; missing: {', '.join(missing)}" if missing else ""
+        )
+
+    def poll(self) -> tuple[list[Metric], str]:
+        readings = [self.read(k) for k in self.kpis]
+        missing = sum(1 for r in readings if r.value is None)
+        return families(readings), f"{len(readings) - missing} KPIs read, {missing} missing"
+
+    def read(self, kpi: KpiConfig) -> KpiReading:
+        if kpi.source == "model_alias":
+            return self._from_alias(kpi)
+        exp = self.client.get_experiment_by_name(kpi.experiment)
+        if exp is None or exp.lifecycle_stage == "deleted":
+            return KpiReading(kpi, experiment=kpi.experiment or "", missing="experiment_not_found")
+        if kpi.source == "best_run":
+            order = [f"metrics.`{kpi.metric}` {'DESC' if kpi.higher_is_better else 'ASC'}", "attributes.end_time DESC"]
+        else:
+            order = ["attributes.end_time DESC"]
+        runs = self.client.search_runs(
+            [exp.experiment_id], _metric_filter(kpi.metric), run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1, order_by=order,
+        )
+        if not runs:
+            return KpiReading(kpi, experiment=exp.name, missing="metric_missing")
+        return self._reading(kpi, runs[0], exp.name)
+
+    def _from_alias(self, kpi: KpiConfig) -> KpiReading:
+        try:
+            version = self.client.get_model_version_by_alias(kpi.model, kpi.alias)
+        except MlflowException as exc:
+            if is_not_found(exc):
+                return KpiReading(kpi, experiment=kpi.experiment or "", missing="alias_not_found")
+            raise
+        if not version.run_id:
+            return KpiReading(kpi, experiment=kpi.experiment or "", model_version=str(version.version), missing="run_gone")
+        try:
+            run = self.client.get_run(version.run_id)
+        except MlflowException as exc:
+            if is_not_found(exc):
+                return KpiReading(kpi, experiment=kpi.experiment or "", run_id=version.run_id,
+                                  model_version=str(version.version), missing="run_gone")
+            raise
+        experiment = kpi.experiment or self._experiment_name(run.info.experiment_id)
+        return self._reading(kpi, run, experiment, str(version.version))
+
+    def _experiment_name(self, experiment_id: str) -> str:
+        try:
+            return self.client.get_experiment(experiment_id).name
+        except Exception:  # noqa: BLE001 - the label falls back to the id; the value is still right
+            return experiment_id
+
+    @staticmethod
+    def _reading(kpi: KpiConfig, run: Any, experiment: str, model_version: str = "") -> KpiReading:
+        value = run.data.metrics.get(kpi.metric)
+        base = {"experiment": experiment, "run_id": run.info.run_id, "model_version": model_version}
+        if value is None:
+            return KpiReading(kpi, missing="metric_missing", **base)
+        if math.isnan(value):
+            return KpiReading(kpi, missing="not_a_number", **base)
+        return KpiReading(kpi, value=float(value), **base)
+
+
+def families(readings: list[KpiReading]) -> list[Metric]:
+    value = GaugeMetricFamily(
+        "mlops_kpi", f"Current value of a business or quality KPI read from MLflow metrics. {POLLED_NOTE}",
+        labels=["kpi", "experiment"],
+    )
+    target = GaugeMetricFamily("mlops_kpi_target", "Target of the KPI, from the config.", labels=["kpi"])
+    met = GaugeMetricFamily(
+        "mlops_kpi_target_met", "1 when the KPI meets its target in its direction, 0 when not; absent when unknown.",
+        labels=["kpi"],
+    )
+    info = InfoMetricFamily(
+        "mlops_kpi_source",
+        "Where each KPI's current value comes from: the run and, for model_alias KPIs, the model version.",
+        labels=["kpi", "experiment", "metric", "source", "direction", "run_id", "model", "alias", "version"],
+    )
+    missing = GaugeMetricFamily(
+        "mlops_kpi_missing", "1 for a KPI that could not be read, with the reason; such a KPI has no value.",
+        labels=["kpi", "reason"],
+    )
+    for r in readings:
+        k = r.kpi
+        if k.target is not None:
+            target.add_metric([k.name], k.target)
+        if r.value is None:
+            missing.add_metric([k.name, r.missing], 1)
+            continue
+        value.add_metric([k.name, r.experiment], r.value)
+        if r.target_met is not None:
+            met.add_metric([k.name], 1 if r.target_met else 0)
+        info.add_metric(
+            [k.name, r.experiment, k.metric, k.source, k.direction, r.run_id, k.model or "", k.alias or "", r.model_version],
+            {},
+        )
+    return [value, target, met, info, missing]

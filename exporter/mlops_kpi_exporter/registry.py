@@ -1,0 +1,149 @@
+"""The model registry source: registered models, versions, aliases (and legacy stages), and the
+chapter's "model deployment time" KPI as the lead time from a run's end to the creation of the
+version that now holds the deploy alias."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+
+from mlops_kpi_exporter.config import Config
+from mlops_kpi_exporter.mlflow_source import MlflowException, is_not_found, open_client
+from mlops_kpi_exporter.snapshot import POLLED_NOTE
+
+LIVE_STAGES = ("Staging", "Production")  # legacy stages worth a series; Archived ones are history
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    name: str
+    versions: int
+    aliases: tuple[tuple[str, str, str], ...]  # (alias, version, run_id)
+    stages: tuple[tuple[str, str, str], ...]  # (stage, version, run_id)
+    lead_time_seconds: float | None
+    lead_time_unknown: str = ""  # why lead_time_seconds is None, when the deploy alias exists
+
+
+def _aliases(model: Any) -> list[tuple[str, str]]:
+    raw = getattr(model, "aliases", None) or {}
+    if isinstance(raw, dict):
+        return [(str(a), str(v)) for a, v in raw.items()]
+    return [(str(a.alias), str(a.version)) for a in raw]  # older clients: a list of alias objects
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '\\"') + '"' if "'" in name else f"'{name}'"
+
+
+class RegistrySource:
+    name = "registry"
+
+    def __init__(self, config: Config):
+        self.cfg = config.registry
+        self.tracking_uri = config.mlflow.tracking_uri
+        self.interval = config.mlflow.poll_interval
+        self.retry_backoff = config.mlflow.retry_backoff
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = open_client(self.tracking_uri)
+        return self._client
+
+    def check(self) -> str:
+        models = self._models()
+        return f"{len(models)} registered models watched"
+
+    def poll(self) -> tuple[list[Metric], str]:
+        facts = [self._facts(m) for m in self._models()]
+        return families(facts, self.cfg.deploy_alias), f"{len(facts)} models, {sum(f.versions for f in facts)} versions"
+
+    def _models(self) -> list[Any]:
+        out, token = [], None
+        while True:
+            page = self.client.search_registered_models(max_results=1000, page_token=token)
+            out += [m for m in page if any(fnmatch.fnmatchcase(m.name, g) for g in self.cfg.models)]
+            token = page.token
+            if not token:
+                return sorted(out, key=lambda m: m.name)
+
+    def _versions(self, name: str) -> dict[str, Any]:
+        out, token = {}, None
+        while True:
+            page = self.client.search_model_versions(f"name = {_quoted(name)}", max_results=1000, page_token=token)
+            out.update({str(v.version): v for v in page})
+            token = page.token
+            if not token:
+                return out
+
+    def _facts(self, model: Any) -> ModelFacts:
+        versions = self._versions(model.name)
+        aliases = []
+        for alias, number in sorted(_aliases(model)):
+            version = versions.get(number)
+            aliases.append((alias, number, (version.run_id or "") if version else ""))
+        stages = tuple(
+            (v.current_stage, number, v.run_id or "")
+            for number, v in sorted(versions.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0)
+            if v.current_stage in LIVE_STAGES
+        )
+        lead, unknown = None, ""
+        deployed = dict((a, n) for a, n, _ in aliases).get(self.cfg.deploy_alias)
+        if deployed is not None:
+            lead, unknown = self._lead_time(versions.get(deployed))
+        return ModelFacts(model.name, len(versions), tuple(aliases), stages, lead, unknown)
+
+    def _lead_time(self, version: Any) -> tuple[float | None, str]:
+        """Seconds from the end of the version's source run to the version's creation."""
+        if version is None or not version.run_id:
+            return None, "no_run"
+        try:
+            run = self.client.get_run(version.run_id)  # by id: works whatever experiment it is in
+        except MlflowException as exc:
+            if is_not_found(exc):
+                return None, "run_gone"
+            raise
+        if not run.info.end_time:
+            return None, "run_not_ended"
+        # A version registered while its run was still going was ready before the run ended: 0.
+        return max(0.0, (version.creation_timestamp - run.info.end_time) / 1000), ""
+
+
+def families(models: list[ModelFacts], deploy_alias: str) -> list[Metric]:
+    count = GaugeMetricFamily("mlops_registered_models", f"Registered models watched. {POLLED_NOTE}")
+    count.add_metric([], len(models))
+    versions = GaugeMetricFamily("mlops_model_versions", f"Versions of a registered model. {POLLED_NOTE}", labels=["model"])
+    alias_info = InfoMetricFamily(
+        "mlops_model_version", "A model version that holds an alias, with its source run.",
+        labels=["model", "version", "alias", "run_id"],
+    )
+    stage_info = InfoMetricFamily(
+        "mlops_model_version_stage", "A model version in a legacy Staging or Production stage.",
+        labels=["model", "version", "stage", "run_id"],
+    )
+    lead = GaugeMetricFamily(
+        "mlops_model_deploy_lead_time_seconds",
+        f"Time from the end of the source run to the creation of the version holding the '{deploy_alias}' "
+        f"alias (registry.deploy_alias): the model deployment time KPI. {POLLED_NOTE}",
+        labels=["model"],
+    )
+    unknown = GaugeMetricFamily(
+        "mlops_model_deploy_lead_time_unknown",
+        "1 when the deploy alias exists but its lead time cannot be known (no_run, run_gone, run_not_ended).",
+        labels=["model", "reason"],
+    )
+    for m in models:
+        versions.add_metric([m.name], m.versions)
+        for alias, number, run_id in m.aliases:
+            alias_info.add_metric([m.name, number, alias, run_id], {})
+        for stage, number, run_id in m.stages:
+            stage_info.add_metric([m.name, number, stage, run_id], {})
+        if m.lead_time_seconds is not None:
+            lead.add_metric([m.name], m.lead_time_seconds)
+        elif m.lead_time_unknown:
+            unknown.add_metric([m.name, m.lead_time_unknown], 1)
+    return [count, versions, alias_info, stage_info, lead, unknown]
