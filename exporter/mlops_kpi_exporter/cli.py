@@ -138,7 +138,33 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", type=Path, default=Path("demo-data"), metavar="DIR")
     d.add_argument("--reset", action="store_true", help="recreate the demo store (start times relative to now)")
     d.add_argument("--print-config", action="store_true", help="print the demo's config file and exit")
+    e = sub.add_parser("estimate", parents=[common], help="back-of-the-envelope cost of a training job")
+    e.add_argument("--instance", required=True, help="machine type, e.g. p3.2xlarge (catalog or config)")
+    e.add_argument("--hours", required=True, type=float, help="run time in hours")
+    e.add_argument("--count", type=int, default=1, help="number of machines (default 1)")
+    e.add_argument("--storage-gb", type=float, default=0.0, help="data stored, in GB")
+    e.add_argument("--months", type=float, default=1.0, help="months the data is stored (default 1)")
+    e.add_argument("--storage-price", type=float, help="per GB-month (default pricing.storage_gb_month, 0.023)")
+    e.add_argument("--config", metavar="FILE", help="use this config's prices and currency")
+    e.add_argument("--json", action="store_true", help="print the figures as JSON")
     return p
+
+
+def estimate_command(args: argparse.Namespace) -> int:
+    import json
+
+    from mlops_kpi_exporter.config import PricingConfig
+    from mlops_kpi_exporter.pricing import Pricer, estimate
+
+    pricing = load_config(args.config).pricing if args.config else PricingConfig()
+    try:
+        result = estimate(Pricer(pricing), args.instance, args.hours, args.count, args.storage_gb, args.months,
+                          args.storage_price)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(json.dumps(result.as_dict(), indent=2) if args.json else "\n".join(result.lines()))
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(demo.config_yaml(args.data_dir), end="")
                 return EXIT_OK
             return serve(config, args.listen, title="mlops-kpi-exporter (demo data)")
+        if args.command == "estimate":
+            return estimate_command(args)
         config = load_config(args.config)
         if args.command == "serve":
             return serve(config, args.listen)

@@ -24,6 +24,7 @@ HOUR_MS = 3_600_000
 MARKER = ".demo-complete"  # written last: a store without it was interrupted and is made again
 
 # experiment -> (estimators, instance types, instance counts, typical run hours (low, high), runs)
+PROJECTS = {"churn": "churn-prediction", "fraud": "fraud", "recsys": "recommendations", "demand": "supply-chain"}
 EXPERIMENTS = {
     "churn-training": (["LogisticRegression", "RandomForestClassifier", "XGBClassifier"], ["m5.xlarge", "c5.2xlarge"], [1], (0.1, 0.8), 70),
     "churn-tuning": (["XGBClassifier", "LGBMClassifier"], ["c5.4xlarge", "m5.4xlarge"], [1, 2, 4], (1.0, 4.0), 30),
@@ -49,6 +50,34 @@ def demo_config_dict(db: Path) -> dict:
             "instances": {"onprem-a100": 2.10},  # a machine the catalog cannot know: priced in config
         },
         "runs": {"estimator_keys": ["estimator"], "max_run_series": 50, "activity_window": "30d"},
+        "kpis": [
+            {"name": "customer_retention_lift", "metric": "customer_retention_lift", "experiment": "churn-training",
+             "source": "latest_finished_run", "target": 0.10, "direction": "higher_is_better",
+             "description": "Reduce customer churn"},
+            {"name": "champion_accuracy", "metric": "accuracy", "source": "model_alias",
+             "model": "churn-classifier", "alias": "champion", "target": 0.85},
+            {"name": "fraud_false_positive_rate", "metric": "false_positive_rate", "experiment": "fraud-detection",
+             "source": "best_run", "target": 0.05, "direction": "lower_is_better",
+             "description": "Minimize financial risk"},
+            {"name": "recsys_click_through_rate", "metric": "click_through_rate", "experiment": "recsys-embeddings",
+             "target": 0.04, "description": "Increase online sales"},
+        ],
+        "budgets": [
+            {"name": "churn", "experiments": ["churn-*"], "monthly": 150},
+            {"name": "recsys", "experiments": ["recsys-embeddings"], "monthly": 250},
+            {"name": "all-ml", "experiments": ["*"], "monthly": 600},
+        ],
+        "fixed_costs": [
+            {"category": "data", "monthly": 1200, "project": "churn-prediction", "description": "labeling vendor"},
+            {"category": "data", "monthly": 400, "description": "feature store"},
+            {"category": "personnel", "monthly": 42000, "description": "ML team, 3 FTE"},
+            {"category": "software", "monthly": 350, "description": "MLflow hosting"},
+            {"category": "software", "monthly": 150, "description": "monitoring SaaS"},
+            {"category": "operational", "monthly": 300, "description": "network, security, on-call"},
+        ],
+        "allocation": {"tags": ["team", "project"], "max_values": 10},
+        "artifacts": {"enabled": True},
+        "registry": {"deploy_alias": "champion"},
     }
 
 
@@ -92,7 +121,7 @@ def seed(tracking_uri: str, artifact_root: Path, now_ms: int, rng_seed: int = 7)
     client = MlflowClient(tracking_uri=tracking_uri)
     artifact_root.mkdir(parents=True, exist_ok=True)
     total = 0
-    churn_runs = []
+    finished: dict[str, list[tuple[int, str]]] = {"churn-training": [], "fraud-detection": []}
     for name, (estimators, machines, counts, (low, high), n_runs) in EXPERIMENTS.items():
         exp_id = client.create_experiment(name, artifact_location=(artifact_root / name).resolve().as_uri())
         for i in range(n_runs):
@@ -103,7 +132,10 @@ def seed(tracking_uri: str, artifact_root: Path, now_ms: int, rng_seed: int = 7)
                 hours *= rng.uniform(0.1, 0.7)  # failures and kills end early
             end = min(start + int(hours * HOUR_MS), now_ms - 60_000)
             estimator = rng.choice(estimators)
-            tags = {"estimator": estimator, "instance_type": rng.choice(machines), "team": name.split("-")[0]}
+            team = name.split("-")[0]
+            tags = {"estimator": estimator, "instance_type": rng.choice(machines), "team": team}
+            if rng.random() < 0.9:  # some runs forget the project tag: they show as "untagged"
+                tags["project"] = PROJECTS[team]
             count = rng.choice(counts)
             if count > 1:
                 tags["instance_count"] = str(count)
@@ -111,12 +143,14 @@ def seed(tracking_uri: str, artifact_root: Path, now_ms: int, rng_seed: int = 7)
                 tags["mlops.hourly_cost"] = "0.45"  # a platform that knows its own rate tags the run
             run = client.create_run(exp_id, start_time=start, tags=tags, run_name=f"{name}-{i:03d}")
             metrics = {"accuracy": round(rng.uniform(0.78, 0.95), 4), "training_hours": round(hours, 3)}
-            if name.startswith("churn") and status == "FINISHED":
-                metrics["customer_retention_lift"] = round(rng.uniform(0.04, 0.16), 4)
+            if status == "FINISHED":
+                metrics.update(BUSINESS_METRICS.get(name, lambda r: {})(rng))
             _log(client, run.info.run_id, metrics, {"estimator": estimator, "max_depth": str(rng.randint(3, 12))}, end)
+            if i % 3 == 0:
+                _log_artifact(client, run.info.run_id, artifact_root, rng)
             client.set_terminated(run.info.run_id, status, end_time=end)
-            if name == "churn-training" and status == "FINISHED":
-                churn_runs.append((end, run.info.run_id))
+            if status == "FINISHED" and name in ("churn-training", "fraud-detection"):
+                finished[name].append((end, run.info.run_id))
             total += 1
     # One run still burning money: a GPU job started 40 minutes ago.
     exp = client.get_experiment_by_name("recsys-embeddings")
@@ -127,7 +161,8 @@ def seed(tracking_uri: str, artifact_root: Path, now_ms: int, rng_seed: int = 7)
         run_name="recsys-embeddings-nightly-retrain",
     )
     total += 1
-    _register_models(client, sorted(churn_runs)[-3:])
+    _register(client, "churn-classifier", sorted(finished["churn-training"])[-3:], {"champion": 2, "challenger": 3})
+    _register(client, "fraud-detector", sorted(finished["fraud-detection"])[-2:], {"champion": 2})
     return total
 
 
@@ -141,11 +176,27 @@ def _log(client, run_id: str, metrics: dict[str, float], params: dict[str, str],
     )
 
 
-def _register_models(client, churn_runs: list[tuple[int, str]]) -> None:
-    client.create_registered_model("churn-classifier", description="Demo: churn prediction model")
-    for _, run_id in churn_runs:
+BUSINESS_METRICS = {
+    "churn-training": lambda rng: {"customer_retention_lift": round(rng.uniform(0.06, 0.15), 4)},
+    "churn-tuning": lambda rng: {"customer_retention_lift": round(rng.uniform(0.05, 0.16), 4)},
+    "fraud-detection": lambda rng: {"false_positive_rate": round(rng.uniform(0.02, 0.09), 4)},
+    "recsys-embeddings": lambda rng: {"click_through_rate": round(rng.uniform(0.025, 0.05), 4)},
+}
+
+
+def _log_artifact(client, run_id: str, root: Path, rng: random.Random) -> None:
+    """A small model summary file, so artifact storage has real bytes to list."""
+    path = root / f"summary-{run_id[:8]}.json"
+    path.write_text('{"weights": "' + "x" * rng.randint(2_000, 200_000) + '"}')
+    client.log_artifact(run_id, str(path), "model")
+    path.unlink()
+
+
+def _register(client, model: str, runs: list[tuple[int, str]], aliases: dict[str, int]) -> None:
+    client.create_registered_model(model, description=f"Demo: {model}")
+    for _, run_id in runs:
         run = client.get_run(run_id)
-        client.create_model_version("churn-classifier", f"{run.info.artifact_uri}/model", run_id=run_id)
-    if churn_runs:
-        client.set_registered_model_alias("churn-classifier", "champion", str(max(1, len(churn_runs) - 1)))
-        client.set_registered_model_alias("churn-classifier", "challenger", str(len(churn_runs)))
+        client.create_model_version(model, f"{run.info.artifact_uri}/model", run_id=run_id)
+    for alias, version in aliases.items():
+        if version <= len(runs):
+            client.set_registered_model_alias(model, alias, str(version))

@@ -29,7 +29,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from mlops_kpi_exporter.config import Config, Credentials, redact_uri
 from mlops_kpi_exporter.pricing import BadRunData, Pricer
-from mlops_kpi_exporter.runs import NANO, RunFacts, RunLedger, RunRules, make_facts
+from mlops_kpi_exporter.runs import NANO, UNTAGGED, RunFacts, RunLedger, RunRules, make_facts
 from mlops_kpi_exporter.snapshot import POLLED_NOTE
 
 log = logging.getLogger(__name__)
@@ -527,14 +527,18 @@ class MlflowSource:
         by_tag = GaugeMetricFamily(
             "mlops_cost_by_tag",
             f"Cumulative compute cost in {self.currency} of all watched runs by the value of each allocation "
-            f"tag; runs without the tag count as 'untagged', the values beyond allocation.max_values as "
+            f"tag; runs without the tag count as 'untagged' (always shown), the values beyond allocation.max_values as "
             f"'{OTHER}', so each tag's values add up to the total. {POLLED_NOTE}",
             labels=["tag", "value"],
         )
         costs = ledger.cost_by_tag(now_ms)
         for index, tag in enumerate(self.allocation.tags):
-            values = sorted(((v, n) for (i, v), n in costs.items() if i == index), key=lambda vn: (-vn[1], vn[0]))
+            # "untagged" is always its own series: unallocated spend is what showback must expose.
+            values = sorted(
+                ((v, n) for (i, v), n in costs.items() if i == index and v != UNTAGGED), key=lambda vn: (-vn[1], vn[0])
+            )
             kept = Counter(dict(values[: self.allocation.max_values]))
+            kept[UNTAGGED] = costs.get((index, UNTAGGED), 0)
             for _, n in values[self.allocation.max_values :]:
                 kept[OTHER] += n
             for tag_value, nano in sorted(kept.items()):

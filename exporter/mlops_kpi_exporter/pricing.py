@@ -139,3 +139,80 @@ def fixed_cost_families(config: Config) -> list[Metric]:
     for (category, project), monthly in sorted(totals.items()):
         family.add_metric([category, project], monthly)
     return [family]
+
+
+SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
+
+
+def money(amount: float, currency: str, decimals: int = 2) -> str:
+    symbol = SYMBOLS.get(currency)
+    return f"{symbol}{amount:,.{decimals}f}" if symbol else f"{amount:,.{decimals}f} {currency}"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The chapter's back-of-the-envelope calculation: compute plus storage."""
+
+    currency: str
+    instance: str
+    count: int
+    hourly: float  # per machine
+    price_source: str
+    hours: float
+    storage_gb: float
+    months: float
+    storage_gb_month: float
+
+    @property
+    def compute(self) -> float:
+        return self.hourly * self.count * self.hours
+
+    @property
+    def storage(self) -> float:
+        return self.storage_gb * self.months * self.storage_gb_month
+
+    @property
+    def total(self) -> float:
+        return self.compute + self.storage
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "currency": self.currency, "instance": self.instance, "count": self.count, "hourly": self.hourly,
+            "price_source": self.price_source, "hours": self.hours, "compute": round(self.compute, 6),
+            "storage_gb": self.storage_gb, "months": self.months, "storage_gb_month": self.storage_gb_month,
+            "storage": round(self.storage, 6), "total": round(self.total, 6),
+        }
+
+    def lines(self) -> list[str]:
+        cur = self.currency
+        rows = [
+            (f"compute  {self.instance} x {self.count} at {money(self.hourly, cur, 4).rstrip('0').rstrip('.')}/h "
+             f"x {self.hours:g} h ({self.price_source} price)", self.compute),
+            (f"storage  {self.storage_gb:g} GB x {self.months:g} month(s) at "
+             f"{money(self.storage_gb_month, cur, 4).rstrip('0').rstrip('.')}/GB-month", self.storage),
+            ("total", self.total),
+        ]
+        width = max(len(label) for label, _ in rows) + 2
+        return [f"{label:<{width}}{money(amount, cur):>12}" for label, amount in rows]
+
+
+def estimate(pricer: Pricer, instance: str, hours: float, count: int = 1, storage_gb: float = 0.0,
+             months: float = 1.0, storage_gb_month: float | None = None) -> Estimate:
+    """Raises ValueError, worded for the person at the prompt, for unknown machines or bad numbers."""
+    for name, number in (("hours", hours), ("storage GB", storage_gb), ("months", months)):
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"{name} must be a non-negative number, got {number:g}")
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    found = pricer.price_of(instance)
+    if found is None:
+        import difflib
+
+        known = list(pricer._config_prices) + list(pricer._catalog_prices)
+        close = difflib.get_close_matches(instance, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; add it under pricing.instances in a config file"
+        raise ValueError(f"unknown instance type {instance!r}{hint}")
+    price = pricer.config.storage_gb_month if storage_gb_month is None else storage_gb_month
+    if not math.isfinite(price) or price < 0:
+        raise ValueError(f"storage price must be a non-negative number, got {price:g}")
+    return Estimate(pricer.config.currency, instance, count, found[0], found[1], hours, storage_gb, months, price)
