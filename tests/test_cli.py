@@ -171,3 +171,26 @@ def test_local_sqlite_store_read_with_once(demo_dir):
     total_runs = sum(v for k, v in m.items() if k[0] == "mlops_runs")
     assert total_runs == 201
     assert value(m, "mlops_runs_skipped", reason="end_before_start") == 0
+
+
+CONDITIONAL = {  # documented metrics that only appear when something is wrong or legacy
+    "mlops_kpi_missing", "mlops_model_version_stage_info", "mlops_model_deploy_lead_time_unknown",
+}
+
+
+def test_readme_metric_reference_matches_the_demo(demo_dir):
+    """Every documented metric has a value out of the box, and every exported metric is documented."""
+    from pathlib import Path
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    documented = {line.split("`")[1] for line in readme.splitlines() if line.startswith("| `mlops_")}
+    documented = {name.removesuffix("_total") for name in documented}
+    config = demo_dir / "config.yaml"
+    config.write_text(run_cli("demo", "--data-dir", str(demo_dir), "--print-config").stdout)
+    proc = run_cli("once", "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    exported = {f.name for f in text_string_to_metric_families(proc.stdout) if f.samples}
+    assert exported - documented == set(), "exported but not in the README's metric reference"
+    assert documented - CONDITIONAL - exported == set(), "documented but the demo does not export it"

@@ -133,7 +133,7 @@ def seed(tracking_uri: str, artifact_root: Path, now_ms: int, rng_seed: int = 7)
             end = min(start + int(hours * HOUR_MS), now_ms - 60_000)
             estimator = rng.choice(estimators)
             team = name.split("-")[0]
-            tags = {"estimator": estimator, "instance_type": rng.choice(machines), "team": team}
+            tags = {"estimator": estimator, "instance_type": machines[i % len(machines)], "team": team}
             if rng.random() < 0.9:  # some runs forget the project tag: they show as "untagged"
                 tags["project"] = PROJECTS[team]
             count = rng.choice(counts)
