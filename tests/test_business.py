@@ -213,3 +213,33 @@ def test_fixed_costs_from_config():
     m = samples(render(fixed_cost_families(cfg)))
     assert value(m, "mlops_fixed_cost_monthly", category="personnel", project="shared") == 30000
     assert value(m, "mlops_fixed_cost_monthly", category="data", project="churn") == 750
+
+
+def test_versions_whose_run_was_deleted_or_purged(mlflow_server, prefix):
+    """A soft-deleted run still has its times; a purged one is gone: lead time and KPI say so."""
+    import subprocess
+
+    from conftest import BIN, child_env
+
+    client = mlflow_server.client()
+    exp = client.create_experiment(f"{prefix}-gc")
+    now = int(time.time() * 1000)
+    deleted = add_run(client, exp, now - 3 * HOUR_MS, now - 2 * HOUR_MS)
+    purged = add_run(client, exp, now - 3 * HOUR_MS, now - 2 * HOUR_MS)
+    log_metrics(client, purged, acc=0.9)
+    for name, run_id in (("soft", deleted), ("hard", purged)):
+        client.create_registered_model(f"{prefix}-{name}")
+        client.create_model_version(f"{prefix}-{name}", f"s3://models/{name}", run_id=run_id)
+        client.set_registered_model_alias(f"{prefix}-{name}", "champion", "1")
+    client.delete_run(deleted)
+    client.delete_run(purged)
+    gc = subprocess.run([str(BIN / "mlflow"), "gc", "--backend-store-uri", f"sqlite:///{mlflow_server.db}",
+                         "--tracking-uri", mlflow_server.url, "--run-ids", purged], capture_output=True, text=True, env=child_env(), timeout=120)
+    assert gc.returncode == 0, gc.stderr
+    cfg = config(mlflow_server.url, prefix, registry={"models": [f"{prefix}-*"]},
+                 kpis=[{"name": "acc", "metric": "acc", "source": "model_alias", "model": f"{prefix}-hard", "alias": "champion"}])
+    m = poll(RegistrySource(cfg))
+    assert value(m, "mlops_model_deploy_lead_time_seconds", model=f"{prefix}-soft") > 0
+    assert value(m, "mlops_model_deploy_lead_time_unknown", model=f"{prefix}-hard", reason="run_gone") == 1
+    m = poll(KpiSource(cfg))
+    assert value(m, "mlops_kpi_missing", kpi="acc", reason="run_gone") == 1
