@@ -16,9 +16,17 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from mlops_kpi_exporter import __version__
-from mlops_kpi_exporter.config import DEFAULT_PORT, Config, ConfigError, load_config, parse_listen, redact_uri, resolve_credentials
-from mlops_kpi_exporter.pricing import fixed_cost_families
+from mlops_kpi_exporter.config import (
+    DEFAULT_PORT,
+    Config,
+    ConfigError,
+    load_config,
+    parse_listen,
+    redact_uri,
+    resolve_credentials,
+)
 from mlops_kpi_exporter.poller import Poller, Source, describe_error
+from mlops_kpi_exporter.pricing import fixed_cost_families
 from mlops_kpi_exporter.server import ExporterApp, start_http_server
 from mlops_kpi_exporter.snapshot import ExporterCollector, SnapshotStore
 

@@ -14,7 +14,12 @@ from typing import Any
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
 
 from mlops_kpi_exporter.config import Config, KpiConfig
-from mlops_kpi_exporter.mlflow_source import MlflowException, ViewType, is_not_found, open_client
+from mlops_kpi_exporter.mlflow_source import (
+    MlflowException,
+    MlflowReader,
+    ViewType,
+    is_not_found,
+)
 from mlops_kpi_exporter.snapshot import POLLED_NOTE
 
 MISSING_REASONS = ("experiment_not_found", "metric_missing", "alias_not_found", "run_gone", "not_a_number")
@@ -41,21 +46,12 @@ def _metric_filter(metric: str) -> str:
     return f"attributes.status = 'FINISHED' and metrics.`{metric}` > -1e308"
 
 
-class KpiSource:
+class KpiSource(MlflowReader):
     name = "kpis"
 
     def __init__(self, config: Config):
+        super().__init__(config)
         self.kpis = config.kpis
-        self.tracking_uri = config.mlflow.tracking_uri
-        self.interval = config.mlflow.poll_interval
-        self.retry_backoff = config.mlflow.retry_backoff
-        self._client: Any = None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = open_client(self.tracking_uri)
-        return self._client
 
     def check(self) -> str:
         readings = [self.read(k) for k in self.kpis]

@@ -25,11 +25,24 @@ from typing import Any
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 
 from mlops_kpi_exporter.config import Config, Credentials, redact_uri
 from mlops_kpi_exporter.pricing import BadRunData, Pricer
-from mlops_kpi_exporter.runs import NANO, UNTAGGED, RunFacts, RunLedger, RunRules, make_facts
+from mlops_kpi_exporter.runs import (
+    NANO,
+    UNTAGGED,
+    RunFacts,
+    RunLedger,
+    RunRules,
+    make_facts,
+)
 from mlops_kpi_exporter.snapshot import POLLED_NOTE
 
 log = logging.getLogger(__name__)
@@ -110,7 +123,23 @@ def is_not_found(exc: BaseException) -> bool:
     )
 
 
-class MlflowSource:
+class MlflowReader:
+    """What every MLflow-backed source shares: the schedule and a lazily opened client."""
+
+    def __init__(self, config: Config):
+        self.tracking_uri = config.mlflow.tracking_uri
+        self.interval = config.mlflow.poll_interval
+        self.retry_backoff = config.mlflow.retry_backoff
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = open_client(self.tracking_uri)
+        return self._client
+
+
+class MlflowSource(MlflowReader):
     name = "mlflow"
 
     def __init__(self, config: Config, credentials: Credentials | None = None, clock=time.time):
@@ -132,12 +161,10 @@ class MlflowSource:
         self.artifact_totals: Counter[str] = Counter()  # experiment_id -> bytes, kept in step
         self.artifact_pending: set[str] = set()
         self.artifact_errors = 0
-        self.interval = self.cfg.poll_interval
-        self.retry_backoff = self.cfg.retry_backoff
         self.uri_for_humans = redact_uri(self.cfg.tracking_uri)
         self.clock = clock
         configure_mlflow_client(self.cfg.timeout, credentials or Credentials())
-        self._client: Any = None
+        super().__init__(config)
         self.ledger: RunLedger | None = None
         self.experiments: dict[str, str] = {}  # id -> name of the watched experiments
         self.watermark_ms: int | None = None
@@ -145,12 +172,6 @@ class MlflowSource:
         self.last_report: PollReport | None = None
 
     # -- MLflow access ---------------------------------------------------------------------------
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = open_client(self.cfg.tracking_uri)
-        return self._client
-
     def _matching_experiments(self) -> dict[str, str]:
         out: dict[str, str] = {}
         token = None

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from importlib import resources
 
 import yaml
-
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from mlops_kpi_exporter.config import Config, ConfigError, PricingConfig

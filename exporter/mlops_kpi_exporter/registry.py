@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
 
 from mlops_kpi_exporter.config import Config
-from mlops_kpi_exporter.mlflow_source import MlflowException, is_not_found, open_client
+from mlops_kpi_exporter.mlflow_source import MlflowException, MlflowReader, is_not_found
 from mlops_kpi_exporter.snapshot import POLLED_NOTE
 
 LIVE_STAGES = ("Staging", "Production")  # legacy stages worth a series; Archived ones are history
@@ -38,21 +38,12 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '\\"') + '"' if "'" in name else f"'{name}'"
 
 
-class RegistrySource:
+class RegistrySource(MlflowReader):
     name = "registry"
 
     def __init__(self, config: Config):
+        super().__init__(config)
         self.cfg = config.registry
-        self.tracking_uri = config.mlflow.tracking_uri
-        self.interval = config.mlflow.poll_interval
-        self.retry_backoff = config.mlflow.retry_backoff
-        self._client: Any = None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = open_client(self.tracking_uri)
-        return self._client
 
     def check(self) -> str:
         models = self._models()

@@ -1,0 +1,13 @@
+"""Static checks that catch real bugs: undefined names, unused imports, syntax errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_ruff_pyflakes_clean():
+    proc = subprocess.run([str(Path(sys.executable).parent / "ruff"), "check", "--select", "F,E9", "exporter", "tests", "bench"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
