@@ -83,3 +83,36 @@ def test_backoff_doubles_up_to_the_interval():
     delays = [backoff_delay(S, n) for n in range(1, 8)]
     assert 4 <= delays[0] <= 5 and 8 <= delays[1] <= 10 and 16 <= delays[2] <= 20
     assert all(d <= 60 for d in delays) and delays[-1] >= 48
+
+
+def test_polls_of_a_source_never_overlap():
+    """A poll slower than its interval delays the next one; it never runs twice at once."""
+    import threading
+
+    class Slow:
+        name, interval, retry_backoff = "slow", 1.0, 1.0
+
+        def __init__(self):
+            self.active = 0
+            self.most = 0
+            self.polls = 0
+            self.lock = threading.Lock()
+
+        def poll(self):
+            with self.lock:
+                self.active += 1
+                self.most = max(self.most, self.active)
+            time.sleep(2.5)
+            with self.lock:
+                self.active -= 1
+                self.polls += 1
+            return [], "slow poll"
+
+    source = Slow()
+    poller = Poller([source], SnapshotStore())
+    poller.start()
+    try:
+        wait_for(lambda: source.polls >= 2, timeout=20)
+    finally:
+        poller.stop()
+    assert source.most == 1
