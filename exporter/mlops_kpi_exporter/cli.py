@@ -45,6 +45,12 @@ def build_sources(config: Config) -> list[Source]:
         sources.append(KpiSource(config))
     if config.registry.enabled:
         sources.append(RegistrySource(config))
+    if config.endpoints:
+        from mlops_kpi_exporter.endpoints import EndpointSource
+        from mlops_kpi_exporter.pricing import Pricer
+
+        pricer = Pricer(config.pricing)
+        sources += [EndpointSource(endpoint, config, pricer) for endpoint in config.endpoints]
     return sources
 
 

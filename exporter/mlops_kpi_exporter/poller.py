@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client.metrics_core import Metric
 
@@ -75,6 +76,8 @@ class Poller:
     def start(self) -> None:
         logging.getLogger("apscheduler").setLevel(logging.WARNING)  # per-job chatter; we log each poll
         scheduler = BackgroundScheduler(
+            # a thread per source: a slow endpoint must never wait for a free worker behind others
+            executors={"default": ThreadPoolExecutor(max_workers=max(4, len(self.sources)))},
             timezone=timezone.utc,
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
         )

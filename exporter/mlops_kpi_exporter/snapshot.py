@@ -127,5 +127,19 @@ class ExporterCollector(Collector):
             polls.add_metric([state.name], state.polls_total)
         yield from (up, duration, last, errors, polls)
         yield from self.static
-        for state in states:
-            yield from state.families
+        yield from merge_families(f for state in states for f in state.families)
+
+
+def merge_families(families: Iterable[Metric]) -> list[Metric]:
+    """One family per name: several sources (one per endpoint) may each hold part of a family, and
+    an exposition with a name twice is invalid. Merging builds new families; snapshots stay as they are."""
+    merged: dict[str, Metric] = {}
+    for family in families:
+        existing = merged.get(family.name)
+        if existing is None:
+            merged[family.name] = family
+            continue
+        combined = Metric(family.name, existing.documentation, existing.type, existing.unit)
+        combined.samples = existing.samples + family.samples
+        merged[family.name] = combined
+    return list(merged.values())

@@ -1,0 +1,205 @@
+"""Serving endpoints: probes and the servers' own metrics, against real HTTP servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import free_port, render, samples, value
+from mlops_kpi_exporter.config import ConfigError, config_from_dict
+from mlops_kpi_exporter.endpoints import EndpointSource
+from mlops_kpi_exporter.pricing import Pricer
+from upstream import Reply, Upstream, fixture
+
+
+@pytest.fixture
+def upstream():
+    server = Upstream()
+    yield server
+    server.close()
+
+
+def source_for(url: str, metrics_url: str | None = None, **endpoint) -> EndpointSource:
+    config = config_from_dict({"mlflow": {"tracking_uri": "sqlite:///unused.db"},
+                               "endpoints": [{"name": "churn", "url": url, "metrics_url": metrics_url, **endpoint}]})
+    return EndpointSource(config.endpoints[0], config, Pricer(config.pricing))
+
+
+def poll(source: EndpointSource) -> dict:
+    return samples(render(source.poll()[0]))
+
+
+def outcomes(m: dict, family: str = "mlops_endpoint_probes_total") -> dict[str, float]:
+    return {dict(k[1])["outcome"]: v for k, v in m.items() if k[0] == family}
+
+
+def test_probe_outcomes(upstream):
+    upstream.replies["/invocations"] = Reply(200, b'{"predictions": [1]}', "application/json")
+    source = source_for(upstream.url, probe={"path": "/invocations", "method": "POST", "body": {"inputs": [[1, 2]]},
+                                             "timeout": "500ms", "expect_body_contains": "predictions"},
+                        hourly_cost=1.2, replicas=2)
+    m = poll(source)
+    assert value(m, "mlops_endpoint_up", endpoint="churn") == 1
+    assert upstream.requests[-1] == ("POST", "/invocations", b'{"inputs": [[1, 2]]}')
+    assert value(m, "mlops_endpoint_hourly_cost", endpoint="churn") == pytest.approx(2.4)
+    assert value(m, "mlops_endpoint_probe_duration_seconds_count", endpoint="churn") == 1
+
+    upstream.replies["/invocations"] = Reply(500, b"boom")
+    assert value(poll(source), "mlops_endpoint_up", endpoint="churn") == 0
+    upstream.replies["/invocations"] = Reply(200, b"<html>login</html>", "text/html")
+    poll(source)  # 200 but not a prediction
+    upstream.replies["/invocations"] = Reply(200, b"{}", delay=1.5)
+    poll(source)  # slower than the 500 ms timeout
+    m = poll(source_for(f"http://127.0.0.1:{free_port()}"))  # nothing listens there
+    assert outcomes(m) == {"success": 0, "http_error": 0, "timeout": 0, "connection_error": 1, "bad_response": 0}
+    m = samples(render(source.families()))
+    assert outcomes(m) == {"success": 1, "http_error": 1, "timeout": 1, "connection_error": 0, "bad_response": 1}
+    assert value(m, "mlops_endpoint_probe_duration_seconds_count", endpoint="churn") == 4
+    assert value(m, "mlops_endpoint_probe_duration_seconds_bucket", endpoint="churn", le="0.25") == 3  # not the timeout
+
+
+PRESET_CASES = {
+    # preset: (first scrape values, second scrape values, expected after two scrapes)
+    "triton": ({"OK": 100, "ERR": 2, "LAT_US": 5_000_000}, {"OK": 160, "ERR": 5, "LAT_US": 8_000_000},
+               {"requests": 165, "errors": 5, "latency_sum": 8.0, "latency_count": 160,
+                "utilization": {"gpu": 0.4, "cpu": 0.25, "memory": 0.25}}),
+    "torchserve": ({"OK": 50, "ERR": 1, "LAT_US": 2_000_000}, {"OK": 80, "ERR": 1, "LAT_US": 3_500_000},
+                   {"requests": 80, "errors": 1, "latency_sum": 3.5, "latency_count": 80,
+                    "utilization": {"cpu": 0.4, "memory": 0.6, "gpu": 0.8}}),
+    "bentoml": ({"OK": 10, "ERR": 1, "B1": 6, "B2": 9, "LAT_S": 2.0}, {"OK": 30, "ERR": 4, "B1": 20, "B2": 28, "LAT_S": 5.0},
+                {"requests": 34, "errors": 4, "latency_sum": 5.0, "latency_count": 30, "buckets": {"0.1": 20, "0.5": 28}}),
+    "kserve": ({"OK": 10, "B1": 6, "B2": 9, "LAT_S": 2.0}, {"OK": 30, "B1": 20, "B2": 28, "LAT_S": 5.0},
+               {"requests": 30, "latency_sum": 5.0, "latency_count": 30, "buckets": {"0.1": 20, "0.5": 28}}),
+    "vllm": ({"OK": 10, "ERR": 1, "B1": 6, "B2": 9, "LAT_S": 2.0}, {"OK": 30, "ERR": 2, "B1": 20, "B2": 28, "LAT_S": 5.0},
+             {"requests": 32, "errors": 2, "latency_sum": 5.0, "latency_count": 30, "utilization": {"kv_cache": 0.42}}),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_CASES))
+def test_presets_normalize_documented_payloads(upstream, preset):
+    first, second, want = PRESET_CASES[preset]
+    labels = {"model": "churn"} if preset == "triton" else {}
+    source = source_for(upstream.url, f"{upstream.url}/metrics", preset=preset, probe=None, metrics_labels=labels,
+                        capacity_rps=10)
+    upstream.replies["/metrics"] = Reply(200, fixture(preset, **first))
+    poll(source)
+    upstream.replies["/metrics"] = Reply(200, fixture(preset, **second))
+    m = poll(source)
+    assert value(m, "mlops_endpoint_metrics_up", endpoint="churn") == 1
+    assert value(m, "mlops_endpoint_requests_total", endpoint="churn") == pytest.approx(want["requests"])
+    if "errors" in want:
+        assert value(m, "mlops_endpoint_errors_total", endpoint="churn") == pytest.approx(want["errors"])
+    else:
+        assert ("mlops_endpoint_errors_total", (("endpoint", "churn"),)) not in m  # unknown, not zero
+    assert value(m, "mlops_endpoint_request_duration_seconds_sum", endpoint="churn") == pytest.approx(want["latency_sum"])
+    assert value(m, "mlops_endpoint_request_duration_seconds_count", endpoint="churn") == pytest.approx(want["latency_count"])
+    for le, count in want.get("buckets", {}).items():
+        assert value(m, "mlops_endpoint_request_duration_seconds_bucket", endpoint="churn", le=le) == count
+    for resource, ratio in want.get("utilization", {}).items():
+        assert value(m, "mlops_endpoint_utilization_ratio", endpoint="churn", resource=resource) == pytest.approx(ratio)
+    assert value(m, "mlops_endpoint_utilization_ratio", endpoint="churn", resource="capacity") >= 0
+
+
+def test_upstream_restart_never_gives_negative_or_huge_rates(upstream):
+    source = source_for(upstream.url, f"{upstream.url}/metrics", preset="kserve", probe=None)
+    totals = []
+    for ok in (100, 150, 20, 70):  # the server restarts between the 2nd and 3rd scrape
+        upstream.replies["/metrics"] = Reply(200, fixture("kserve", OK=ok, B1=ok, B2=ok, LAT_S=ok / 10))
+        totals.append(value(poll(source), "mlops_endpoint_requests_total", endpoint="churn"))
+    assert totals == [100, 150, 170, 220]  # +50, then +20 (the new process's count), then +50
+
+
+@pytest.mark.parametrize(
+    "reply, outcome",
+    [
+        (Reply(500, b"internal error"), "http_error"),
+        (Reply(200, b"<!doctype html><html>Sign in</html>", "text/html"), "bad_response"),
+        (Reply(200, b'request_predict_seconds_count{model_name="churn"} 12\nrequest_predict_sec{{{'), "bad_response"),
+        (Reply(200, b"ok", delay=1.5), "timeout"),
+    ],
+)
+def test_upstream_garbage_is_counted_and_never_presented_as_fresh(upstream, reply, outcome):
+    source = source_for(upstream.url, f"{upstream.url}/metrics", preset="kserve", probe=None, metrics_timeout="500ms")
+    upstream.replies["/metrics"] = Reply(200, fixture("kserve", OK=10, B1=5, B2=8, LAT_S=1.0))
+    assert value(poll(source), "mlops_endpoint_requests_total", endpoint="churn") == 10
+    upstream.replies["/metrics"] = reply
+    m = poll(source)
+    assert value(m, "mlops_endpoint_metrics_up", endpoint="churn") == 0
+    assert outcomes(m, "mlops_endpoint_metrics_scrapes_total")[outcome] == 1
+    assert not any(k[0].startswith("mlops_endpoint_requests") for k in m)  # dropped, not stale
+    upstream.replies["/metrics"] = Reply(200, fixture("kserve", OK=25, B1=5, B2=8, LAT_S=1.0))
+    assert value(poll(source), "mlops_endpoint_requests_total", endpoint="churn") == 25  # recovers, counts on
+
+
+def test_cost_from_the_catalog_and_bad_instance():
+    source = source_for("http://127.0.0.1:1", instance_type="g4dn.xlarge", replicas=3)
+    assert source.hourly_cost == pytest.approx(3 * 0.526)
+    with pytest.raises(ConfigError, match="instance_type"):
+        source_for("http://127.0.0.1:1", instance_type="nonexistent.box")
+
+
+def test_endpoint_config_errors_name_the_field():
+    base = {"mlflow": {"tracking_uri": "sqlite:///x.db"}}
+    cases = [
+        ({"name": "a", "url": "not a url"}, "endpoints[0].url"),
+        ({"name": "a", "url": "http://h", "preset": "sagemaker"}, "endpoints[0].preset"),
+        ({"name": "a", "url": "http://h", "probe": {"timeout": "5s", "interval": "1s"}}, "endpoints[0].probe"),
+        ({"name": "a", "url": "http://h", "probe": {"body_file": "missing.json"}}, "endpoints[0].probe.body_file"),
+        ({"name": "a", "url": "http://h", "hourly_cost": -1}, "endpoints[0].hourly_cost"),
+        ({"name": "a", "url": "http://h", "preset": "custom"}, "endpoints[0]"),
+    ]
+    for endpoint, where in cases:
+        with pytest.raises(ConfigError) as exc:
+            config_from_dict(base | {"endpoints": [endpoint]})
+        assert f"<config>: {where}:" in str(exc.value)
+
+
+@pytest.fixture(scope="module")
+def mlflow_model_server(tmp_path_factory):
+    """A real `mlflow models serve` of a tiny pyfunc model logged here (no network, no conda)."""
+    import signal
+    import subprocess
+
+    import mlflow
+
+    from conftest import BIN, child_env, wait_http
+
+    workdir = tmp_path_factory.mktemp("model-server")
+    tracking = f"sqlite:///{workdir}/mlflow.db"
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_experiment("serving")
+
+    class Doubler(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return [2 * float(x) for x in model_input.iloc[:, 0]]
+
+    with mlflow.start_run() as run:
+        mlflow.pyfunc.log_model(name="model", python_model=Doubler())
+    mlflow.set_tracking_uri(None)
+    port = free_port()
+    env = child_env() | {"MLFLOW_TRACKING_URI": tracking}
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", f"runs:/{run.info.run_id}/model", "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port)],
+        stdout=open(workdir / "serve.log", "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=workdir,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/ping", timeout=120, proc=proc)
+    yield url
+    import os
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_real_mlflow_model_server_is_probed(mlflow_model_server):
+    ping = source_for(mlflow_model_server, probe={"path": "/ping"})
+    assert value(poll(ping), "mlops_endpoint_up", endpoint="churn") == 1
+    predict = source_for(mlflow_model_server, probe={
+        "path": "/invocations", "method": "POST", "body": {"dataframe_split": {"columns": ["x"], "data": [[1.5], [2]]}},
+        "expect_body_contains": "predictions", "timeout": "5s"})
+    m = poll(predict)
+    assert value(m, "mlops_endpoint_up", endpoint="churn") == 1
+    assert outcomes(m)["success"] == 1
+    wrong = source_for(mlflow_model_server, probe={"path": "/invocations", "method": "POST", "body": {"nonsense": 1},
+                                                   "timeout": "5s"})
+    assert outcomes(poll(wrong))["http_error"] == 1  # the server rejects a bad payload with a 4xx

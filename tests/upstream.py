@@ -1,0 +1,64 @@
+"""A controllable HTTP server on 127.0.0.1 that plays a model server: replies, delays, errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b"ok"
+    content_type: str = "text/plain; version=0.0.4"
+    delay: float = 0.0
+
+
+def fixture(preset: str, **values: float) -> bytes:
+    """A fixture page with its {PLACEHOLDERS} filled in."""
+    text = (FIXTURES / f"{preset}.prom").read_text()
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", repr(float(value)))
+    return text.encode()
+
+
+class Upstream:
+    def __init__(self):
+        self.replies: dict[str, Reply] = {}
+        self.requests: list[tuple[str, str, bytes]] = []
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                upstream.requests.append((self.command, self.path, self.rfile.read(length) if length else b""))
+                reply = upstream.replies.get(self.path, Reply(404, b"no such path"))
+                if reply.delay:
+                    time.sleep(reply.delay)
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", reply.content_type)
+                    self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout test)
+
+            do_GET = do_POST = do_HEAD = _serve
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
