@@ -28,7 +28,8 @@ test: install system-deps
 	$(BIN)/pytest
 
 bench: install
-	$(BIN)/python bench/bench_poll.py
+	$(BIN)/python bench/bench_mlflow.py
+	$(BIN)/python bench/bench_endpoints.py
 
 clean:
 	rm -rf $(VENV) demo-data bench/.work .pytest_cache

@@ -41,7 +41,7 @@ def build(path: Path, runs: int, experiments: int = 20, running: int = 20, seed:
         is_running = i < running
         start = now - rng.randint(2 * HOUR_MS, 90 * 24 * HOUR_MS)
         status = "RUNNING" if is_running else rng.choice(STATUSES)
-        end = None if is_running else start + rng.randint(60_000, 8 * HOUR_MS)
+        end = None if is_running else min(start + rng.randint(60_000, 8 * HOUR_MS), now - 60_000)
         name = f"run-{i}"
         run_rows.append((run_id, name, "UNKNOWN", "", "", "bench", status, start, end, "", "active",
                          f"file:///tmp/bench-artifacts/{run_id}", int(exp)))

@@ -203,3 +203,76 @@ def test_real_mlflow_model_server_is_probed(mlflow_model_server):
     wrong = source_for(mlflow_model_server, probe={"path": "/invocations", "method": "POST", "body": {"nonsense": 1},
                                                    "timeout": "5s"})
     assert outcomes(poll(wrong))["http_error"] == 1  # the server rejects a bad payload with a 4xx
+
+
+def test_many_endpoints_make_one_valid_exposition(upstream, tmp_path, promtool):
+    """Every endpoint is its own source; their families merge into one valid page."""
+    import subprocess
+
+    import yaml
+
+    from test_cli import run_cli
+
+    upstream.replies["/ping"] = Reply(200, b"")
+    upstream.replies["/metrics"] = Reply(200, fixture("kserve", OK=10, B1=5, B2=8, LAT_S=1.0))
+    dead = f"http://127.0.0.1:{free_port()}"
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/none.db"},
+        "registry": {"enabled": False},
+        "endpoints": [
+            {"name": "a", "url": upstream.url, "preset": "kserve", "metrics_url": f"{upstream.url}/metrics", "hourly_cost": 1},
+            {"name": "b", "url": upstream.url, "hourly_cost": 2, "capacity_rps": 5},
+            {"name": "c", "url": dead, "probe": {"timeout": "1s"}},
+        ]}))
+    proc = run_cli("once", "--config", str(config))
+    assert proc.returncode == 1  # the MLflow store does not exist: that source failed, the others did not
+    m = samples(proc.stdout)
+    assert {dict(k[1])["endpoint"]: v for k, v in m.items() if k[0] == "mlops_endpoint_up"} == {"a": 1, "b": 1, "c": 0}
+    assert value(m, "mlops_source_up", source="endpoint:c") == 1  # a failed probe is data, not a failed poll
+    assert value(m, "mlops_endpoint_requests_total", endpoint="a") == 10
+    check = subprocess.run([promtool, "check", "metrics"], input=proc.stdout, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    proc = run_cli("check", "--config", str(config))
+    assert "source endpoint:a: ok" in proc.stdout and "source endpoint:c: FAILED" in proc.stdout
+
+
+def test_documented_serving_queries_give_hand_worked_figures(promtool):
+    import subprocess
+    from pathlib import Path
+
+    path = Path(__file__).parent / "promql" / "serving_cost.test.yml"
+    proc = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "mlops_endpoint_hourly_cost / on (endpoint) (rate(mlops_endpoint_requests_total[1h]) * 3600) * 1000" in readme
+
+
+def test_custom_mapping_with_units(upstream):
+    """The README's Ray Serve example: milliseconds and percent converted to base units."""
+    page = b"""# TYPE ray_serve_num_http_requests_total counter
+ray_serve_num_http_requests_total{route="/churn"} 40
+# TYPE ray_serve_num_http_error_requests_total counter
+ray_serve_num_http_error_requests_total{route="/churn"} 4
+# TYPE ray_serve_http_request_latency_ms histogram
+ray_serve_http_request_latency_ms_bucket{route="/churn",le="100"} 30
+ray_serve_http_request_latency_ms_bucket{route="/churn",le="500"} 38
+ray_serve_http_request_latency_ms_bucket{route="/churn",le="+Inf"} 40
+ray_serve_http_request_latency_ms_sum{route="/churn"} 6000
+ray_serve_http_request_latency_ms_count{route="/churn"} 40
+# TYPE ray_node_gpus_utilization gauge
+ray_node_gpus_utilization{GpuIndex="0"} 70
+"""
+    upstream.replies["/metrics"] = Reply(200, page)
+    source = source_for(upstream.url, f"{upstream.url}/metrics", probe=None, preset="custom", custom={
+        "requests": [{"name": "ray_serve_num_http_requests_total"}],
+        "errors": [{"name": "ray_serve_num_http_error_requests_total"}],
+        "latency_histogram": {"name": "ray_serve_http_request_latency_ms", "scale": 0.001},
+        "utilization": {"gpu": {"name": "ray_node_gpus_utilization", "scale": 0.01}}})
+    m = poll(source)
+    assert value(m, "mlops_endpoint_requests_total", endpoint="churn") == 40
+    assert value(m, "mlops_endpoint_errors_total", endpoint="churn") == 4
+    assert value(m, "mlops_endpoint_request_duration_seconds_bucket", endpoint="churn", le="0.1") == 30
+    assert value(m, "mlops_endpoint_request_duration_seconds_bucket", endpoint="churn", le="0.5") == 38
+    assert value(m, "mlops_endpoint_request_duration_seconds_sum", endpoint="churn") == pytest.approx(6.0)
+    assert value(m, "mlops_endpoint_utilization_ratio", endpoint="churn", resource="gpu") == pytest.approx(0.7)

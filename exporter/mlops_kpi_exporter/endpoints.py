@@ -264,8 +264,11 @@ class EndpointSource:
         return headers
 
     def check(self) -> str:
-        families, summary = self.poll()
-        return summary
+        """One poll; unlike a scheduled poll, a failed probe or metrics read fails the check."""
+        _, summary = self.poll()
+        if self.probe_up is False or self.metrics_up is False:
+            raise RuntimeError(f"{redact_uri(self.endpoint.url)}: {summary}")
+        return f"{redact_uri(self.endpoint.url)}: {summary}"
 
     def poll(self) -> tuple[list[Metric], str]:
         parts = []
