@@ -26,8 +26,8 @@ from mlops_kpi_exporter.endpoints import EndpointSource  # noqa: E402
 from mlops_kpi_exporter.poller import Poller  # noqa: E402
 from mlops_kpi_exporter.pricing import Pricer  # noqa: E402
 from mlops_kpi_exporter.snapshot import SnapshotStore  # noqa: E402
+from results import write_section  # noqa: E402
 
-RESULTS = Path(__file__).parent / "RESULTS.md"
 
 
 def sources(upstream: Upstream, count: int, slow: int, timeout: float) -> list[EndpointSource]:
@@ -95,11 +95,7 @@ def main() -> None:
     )
     print(text)
     if not args.no_write:
-        section = "<!-- bench_endpoints -->"
-        old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-        before, _, rest = old.partition(section)
-        _, _, after = rest.partition(section)
-        RESULTS.write_text(f"{before.rstrip()}\n\n{section}\n{text}{section}\n{after.lstrip()}")
+        write_section("bench_endpoints", text)
 
 
 if __name__ == "__main__":

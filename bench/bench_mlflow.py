@@ -37,9 +37,9 @@ from mlops_kpi_exporter.pricing import Pricer  # noqa: E402
 from mlops_kpi_exporter.runs import RunRules, make_facts  # noqa: E402
 from mlops_kpi_exporter.server import ExporterApp  # noqa: E402
 from mlops_kpi_exporter.snapshot import SnapshotStore  # noqa: E402
+from results import write_section  # noqa: E402
 
 WORK = Path(__file__).parent / ".work"
-RESULTS = Path(__file__).parent / "RESULTS.md"
 BIN = Path(sys.executable).parent
 
 
@@ -181,11 +181,7 @@ def main() -> None:
     text = f"{header}\n\n{table(rows)}\n"
     print(text)
     if not args.no_write:
-        section = "<!-- bench_mlflow -->"
-        old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-        before, _, rest = old.partition(section)
-        _, _, after = rest.partition(section)
-        RESULTS.write_text(f"{before.rstrip()}\n\n{section}\n{text}{section}\n{after.lstrip()}")
+        write_section("bench_mlflow", text)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,15 @@ MAX_ARTIFACT_ENTRIES = 10_000  # per run: a run with more files is counted up to
 GB = 2**30  # cloud storage bills count a GB as 2^30 bytes
 
 
+def top_with_other(counts: dict[str, int], limit: int) -> Counter[str]:
+    """The `limit` largest entries (ties by name), the rest summed as 'other': bounded labels, same total."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    kept = Counter(dict(ranked[:limit]))
+    for _, n in ranked[limit:]:
+        kept[OTHER] += n
+    return kept
+
+
 class SourceError(Exception):
     """A source could not be read; the message is safe to log and show."""
 
@@ -487,12 +496,7 @@ class MlflowSource(MlflowReader):
             per_exp.setdefault(exp_id, Counter())[estimator] = n
         limit = self.runs_cfg.max_estimators
         for exp_id in sorted(per_exp):
-            ranked = sorted(per_exp[exp_id].items(), key=lambda kv: (-kv[1], kv[0]))
-            kept, rest = ranked[:limit], ranked[limit:]
-            merged = Counter(dict(kept))
-            for _, n in rest:
-                merged[OTHER] += n
-            for estimator, n in sorted(merged.items()):
+            for estimator, n in sorted(top_with_other(per_exp[exp_id], limit).items()):
                 by_estimator.add_metric([exp_name(exp_id), estimator], n)
         return [by_hour, by_estimator]
 
@@ -555,13 +559,9 @@ class MlflowSource(MlflowReader):
         costs = ledger.cost_by_tag(now_ms)
         for index, tag in enumerate(self.allocation.tags):
             # "untagged" is always its own series: unallocated spend is what showback must expose.
-            values = sorted(
-                ((v, n) for (i, v), n in costs.items() if i == index and v != UNTAGGED), key=lambda vn: (-vn[1], vn[0])
-            )
-            kept = Counter(dict(values[: self.allocation.max_values]))
+            values = {v: n for (i, v), n in costs.items() if i == index and v != UNTAGGED}
+            kept = top_with_other(values, self.allocation.max_values)
             kept[UNTAGGED] = costs.get((index, UNTAGGED), 0)
-            for _, n in values[self.allocation.max_values :]:
-                kept[OTHER] += n
             for tag_value, nano in sorted(kept.items()):
                 by_tag.add_metric([tag, tag_value], nano / NANO)
         return [by_tag]
