@@ -243,3 +243,17 @@ def test_versions_whose_run_was_deleted_or_purged(mlflow_server, prefix):
     assert value(m, "mlops_model_deploy_lead_time_unknown", model=f"{prefix}-hard", reason="run_gone") == 1
     m = poll(KpiSource(cfg))
     assert value(m, "mlops_kpi_missing", kpi="acc", reason="run_gone") == 1
+
+
+def test_forecast_in_the_first_minutes_of_a_month_is_not_wild(mlflow_server, prefix):
+    client = mlflow_server.client()
+    exp = client.create_experiment(f"{prefix}-early")
+    rules = RunRules(Pricer(PricingConfig()), ("estimator",), "UTC")
+    _, month_start, next_month = rules.month_bounds(int(time.time() * 1000))
+    clock_ms = month_start + 10 * 60_000  # 00:10 on the 1st
+    add_run(client, exp, month_start - HOUR_MS, None, tags={"instance_type": "p3.2xlarge"})  # a GPU job running
+    m = poll(MlflowSource(config(mlflow_server.url, prefix), clock=lambda: clock_ms / 1000))
+    mtd = 3.06 / 6  # ten minutes of it this month
+    assert value(m, "mlops_experiment_cost_month_to_date", experiment=f"{prefix}-early") == pytest.approx(mtd)
+    days = (next_month - month_start) / (24 * HOUR_MS)
+    assert value(m, "mlops_experiment_cost_forecast_month", experiment=f"{prefix}-early") == pytest.approx(mtd * days)

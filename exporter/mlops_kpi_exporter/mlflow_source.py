@@ -61,6 +61,7 @@ OTHER = "other"  # the estimator label that gathers everything beyond runs.max_e
 EXPERIMENT_CHUNK = 100  # experiment ids per search_runs call
 MAX_ARTIFACT_ENTRIES = 10_000  # per run: a run with more files is counted up to here
 GB = 2**30  # cloud storage bills count a GB as 2^30 bytes
+FORECAST_MIN_ELAPSED_MS = 86_400_000
 
 
 def top_with_other(counts: dict[str, int], limit: int) -> Counter[str]:
@@ -503,8 +504,10 @@ class MlflowSource(MlflowReader):
     def _months(self, ledger: RunLedger, now_ms: int, exp_name) -> list[Metric]:
         cur = self.currency
         mtd, first_ms, length_ms = ledger.month_to_date(now_ms, self.rules)
-        elapsed = max(1, now_ms - first_ms)
-        scale = length_ms / elapsed  # straight line: the month so far, stretched to the whole month
+        # Straight line: the month so far, stretched to the whole month. The first day counts as a full
+        # day, so that ten minutes of a GPU job at 00:10 on the 1st do not project a month of it.
+        elapsed = max(FORECAST_MIN_ELAPSED_MS, now_ms - first_ms)
+        scale = length_ms / elapsed
         month_note = f"calendar month in {self.runs_cfg.timezone}"
         to_date = GaugeMetricFamily(
             "mlops_experiment_cost_month_to_date",
@@ -515,7 +518,7 @@ class MlflowSource(MlflowReader):
         forecast = GaugeMetricFamily(
             "mlops_experiment_cost_forecast_month",
             f"Straight-line forecast in {cur} of the experiment's compute cost for the whole current "
-            f"{month_note}: month-to-date x month length / time elapsed. {POLLED_NOTE}",
+            f"{month_note}: month-to-date x month length / time elapsed (at least one day). {POLLED_NOTE}",
             labels=["experiment"],
         )
         for exp_id in sorted(self.experiments):
