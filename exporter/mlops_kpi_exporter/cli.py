@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from prometheus_client.exposition import generate_latest
@@ -107,7 +108,8 @@ def once(config: Config) -> int:
     sources = build_sources(config)
     store = SnapshotStore()
     poller = Poller(sources, store)
-    failed = [s for s in sources if not poller.poll_once(s)]
+    with ThreadPoolExecutor(max_workers=max(1, len(sources))) as pool:  # as `serve` does: all at once
+        failed = [ok for ok in pool.map(poller.poll_once, sources) if not ok]
     sys.stdout.write(generate_latest(build_registry(store, config)).decode())
     _, states = store.states()
     for state in states:
