@@ -172,7 +172,10 @@ def mlflow_model_server(tmp_path_factory):
         def predict(self, context, model_input, params=None):
             return [2 * float(x) for x in model_input.iloc[:, 0]]
 
-    with mlflow.start_run() as run:
+    import warnings
+
+    with mlflow.start_run() as run, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # mlflow's advice to add type hints to predict()
         mlflow.pyfunc.log_model(name="model", python_model=Doubler())
     mlflow.set_tracking_uri(None)
     port = free_port()
