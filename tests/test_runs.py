@@ -140,3 +140,13 @@ def test_large_ledger_snapshot_does_not_scan_history():
         book.upsert(facts(f"r{i}", str(i % 4), "FINISHED", start, start + 1000))
     assert len(book.status_totals(NOW)) == 4
     assert len(book.run_series(10)) == 10
+
+
+def test_recent_runs_stay_in_order_whatever_the_arrival_order():
+    book = ledger()
+    ends = [5, 1, 4, 2, 3]  # newest first and shuffled, as pages of a full sync bring them
+    for i in ends:
+        book.upsert(facts(f"r{i}", start=NOW - 10 * MS_PER_HOUR, end=NOW - (10 - i) * MS_PER_HOUR))
+    book.remove("r4")
+    book.upsert(facts("r6", start=NOW - 10 * MS_PER_HOUR, end=NOW - 3 * MS_PER_HOUR))
+    assert [r.run_id for r in book.run_series(4)] == ["r6", "r5", "r3", "r2"]

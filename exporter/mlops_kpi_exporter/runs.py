@@ -232,7 +232,8 @@ class RunLedger:
         self.start_hours: Counter[tuple[str, int, int]] = Counter()  # (exp, epoch hour, local hour)
         self.duration_hist: dict[str, Histogram] = {}
         self.cost_hist: dict[str, Histogram] = {}
-        self.recent_closed: list[tuple[int, str]] = []  # sorted (end_ms, run_id) of completed runs
+        self.recent_closed: list[tuple[int, str]] = []  # (end_ms, run_id) of completed runs, see _sort_closed
+        self._closed_sorted = True
         self.month_cost: Counter[tuple[str, str]] = Counter()  # (exp, YYYY-MM) -> nano, completed runs
         self.tag_cost: Counter[tuple[int, str]] = Counter()  # (allocation tag index, value) -> nano, completed
 
@@ -299,8 +300,13 @@ class RunLedger:
                 _bump(self.tag_cost, (index, tag_value), sign * cost)
             key = (run.end_ms or 0, run.run_id)
             if sign > 0:
-                bisect.insort(self.recent_closed, key)
+                # Appended, sorted lazily: a full sync brings runs newest first, and inserting each
+                # at its place would shift the whole list every time (quadratic at 100k runs).
+                if self.recent_closed and key < self.recent_closed[-1]:
+                    self._closed_sorted = False
+                self.recent_closed.append(key)
             else:
+                self._sort_closed()
                 index = bisect.bisect_left(self.recent_closed, key)
                 if index < len(self.recent_closed) and self.recent_closed[index] == key:
                     del self.recent_closed[index]
@@ -349,10 +355,16 @@ class RunLedger:
             del self.start_hours[key]
         return out
 
+    def _sort_closed(self) -> None:
+        if not self._closed_sorted:
+            self.recent_closed.sort()
+            self._closed_sorted = True
+
     def run_series(self, limit: int) -> list[RunFacts]:
         """Running runs first (newest first), then the most recently ended ones, `limit` in all."""
         if limit <= 0:
             return []
+        self._sort_closed()
         chosen = sorted(self.open_runs.values(), key=lambda r: (r.start_ms, r.run_id), reverse=True)[:limit]
         for _, run_id in reversed(self.recent_closed[-(limit - len(chosen)) :] if len(chosen) < limit else []):
             chosen.append(self.runs[run_id])
