@@ -1,0 +1,168 @@
+"""The Grafana dashboards: structure, drift from their generator, and every panel query answered with
+data by a real Prometheus that scrapes the real exporter over the demo data and a serving endpoint."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from conftest import EXPORTER, child_env, free_port, wait_http
+from upstream import Reply, Upstream, fixture
+
+ROOT = Path(__file__).parent.parent
+BOARDS = ROOT / "dashboards"
+
+
+def load_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, BOARDS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build = load_module("build")
+render = load_module("render")
+
+
+def dashboards() -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((BOARDS / "json").glob("*.json"))}
+
+
+def targets(board: dict):
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            yield panel, target
+
+
+def test_committed_json_is_what_the_generator_builds():
+    assert dashboards() == {uid: json.loads(json.dumps(b)) for uid, b in build.build().items()}, \
+        "run: python dashboards/build.py"
+
+
+def test_structure_uids_datasources_units_links():
+    provisioned = yaml.safe_load((BOARDS / "provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
+    boards = dashboards()
+    assert set(boards) == {"mlops-costs", "mlops-serving", "mlops-kpis", "mlops-exporter"}  # alerts link to these
+    for uid, board in boards.items():
+        assert board["uid"] == uid and "id" not in board and "__inputs" not in board
+        ids = [p["id"] for p in board["panels"]]
+        assert len(ids) == len(set(ids)), uid
+        for panel in board["panels"]:
+            assert panel["datasource"] == {"type": "prometheus", "uid": provisioned["uid"]}, panel["title"]
+            assert panel["targets"], panel["title"]
+            assert panel["fieldConfig"]["defaults"]["unit"], panel["title"]
+            assert panel["fieldConfig"]["defaults"]["noValue"], panel["title"]
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == provisioned["uid"]
+                assert "[5m]" not in target["expr"] and "[1m]" not in target["expr"]  # $__rate_interval instead
+        for variable in board["templating"]["list"]:
+            if variable["type"] == "query":
+                assert variable["datasource"]["uid"] == provisioned["uid"]
+        assert any(link.get("tags") == ["mlops"] for link in board["links"])  # links between the dashboards
+        assert any("runbooks" in link.get("url", "") for link in board["links"])
+    provider = yaml.safe_load((BOARDS / "provisioning/dashboards/mlops.yml").read_text())["providers"][0]
+    assert provider["type"] == "file" and provider["options"]["path"]
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory):
+    """Demo data + one served model -> the exporter -> Prometheus with the shipped recording rules."""
+    from mlops_kpi_exporter import demo
+
+    work = tmp_path_factory.mktemp("dashboards")
+    demo.prepare(work / "demo")
+    upstream = Upstream()
+    upstream.replies["/ping"] = Reply(200, b"")
+    counts = {"OK": 1000.0, "ERR": 2.0, "B1": 600.0, "B2": 950.0, "LAT_S": 150.0}
+    stop = threading.Event()
+
+    def traffic() -> None:  # a model server under steady load
+        while not stop.wait(0.5):
+            for key, step in (("OK", 20), ("ERR", 0.1), ("B1", 12), ("B2", 19), ("LAT_S", 3)):
+                counts[key] += step
+            upstream.replies["/metrics"] = Reply(200, fixture("bentoml", **counts))
+
+    upstream.replies["/metrics"] = Reply(200, fixture("bentoml", **counts))
+    threading.Thread(target=traffic, daemon=True).start()
+    config = demo.demo_config_dict(work / "demo" / "mlflow.db")
+    config["mlflow"] |= {"poll_interval": "2s"}
+    config["endpoints"] = [{"name": "churn-model", "url": upstream.url, "metrics_url": f"{upstream.url}/metrics",
+                            "preset": "bentoml", "hourly_cost": 1.2, "replicas": 2, "capacity_rps": 100,
+                            "probe": {"path": "/ping", "interval": "1s", "timeout": "1s"}}]
+    (work / "exporter.yml").write_text(yaml.safe_dump(config))
+    exporter_port, prom_port = free_port(), free_port()
+    procs = [subprocess.Popen([EXPORTER, "serve", "--config", str(work / "exporter.yml"), "--listen",
+                               f"127.0.0.1:{exporter_port}"], env=child_env(), stdout=subprocess.DEVNULL,
+                              stderr=open(work / "exporter.log", "wb"))]
+    (work / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(ROOT / "alerts" / "rules.yml")],
+        "scrape_configs": [{"job_name": "mlops-kpi-exporter", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}]}))
+    promtool = shutil.which("prometheus")
+    if promtool is None:
+        pytest.fail("prometheus is not installed (Debian package 'prometheus'; .ci/run installs it)")
+    procs.append(subprocess.Popen([promtool, f"--config.file={work / 'prometheus.yml'}",
+                                   f"--storage.tsdb.path={work / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+                                  stdout=subprocess.DEVNULL, stderr=open(work / "prometheus.log", "wb")))
+    url = f"http://127.0.0.1:{prom_port}"
+    try:
+        wait_http(f"{url}/-/ready", timeout=60)
+        deadline = time.monotonic() + 90
+        ready = ("mlops:endpoint_cost_per_1k_predictions:1h", "mlops_kpi_target_met", "mlops:experiment_spend:1d",
+                 'mlops_endpoint_utilization_ratio{resource="capacity"}')
+        while not all(requests.get(f"{url}/api/v1/query", params={"query": q}, timeout=5).json()["data"]["result"]
+                      for q in ready):
+            assert time.monotonic() < deadline, "Prometheus never got the exporter's data"
+            time.sleep(1)
+        time.sleep(12)  # enough scrapes for every rate window the test uses
+        yield url
+    finally:
+        stop.set()
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+        upstream.close()
+
+
+def test_variables_resolve(prometheus):
+    for board in dashboards().values():
+        for variable in board["templating"]["list"]:
+            if variable["type"] != "query":
+                continue
+            metric, label = variable["definition"].removeprefix("label_values(").rstrip(")").split(", ")
+            values = requests.get(f"{prometheus}/api/v1/label/{label}/values", params={"match[]": metric}, timeout=5).json()
+            assert values["data"], f"variable {variable['name']} of {board['uid']} has no values"
+
+
+def test_every_panel_query_is_valid_and_returns_data(prometheus):
+    empty = []
+    for uid, board in dashboards().items():
+        for panel, target in targets(board):
+            result = render.run(prometheus, target, window=60, rate_interval="15s")  # raises on invalid PromQL
+            if not result:
+                empty.append(f"{uid} / {panel['title']} / {target['refId']}: {target['expr']}")
+    assert empty == [], "panels without data:\n" + "\n".join(empty)
+
+
+def test_pictures_render(prometheus, tmp_path):
+    """MLOPS_UPDATE_PICTURES=1 writes them to dashboards/img/ for the README instead of a temp folder."""
+    import os
+
+    out = BOARDS / "img" if os.environ.get("MLOPS_UPDATE_PICTURES") else tmp_path
+    out.mkdir(exist_ok=True)
+    for board in dashboards().values():
+        path = render.render(board, prometheus, out, window=90)
+        assert path.stat().st_size > 10_000
+    readme = (ROOT / "README.md").read_text()
+    for uid in dashboards():
+        assert f"dashboards/img/{uid}.png" in readme and (BOARDS / "img" / f"{uid}.png").is_file()
