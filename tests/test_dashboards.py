@@ -7,7 +7,6 @@ import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
