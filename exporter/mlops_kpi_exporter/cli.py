@@ -154,6 +154,13 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", type=Path, default=Path("demo-data"), metavar="DIR")
     d.add_argument("--reset", action="store_true", help="recreate the demo store (start times relative to now)")
     d.add_argument("--print-config", action="store_true", help="print the demo's config file and exit")
+    sd = sub.add_parser("seed", parents=[common], help="write the demo history and a tiny servable model to a tracking server")
+    sd.add_argument("--tracking-uri", required=True)
+    tr = sub.add_parser("traffic", parents=[common], help="send steady demo predictions to a model server")
+    tr.add_argument("--url", required=True, help="e.g. http://model:8080/invocations")
+    tr.add_argument("--rps", type=float, default=2.0)
+    tr.add_argument("--duration", type=float, help="seconds (default: until stopped)")
+    tr.add_argument("--metrics-port", type=int, help="serve the client-side request metrics on this port")
     e = sub.add_parser("estimate", parents=[common], help="back-of-the-envelope cost of a training job")
     e.add_argument("--instance", required=True, help="machine type, e.g. p3.2xlarge (catalog or config)")
     e.add_argument("--hours", required=True, type=float, help="run time in hours")
@@ -201,6 +208,14 @@ def main(argv: list[str] | None = None) -> int:
             return serve(config, args.listen, title="mlops-kpi-exporter (demo data)")
         if args.command == "estimate":
             return estimate_command(args)
+        if args.command in ("seed", "traffic"):
+            from mlops_kpi_exporter import demo
+
+            if args.command == "seed":
+                print(demo.seed_server(args.tracking_uri))
+            else:
+                demo.traffic(args.url, args.rps, args.duration, args.metrics_port)
+            return EXIT_OK
         config = load_config(args.config)
         if args.command == "serve":
             return serve(config, args.listen)

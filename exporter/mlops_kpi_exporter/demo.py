@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import mlflow.pyfunc
 import yaml
 
 from mlops_kpi_exporter.config import Config, config_from_dict
@@ -114,16 +115,22 @@ def _start_ms(rng: random.Random, now_ms: int) -> int:
     return midnight + hour * HOUR_MS + rng.randint(0, HOUR_MS - 1)
 
 
-def seed(tracking_uri: str, artifact_root: Path, now_ms: int, rng_seed: int = 7) -> int:
+def seed(tracking_uri: str, artifact_root: Path | None, now_ms: int, rng_seed: int = 7) -> int:
+    """Write the demo history; artifact_root None leaves artifacts to the tracking server's store."""
+    import tempfile
+
     from mlflow.tracking import MlflowClient
 
     rng = random.Random(rng_seed)
     client = MlflowClient(tracking_uri=tracking_uri)
-    artifact_root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="mlops-demo-"))
+    if artifact_root is not None:
+        artifact_root.mkdir(parents=True, exist_ok=True)
     total = 0
     finished: dict[str, list[tuple[int, str]]] = {"churn-training": [], "fraud-detection": []}
     for name, (estimators, machines, counts, (low, high), n_runs) in EXPERIMENTS.items():
-        exp_id = client.create_experiment(name, artifact_location=(artifact_root / name).resolve().as_uri())
+        location = (artifact_root / name).resolve().as_uri() if artifact_root is not None else None
+        exp_id = client.create_experiment(name, artifact_location=location)
         for i in range(n_runs):
             start = _start_ms(rng, now_ms)
             hours = rng.uniform(low, high)
@@ -147,7 +154,7 @@ def seed(tracking_uri: str, artifact_root: Path, now_ms: int, rng_seed: int = 7)
                 metrics.update(BUSINESS_METRICS.get(name, lambda r: {})(rng))
             _log(client, run.info.run_id, metrics, {"estimator": estimator, "max_depth": str(rng.randint(3, 12))}, end)
             if i % 3 == 0:
-                _log_artifact(client, run.info.run_id, artifact_root, rng)
+                _log_artifact(client, run.info.run_id, scratch, rng)
             client.set_terminated(run.info.run_id, status, end_time=end)
             if status == "FINISHED" and name in ("churn-training", "fraud-detection"):
                 finished[name].append((end, run.info.run_id))
@@ -163,6 +170,7 @@ def seed(tracking_uri: str, artifact_root: Path, now_ms: int, rng_seed: int = 7)
     total += 1
     _register(client, "churn-classifier", sorted(finished["churn-training"])[-3:], {"champion": 2, "challenger": 3})
     _register(client, "fraud-detector", sorted(finished["fraud-detection"])[-2:], {"champion": 2})
+    shutil.rmtree(scratch, ignore_errors=True)
     return total
 
 
@@ -200,3 +208,65 @@ def _register(client, model: str, runs: list[tuple[int, str]], aliases: dict[str
     for alias, version in aliases.items():
         if version <= len(runs):
             client.set_registered_model_alias(model, alias, str(version))
+
+
+DEMO_MODEL = "demo-doubler"
+
+
+def seed_server(tracking_uri: str) -> str:
+    """Demo history and a tiny servable model (DEMO_MODEL@champion) in a tracking server; once."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if client.get_experiment_by_name("churn-training") is not None:
+        return "demo data already there: nothing to do"
+    runs = seed(tracking_uri, None, now_ms=int(time.time() * 1000))
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("serving-demo")
+    with mlflow.start_run(run_name="demo-doubler"):
+        info = mlflow.pyfunc.log_model(name="model", python_model=Doubler(), registered_model_name=DEMO_MODEL)
+    client.set_registered_model_alias(DEMO_MODEL, "champion", str(info.registered_model_version))
+    return f"{runs} demo runs and model {DEMO_MODEL}@champion written to {tracking_uri}"
+
+
+class Doubler(mlflow.pyfunc.PythonModel):
+    """Twice its input's first column: a model small enough to serve anywhere (the demo's endpoint)."""
+
+    def predict(self, context, model_input, params=None):
+        return [2 * float(x) for x in model_input.iloc[:, 0]]
+
+
+def traffic(url: str, rps: float, duration: float | None = None, metrics_port: int | None = None) -> int:
+    """Steady prediction requests to a model server, so serving panels move; returns requests sent.
+
+    MLflow's scoring server has no /metrics, so with `metrics_port` the generator serves its own
+    client-side view (requests, errors, latency) for the exporter to read with a custom preset.
+    """
+    import requests
+    from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+    registry = CollectorRegistry()
+    requests_total = Counter("demo_client_requests", "Prediction requests sent.", registry=registry)
+    errors_total = Counter("demo_client_errors", "Prediction requests that failed.", registry=registry)
+    latency = Histogram("demo_client_request_duration_seconds", "Prediction latency seen by the client.",
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=registry)
+    if metrics_port is not None:
+        start_http_server(metrics_port, registry=registry)
+    rng = random.Random()
+    sent = failed = 0
+    started = time.monotonic()
+    while duration is None or time.monotonic() - started < duration:
+        payload = {"dataframe_split": {"columns": ["x"], "data": [[round(rng.uniform(0, 10), 3)]]}}
+        sent += 1
+        requests_total.inc()
+        with latency.time():
+            try:
+                requests.post(url, json=payload, timeout=2).raise_for_status()
+            except requests.RequestException as exc:
+                failed += 1
+                errors_total.inc()
+                log.warning("request to %s failed: %s", url, exc)
+        time.sleep(1 / rps)
+    log.info("sent %d requests (%d failed)", sent, failed)
+    return sent

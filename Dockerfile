@@ -1,0 +1,25 @@
+# syntax=docker/dockerfile:1
+# The exporter image; the compose stack also runs MLflow, the demo seeder, model server and
+# traffic from it, so that every MLflow in the stack is the same version.
+FROM python:3.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY exporter ./exporter
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir .
+
+FROM python:3.11-slim-bookworm
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# A fixed, unprivileged user; /mlflow is where the stack's MLflow keeps its database and artifacts.
+RUN groupadd --system --gid 10150 exporter \
+ && useradd --system --uid 10150 --gid exporter --create-home --home-dir /home/exporter exporter \
+ && mkdir -p /mlflow /etc/mlops-kpi-exporter \
+ && chown exporter:exporter /mlflow
+COPY --from=build /opt/venv /opt/venv
+USER 10150:10150
+WORKDIR /home/exporter
+EXPOSE 10150
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:10150/healthz', timeout=4).status != 200)"]
+ENTRYPOINT ["mlops-kpi-exporter"]
+CMD ["serve", "--config", "/etc/mlops-kpi-exporter/config.yml"]
