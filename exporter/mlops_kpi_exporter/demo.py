@@ -224,7 +224,10 @@ def seed_server(tracking_uri: str) -> str:
     runs = seed(tracking_uri, None, now_ms=int(time.time() * 1000))
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("serving-demo")
-    with mlflow.start_run(run_name="demo-doubler"):
+    import warnings
+
+    with mlflow.start_run(run_name="demo-doubler"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # mlflow's advice to add type hints to predict(): not needed here
         info = mlflow.pyfunc.log_model(name="model", python_model=Doubler(), registered_model_name=DEMO_MODEL)
     client.set_registered_model_alias(DEMO_MODEL, "champion", str(info.registered_model_version))
     return f"{runs} demo runs and model {DEMO_MODEL}@champion written to {tracking_uri}"
