@@ -168,9 +168,7 @@ def mlflow_model_server(tmp_path_factory):
     mlflow.set_tracking_uri(tracking)
     mlflow.set_experiment("serving")
 
-    class Doubler(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
-            return [2 * float(x) for x in model_input.iloc[:, 0]]
+    from mlops_kpi_exporter.demo import Doubler
 
     import warnings
 

@@ -11,6 +11,7 @@ import logging
 import random
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -224,20 +225,21 @@ def seed_server(tracking_uri: str) -> str:
     runs = seed(tracking_uri, None, now_ms=int(time.time() * 1000))
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("serving-demo")
-    import warnings
-
     with mlflow.start_run(run_name="demo-doubler"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # mlflow's advice to add type hints to predict(): not needed here
+        warnings.simplefilter("ignore")  # the same type-hint advice, again at logging time
         info = mlflow.pyfunc.log_model(name="model", python_model=Doubler(), registered_model_name=DEMO_MODEL)
     client.set_registered_model_alias(DEMO_MODEL, "champion", str(info.registered_model_version))
     return f"{runs} demo runs and model {DEMO_MODEL}@champion written to {tracking_uri}"
 
 
-class Doubler(mlflow.pyfunc.PythonModel):
-    """Twice its input's first column: a model small enough to serve anywhere (the demo's endpoint)."""
+with warnings.catch_warnings():  # mlflow advises type hints on predict() when the class is made
+    warnings.simplefilter("ignore")
 
-    def predict(self, context, model_input, params=None):
-        return [2 * float(x) for x in model_input.iloc[:, 0]]
+    class Doubler(mlflow.pyfunc.PythonModel):
+        """Twice its input's first column: a model small enough to serve anywhere (the demo's endpoint)."""
+
+        def predict(self, context, model_input, params=None):
+            return [2 * float(x) for x in model_input.iloc[:, 0]]
 
 
 def traffic(url: str, rps: float, duration: float | None = None, metrics_port: int | None = None) -> int:
