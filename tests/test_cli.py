@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import signal
 import subprocess
 import time
@@ -196,3 +197,34 @@ def test_readme_metric_reference_matches_the_demo(demo_dir):
     assert exported - documented == set(), "exported but not in the README's metric reference"
     missing = {n for n in documented - CONDITIONAL - exported if not n.startswith(ENDPOINT_METRICS)}
     assert missing == set(), "documented but the demo does not export it"
+
+
+def test_sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_bad_one(tmp_path, mlflow_server, prefix, small_experiment):
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(open(write_config(tmp_path, mlflow_server.url, prefix)).read())
+    served = Served(["serve", "--config", str(config), "--listen", f"127.0.0.1:{port}", "--log-format", "json"], port)
+    try:
+        served.wait_metric('currency="USD"')
+        config.write_text(config.read_text().replace("poll_interval: 2s", "poll_interval: soon"))
+        served.proc.send_signal(signal.SIGHUP)
+        text = served.wait_metric("mlops_exporter_config_last_reload_successful 0.0")
+        assert 'currency="USD"' in text and "mlops_experiment_cost{" in text  # still the old config, still serving
+        data = yaml.safe_load(config.read_text().replace("poll_interval: soon", "poll_interval: 2s"))
+        data["pricing"] = {"currency": "EUR", "use_catalog": False, "default_hourly_cost": 1.0}
+        config.write_text(yaml.safe_dump(data))
+        served.proc.send_signal(signal.SIGHUP)
+        text = served.wait_metric("mlops_exporter_config_last_reload_successful 1.0")
+        text = served.wait_metric('mlops_experiment_cost{experiment="%s",status="FINISHED"}' % small_experiment)
+        assert 'currency="EUR"' in text
+        m = samples(text)  # two hours at the new default rate of 1.0 per hour
+        assert value(m, "mlops_experiment_cost", experiment=small_experiment, status="FINISHED") == pytest.approx(2.0)
+    finally:
+        code, err = served.stop()
+    assert code == 0
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    reloads = [e for e in events if e.get("event") == "reload"]
+    assert [e["ok"] for e in reloads] == [False, True]
+    assert "mlflow.poll_interval: invalid duration 'soon'" in reloads[0]["msg"]
+    polls = [e for e in events if e.get("event") == "poll" and e["source"] == "mlflow"]
+    assert polls and {"duration_seconds", "fetched", "changed", "ok"} <= set(polls[0])

@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,6 +35,23 @@ from mlops_kpi_exporter.snapshot import ExporterCollector, SnapshotStore
 log = logging.getLogger("mlops_kpi_exporter")
 
 EXIT_OK, EXIT_SOURCE_FAILED, EXIT_CONFIG, EXIT_LISTEN = 0, 1, 2, 3
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the record's structured extras."""
+
+    STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+    converter = time.gmtime  # the "Z" below means UTC
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        line = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+                "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        line.update({k: v for k, v in vars(record).items() if k not in self.STANDARD})
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
 
 
 def build_sources(config: Config) -> list[Source]:
@@ -70,22 +88,26 @@ def _listen_address(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def serve(config: Config, listen: tuple[str, int] | None, title: str = "mlops-kpi-exporter") -> int:
-    sources = build_sources(config)
-    store = SnapshotStore()
-    poller = Poller(sources, store)
-    host, port = listen or parse_listen(config.server.listen)
+def _links(config: Config) -> dict[str, str]:
     links = {"MLflow tracking URI": redact_uri(config.mlflow.tracking_uri)}
     if config.mlflow.ui_url:
         links["MLflow UI"] = redact_uri(config.mlflow.ui_url)
-    app = ExporterApp(build_registry(store, config), store, title, links)
+    return links
+
+
+def serve(config: Config, listen: tuple[str, int] | None, title: str = "mlops-kpi-exporter",
+          config_path: str | None = None) -> int:
+    store = SnapshotStore()
+    poller = Poller(build_sources(config), store)
+    host, port = listen or parse_listen(config.server.listen)
+    app = ExporterApp(build_registry(store, config), store, title, _links(config))
     try:
         server, _ = start_http_server(app, host, port)
     except OSError as exc:
         print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_LISTEN
     log.info("listening on http://%s:%d/ (version %s)", host, port, __version__)
-    stop = threading.Event()
+    stop, reload = threading.Event(), threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)
@@ -93,15 +115,42 @@ def serve(config: Config, listen: tuple[str, int] | None, title: str = "mlops-kp
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     poller.start()
     try:
-        while not stop.wait(1.0):
-            pass
+        while not stop.wait(0.5):
+            if reload.is_set():
+                reload.clear()
+                poller = _reload(config_path, app, poller) or poller
     finally:
         poller.stop()
         server.shutdown()
         server.server_close()
     return EXIT_OK
+
+
+def _reload(path: str | None, app: ExporterApp, poller: Poller) -> Poller | None:
+    """SIGHUP: a valid new config replaces the running one whole; a bad one changes nothing."""
+    if path is None:
+        log.warning("SIGHUP ignored: this exporter was not started from a config file")
+        return None
+    try:
+        config = load_config(path)
+        sources = build_sources(config)
+    except ConfigError as exc:
+        log.error("config reload failed, the running config stays in force:\n%s", exc,
+                  extra={"event": "reload", "ok": False})
+        app.store.reload_result(False)
+        return None
+    poller.stop()
+    store = SnapshotStore()
+    fresh = Poller(sources, store)
+    store.reload_result(True)
+    app.swap(build_registry(store, config), store, _links(config))
+    fresh.start()
+    log.info("config reloaded from %s (the listen address changes only with a restart)", path,
+             extra={"event": "reload", "ok": True})
+    return fresh
 
 
 def once(config: Config) -> int:
@@ -139,6 +188,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    common.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="json: one object per line, with the poll's fields (source, duration, outcome)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("serve", parents=[common], help="poll on schedule and serve /metrics")
     s.add_argument("--config", required=True, metavar="FILE")
@@ -192,11 +243,10 @@ def estimate_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if args.log_format == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, args.log_level), handlers=[handler])
     try:
         if args.command == "demo":
             from mlops_kpi_exporter import demo
@@ -218,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         config = load_config(args.config)
         if args.command == "serve":
-            return serve(config, args.listen)
+            return serve(config, args.listen, config_path=args.config)
         if args.command == "once":
             return once(config)
         return check(config, args.config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from dataclasses import asdict, is_dataclass
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
@@ -65,12 +66,17 @@ class Poller:
             log.warning(
                 "poll failed source=%s duration=%.3fs consecutive_failures=%d error=%s",
                 source.name, duration, self.failures[source.name], message,
+                extra={"event": "poll", "source": source.name, "ok": False, "duration_seconds": round(duration, 4),
+                       "consecutive_failures": self.failures[source.name], "error": message},
             )
             return False
         duration = time.monotonic() - started
         self.failures[source.name] = 0
         self.store.success(source.name, families, duration, summary)
-        log.info("poll ok source=%s duration=%.3fs %s", source.name, duration, summary)
+        report = getattr(source, "last_report", None)  # the MLflow source's counts, for JSON logs
+        log.info("poll ok source=%s duration=%.3fs %s", source.name, duration, summary,
+                 extra={"event": "poll", "source": source.name, "ok": True, "duration_seconds": round(duration, 4),
+                        "summary": summary, **(asdict(report) if is_dataclass(report) else {})})
         return True
 
     def start(self) -> None:

@@ -34,6 +34,12 @@ class ExporterApp:
         self._cache: dict[tuple[str, bool], tuple[int, bytes]] = {}
         self._cache_lock = threading.Lock()
 
+    def swap(self, registry: CollectorRegistry, store: SnapshotStore, links: dict[str, str]) -> None:
+        """After a config reload: serve the new sources' snapshots, never a page cached from the old."""
+        with self._cache_lock:
+            self.registry, self.store, self.links = registry, store, links
+            self._cache.clear()
+
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "/")

@@ -42,6 +42,12 @@ class SnapshotStore:
         self._lock = threading.Lock()
         self._states: dict[str, SourceState] = {}
         self.version = 0  # bumped on every change; lets the HTTP layer reuse a rendered page
+        self.reload_ok: bool | None = None  # outcome of the last SIGHUP config reload; None before any
+
+    def reload_result(self, ok: bool) -> None:
+        with self._lock:
+            self.reload_ok = ok
+            self.version += 1
 
     def register(self, name: str) -> None:
         self._set(SourceState(name=name))
@@ -126,6 +132,14 @@ class ExporterCollector(Collector):
             errors.add_metric([state.name], state.errors_total)
             polls.add_metric([state.name], state.polls_total)
         yield from (up, duration, last, errors, polls)
+        if self.store.reload_ok is not None:  # the Go exporters' convention for SIGHUP reloads
+            reloaded = GaugeMetricFamily(
+                "mlops_exporter_config_last_reload_successful",
+                "1 when the last SIGHUP reload of the config succeeded; 0 when it was refused and the previous "
+                "config stays in force.",
+            )
+            reloaded.add_metric([], 1 if self.store.reload_ok else 0)
+            yield reloaded
         yield from self.static
         yield from merge_families(f for state in states for f in state.families)
 
