@@ -228,3 +228,59 @@ def test_sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_bad_one(tmp_pat
     assert "mlflow.poll_interval: invalid duration 'soon'" in reloads[0]["msg"]
     polls = [e for e in events if e.get("event") == "poll" and e["source"] == "mlflow"]
     assert polls and {"duration_seconds", "fetched", "changed", "ok"} <= set(polls[0])
+
+
+def test_tls_and_basic_auth_from_a_web_config(tmp_path, mlflow_server, prefix, small_experiment, promtool):
+    import base64
+
+    import bcrypt
+
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    hashed = bcrypt.hashpw(b"s3cret-pass", bcrypt.gensalt(10)).decode()
+    web = tmp_path / "web-config.yml"
+    web.write_text(yaml.safe_dump({"tls_server_config": {"cert_file": "server.crt", "key_file": "server.key"},
+                                   "basic_auth_users": {"prometheus": hashed}}))
+    check = subprocess.run([promtool, "check", "web-config", str(web)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr  # the Prometheus convention, checked by its tool
+    port = free_port()
+    config = write_config(tmp_path, mlflow_server.url, prefix)
+    served = Served(["serve", "--config", config, "--listen", f"127.0.0.1:{port}", "--web-config", str(web)], port)
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{url}/healthz", verify=str(cert), timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline and served.proc.poll() is None
+            time.sleep(0.3)
+        assert requests.get(f"{url}/metrics", verify=str(cert), timeout=5).status_code == 401
+        wrong = requests.get(f"{url}/metrics", verify=str(cert), auth=("prometheus", "nope"), timeout=5)
+        assert wrong.status_code == 401 and "Basic" in wrong.headers["WWW-Authenticate"]
+        assert requests.get(f"{url}/metrics", verify=str(cert), auth=("nobody", "s3cret-pass"), timeout=5).status_code == 401
+        assert requests.get(f"{url}/", verify=str(cert), timeout=5).status_code == 401
+        token = base64.b64encode(b"prometheus:s3cret-pass").decode()
+        ok = requests.get(f"{url}/metrics", verify=str(cert), headers={"Authorization": f"Basic {token}"}, timeout=5)
+        assert ok.status_code == 200 and "mlops_source_up" in ok.text
+        with pytest.raises(requests.RequestException):  # plain HTTP is not served
+            requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    finally:
+        code, err = served.stop()
+    assert code == 0 and "s3cret-pass" not in err
+
+
+def test_bad_web_config_is_refused(tmp_path, prefix):
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  admin: plaintext\n")
+    config = write_config(tmp_path, "sqlite:///x.db", prefix)
+    proc = run_cli("serve", "--config", config, "--listen", f"127.0.0.1:{free_port()}", "--web-config", str(web))
+    assert proc.returncode == 2 and "basic_auth_users: the password of 'admin' is not a bcrypt hash" in proc.stderr
+    assert "plaintext" not in proc.stderr
+    web.write_text("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n")
+    proc = run_cli("serve", "--config", config, "--listen", f"127.0.0.1:{free_port()}", "--web-config", str(web))
+    assert proc.returncode == 2 and "tls_server_config.cert_file: no such file" in proc.stderr

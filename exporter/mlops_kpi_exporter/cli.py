@@ -23,13 +23,14 @@ from mlops_kpi_exporter.config import (
     Config,
     ConfigError,
     load_config,
+    load_web_config,
     parse_listen,
     redact_uri,
     resolve_credentials,
 )
 from mlops_kpi_exporter.poller import Poller, Source, describe_error
 from mlops_kpi_exporter.pricing import fixed_cost_families
-from mlops_kpi_exporter.server import ExporterApp, start_http_server
+from mlops_kpi_exporter.server import BasicAuth, ExporterApp, start_http_server
 from mlops_kpi_exporter.snapshot import ExporterCollector, SnapshotStore
 
 log = logging.getLogger("mlops_kpi_exporter")
@@ -96,13 +97,16 @@ def _links(config: Config) -> dict[str, str]:
 
 
 def serve(config: Config, listen: tuple[str, int] | None, title: str = "mlops-kpi-exporter",
-          config_path: str | None = None) -> int:
+          config_path: str | None = None, web_config: str | None = None) -> int:
+    web_file = web_config or config.server.web_config_file
+    web = load_web_config(web_file) if web_file else None
     store = SnapshotStore()
     poller = Poller(build_sources(config), store)
     host, port = listen or parse_listen(config.server.listen)
-    app = ExporterApp(build_registry(store, config), store, title, _links(config))
+    auth = BasicAuth(web.basic_auth_users) if web and web.basic_auth_users else None
+    app = ExporterApp(build_registry(store, config), store, title, _links(config), auth)
     try:
-        server, _ = start_http_server(app, host, port)
+        server, _ = start_http_server(app, host, port, web.tls_server_config if web else None)
     except OSError as exc:
         print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_LISTEN
@@ -194,6 +198,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", parents=[common], help="poll on schedule and serve /metrics")
     s.add_argument("--config", required=True, metavar="FILE")
     s.add_argument("--listen", type=_listen_address, metavar="HOST:PORT", help="overrides server.listen")
+    s.add_argument("--web-config", metavar="FILE", help="TLS and basic auth (exporter-toolkit web-config.yml); "
+                   "overrides server.web_config_file")
     o = sub.add_parser("once", parents=[common], help="poll every source once and print the metrics")
     o.add_argument("--config", required=True, metavar="FILE")
     c = sub.add_parser("check", parents=[common], help="validate the config and reach every source")
@@ -268,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         config = load_config(args.config)
         if args.command == "serve":
-            return serve(config, args.listen, config_path=args.config)
+            return serve(config, args.listen, config_path=args.config, web_config=args.web_config)
         if args.command == "once":
             return once(config)
         return check(config, args.config)

@@ -6,10 +6,14 @@ scrapes between two polls cost a dictionary look-up, however many Prometheus ser
 
 from __future__ import annotations
 
+import base64
+import binascii
 import gzip
+import hashlib
 import html
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -18,6 +22,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
+from mlops_kpi_exporter.config import TlsServerConfig
 from mlops_kpi_exporter.snapshot import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -25,8 +30,47 @@ log = logging.getLogger(__name__)
 StartResponse = Callable[..., object]
 
 
+class BasicAuth:
+    """Basic auth against bcrypt hashes (exporter-toolkit `basic_auth_users`).
+
+    An unknown user costs a bcrypt check too, so timing does not tell which users exist; a correct
+    header is remembered (as a hash) so that scrapes do not pay bcrypt every time.
+    """
+
+    def __init__(self, users: dict[str, str]):
+        import bcrypt
+
+        self._bcrypt = bcrypt
+        self.users = {user: hashed.encode() for user, hashed in users.items()}
+        self._decoy = bcrypt.hashpw(b"decoy", bcrypt.gensalt(10))
+        self._accepted: set[bytes] = set()
+        self._lock = threading.Lock()
+
+    def allows(self, header: str | None) -> bool:
+        if not header or not header.startswith("Basic "):
+            return False
+        key = hashlib.sha256(header.encode()).digest()
+        with self._lock:
+            if key in self._accepted:
+                return True
+        try:
+            user, sep, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        hashed = self.users.get(user)
+        ok = self._bcrypt.checkpw(password.encode(), hashed or self._decoy) and hashed is not None and bool(sep)
+        if ok:
+            with self._lock:
+                if len(self._accepted) > 256:
+                    self._accepted.clear()
+                self._accepted.add(key)
+        return ok
+
+
 class ExporterApp:
-    def __init__(self, registry: CollectorRegistry, store: SnapshotStore, title: str, links: dict[str, str]):
+    def __init__(self, registry: CollectorRegistry, store: SnapshotStore, title: str, links: dict[str, str],
+                 auth: BasicAuth | None = None):
+        self.auth = auth  # None: no authentication (the default, as for every exporter)
         self.registry = registry
         self.store = store
         self.title = title
@@ -45,6 +89,10 @@ class ExporterApp:
         path = environ.get("PATH_INFO", "/")
         if method not in ("GET", "HEAD"):
             return self._reply(start_response, "405 Method Not Allowed", b"only GET and HEAD\n", extra=[("Allow", "GET, HEAD")])
+        # /healthz stays open: container health checks carry no credentials, and it says only "ok".
+        if self.auth is not None and path != "/healthz" and not self.auth.allows(environ.get("HTTP_AUTHORIZATION")):
+            return self._reply(start_response, "401 Unauthorized", b"unauthorized\n",
+                               extra=[("WWW-Authenticate", 'Basic realm="mlops-kpi-exporter", charset="UTF-8"')])
         if path == "/metrics":
             return self._metrics(environ, start_response, head=method == "HEAD")
         if path == "/healthz":
@@ -118,10 +166,22 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-def start_http_server(app: ExporterApp, host: str, port: int) -> tuple[_Server, threading.Thread]:
-    """Bind and serve in a daemon thread. Raises OSError when the address cannot be bound."""
+def tls_context(tls: TlsServerConfig) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "TLS13" else ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    return context
+
+
+def start_http_server(app: ExporterApp, host: str, port: int,
+                      tls: TlsServerConfig | None = None) -> tuple[_Server, threading.Thread]:
+    """Bind and serve in a daemon thread. Raises OSError (or ssl.SSLError) when it cannot."""
     server_class = _Server6 if ":" in host else _Server
     server = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+    if tls is not None:
+        # The handshake happens in each connection's own thread, on its first read: a slow client
+        # never holds up accept().
+        server.socket = tls_context(tls).wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     return server, thread
