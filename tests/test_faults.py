@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import HOUR_MS, add_run, samples, value
+from conftest import HOUR_MS, add_run, render, samples, value
 from mlops_kpi_exporter.cli import build_registry
 from mlops_kpi_exporter.config import config_from_dict
 from mlops_kpi_exporter.mlflow_source import MlflowSource
@@ -116,3 +116,92 @@ def test_polls_of_a_source_never_overlap():
     finally:
         poller.stop()
     assert source.most == 1
+
+
+def test_mlflow_restarted_on_another_database_totals_fall_honestly(own_mlflow_server):
+    """Same URL, same experiment name and id, other runs: the old runs leave the figures at once."""
+    server = own_mlflow_server
+    client = server.client()
+    exp = client.create_experiment("swap")
+    now = int(time.time() * 1000)
+    for _ in range(3):
+        add_run(client, exp, now - 2 * HOUR_MS, now - HOUR_MS, tags={"instance_type": "p3.2xlarge"})
+    source = MlflowSource(config_from_dict({"mlflow": {"tracking_uri": server.url, "timeout": "5s"}}))
+    families, _ = source.poll()
+    assert value(samples(render(families)), "mlops_experiment_cost", experiment="swap", status="FINISHED") == pytest.approx(9.18)
+    server.kill()
+    server.db.unlink()  # a new, empty database behind the same URL
+    time.sleep(1.1)  # creation times are in milliseconds: make sure the new experiment's differs
+    server.start()
+    client = server.client()
+    exp = client.create_experiment("swap")
+    add_run(client, exp, now - 2 * HOUR_MS, now - HOUR_MS, tags={"instance_type": "m5.large"})
+    families, summary = source.poll()
+    m = samples(render(families))
+    assert "incremental" in summary
+    assert value(m, "mlops_experiment_cost", experiment="swap", status="FINISHED") == pytest.approx(0.096)
+    assert value(m, "mlops_runs", experiment="swap", status="FINISHED") == 1
+
+
+def test_mlflow_slower_than_the_timeout_fails_the_poll_in_time():
+    from upstream import Reply, Upstream
+
+    slow = Upstream()
+    slow.replies["/api/2.0/mlflow/experiments/search"] = Reply(200, b'{"experiments": []}', "application/json", delay=5)
+    try:
+        source = MlflowSource(config_from_dict({"mlflow": {"tracking_uri": slow.url, "timeout": "1s"}}))
+        store = SnapshotStore()
+        started = time.monotonic()
+        assert not Poller([source], store).poll_once(source)
+        assert time.monotonic() - started < 4  # one timeout, no hidden retries
+        _, states = store.states()
+        assert "timed out" in states[0].last_error.lower() or "timeout" in states[0].last_error.lower()
+    finally:
+        slow.close()
+
+
+def test_flapping_endpoint_is_counted_probe_by_probe():
+    from mlops_kpi_exporter.endpoints import EndpointSource
+    from mlops_kpi_exporter.pricing import Pricer
+    from upstream import Reply, Upstream
+
+    flappy = Upstream()
+    try:
+        config = config_from_dict({"mlflow": {"tracking_uri": "sqlite:///x.db"},
+                                   "endpoints": [{"name": "flap", "url": flappy.url, "probe": {"timeout": "1s"}}]})
+        source = EndpointSource(config.endpoints[0], config, Pricer(config.pricing))
+        ups = []
+        for i in range(6):
+            flappy.replies["/ping"] = Reply(200 if i % 2 == 0 else 503, b"")
+            ups.append(value(samples(render(source.poll()[0])), "mlops_endpoint_up", endpoint="flap"))
+        assert ups == [1, 0, 1, 0, 1, 0]
+        assert source.probes["success"] == 3 and source.probes["http_error"] == 3
+    finally:
+        flappy.close()
+
+
+def test_sigterm_during_a_poll_exits_cleanly(tmp_path):
+    import signal
+    import subprocess
+
+    import yaml
+    from upstream import Reply, Upstream
+
+    from conftest import EXPORTER, child_env, free_port, wait_http
+
+    slow = Upstream()
+    slow.replies["/api/2.0/mlflow/experiments/search"] = Reply(200, b'{"experiments": []}', "application/json", delay=3)
+    config = tmp_path / "c.yml"
+    config.write_text(yaml.safe_dump({"mlflow": {"tracking_uri": slow.url, "timeout": "10s"}, "registry": {"enabled": False}}))
+    port = free_port()
+    proc = subprocess.Popen([EXPORTER, "serve", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
+                            env=child_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        wait_for(lambda: slow.requests, timeout=10)  # the poll is under way, waiting on MLflow
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        slow.close()
+    assert proc.returncode == 0
+    assert "received SIGTERM, shutting down" in err and "Traceback" not in err

@@ -177,6 +177,10 @@ class MlflowSource(MlflowReader):
         super().__init__(config)
         self.ledger: RunLedger | None = None
         self.experiments: dict[str, str] = {}  # id -> name of the watched experiments
+        # id -> creation time, as listed now and as of the last poll: the same id created at another
+        # time is another experiment (MLflow restarted on another database, a restored backup).
+        self._created: dict[str, Any] = {}
+        self._created_before: dict[str, Any] = {}
         self.watermark_ms: int | None = None
         self.last_full_sync: float | None = None
         self.last_report: PollReport | None = None
@@ -190,6 +194,7 @@ class MlflowSource(MlflowReader):
             for exp in page:
                 if self._watched(exp.name):
                     out[exp.experiment_id] = exp.name
+                    self._created[exp.experiment_id] = exp.creation_time
             token = page.token
             if not token:
                 return out
@@ -244,6 +249,7 @@ class MlflowSource(MlflowReader):
         else:
             report = self._incremental(experiments, now_ms)
         self.experiments = experiments
+        self._created_before = dict(self._created)
         self.watermark_ms = now_ms
         self.last_report = report
         summary = report.summary()
@@ -269,9 +275,10 @@ class MlflowSource(MlflowReader):
         ledger = self.ledger
         assert ledger is not None and self.watermark_ms is not None
         since = self.watermark_ms - int(self.cfg.watermark_overlap * 1000)
-        known = [e for e in experiments if e in self.experiments]
-        added = [e for e in experiments if e not in self.experiments]
-        gone = [e for e in self.experiments if e not in experiments]
+        replaced = {e for e in experiments if e in self.experiments and self._created.get(e) != self._created_before.get(e)}
+        known = [e for e in experiments if e in self.experiments and e not in replaced]
+        added = [e for e in experiments if e not in self.experiments or e in replaced]
+        gone = [e for e in self.experiments if e not in experiments or e in replaced]
         fetched: dict[str, Any] = {}
         for filter_string in (
             "attributes.status = 'RUNNING'",
