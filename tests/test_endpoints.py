@@ -277,3 +277,19 @@ ray_node_gpus_utilization{GpuIndex="0"} 70
     assert value(m, "mlops_endpoint_request_duration_seconds_bucket", endpoint="churn", le="0.5") == 38
     assert value(m, "mlops_endpoint_request_duration_seconds_sum", endpoint="churn") == pytest.approx(6.0)
     assert value(m, "mlops_endpoint_utilization_ratio", endpoint="churn", resource="gpu") == pytest.approx(0.7)
+
+
+def test_https_endpoint_is_verified_and_a_private_ca_can_be_given(tmp_path):
+    import subprocess
+
+    cert, key = tmp_path / "ep.crt", tmp_path / "ep.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    secure = Upstream(tls=(str(cert), str(key)))
+    secure.replies["/ping"] = Reply(200, b"")
+    try:
+        assert outcomes(poll(source_for(secure.url)))["connection_error"] == 1  # unknown CA: refused
+        assert value(poll(source_for(secure.url, ca_bundle=str(cert))), "mlops_endpoint_up", endpoint="churn") == 1
+    finally:
+        secure.close()

@@ -28,7 +28,7 @@ def fixture(preset: str, **values: float) -> bytes:
 
 
 class Upstream:
-    def __init__(self):
+    def __init__(self, tls: tuple[str, str] | None = None):
         self.replies: dict[str, Reply] = {}
         self.requests: list[tuple[str, str, bytes]] = []
         upstream = self
@@ -56,7 +56,15 @@ class Upstream:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:  # (cert file, key file): serve https
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True, do_handshake_on_connect=False)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):

@@ -115,6 +115,12 @@ class MlflowAuth(_Strict):
         return self
 
 
+def _existing_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"no such file: {value}")
+    return value
+
+
 class MlflowConfig(_Strict):
     tracking_uri: str
     poll_interval: Duration = 60.0
@@ -127,6 +133,7 @@ class MlflowConfig(_Strict):
     page_size: int = Field(1000, ge=1, le=50000)
     auth: MlflowAuth = Field(default_factory=MlflowAuth)
     ui_url: str | None = None
+    ca_bundle: Annotated[Path, AfterValidator(_existing_file)] | None = None  # TLS verification is always on
 
     @field_validator("tracking_uri")
     @classmethod
@@ -425,6 +432,7 @@ class EndpointConfig(_Strict):
     replicas: int = Field(1, ge=1, le=10_000)
     capacity_rps: float | None = Field(None, gt=0, allow_inf_nan=False)
     interval: Duration | None = None  # defaults to probe.interval, else 15s
+    ca_bundle: Annotated[Path, AfterValidator(_existing_file)] | None = None  # for https endpoints with a private CA
 
     @model_validator(mode="after")
     def _consistent(self) -> EndpointConfig:

@@ -222,6 +222,8 @@ class EndpointSource:
         self.hourly_cost = self._hourly_cost(endpoint, pricer)
         self.session = requests.Session()
         self.session.trust_env = False  # endpoints are reached directly, never through a proxy
+        if endpoint.ca_bundle is not None:
+            self.session.verify = str(endpoint.ca_bundle)  # certificates are always verified
         self.probes = {outcome: 0 for outcome in PROBE_OUTCOMES}
         self.probe_buckets = [0] * (len(PROBE_BUCKETS) + 1)
         self.probe_sum = 0.0

@@ -94,7 +94,7 @@ class PollReport:
         )
 
 
-def configure_mlflow_client(timeout: float, credentials: Credentials) -> None:
+def configure_mlflow_client(timeout: float, credentials: Credentials, ca_bundle: Path | None = None) -> None:
     """MLflow's client reads its HTTP settings and credentials from the environment.
 
     Retries are switched off: the exporter's own scheduler retries a failed poll with backoff,
@@ -102,6 +102,8 @@ def configure_mlflow_client(timeout: float, credentials: Credentials) -> None:
     """
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout)))
+    if ca_bundle is not None:
+        os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_bundle)
     if credentials.token is not None:
         os.environ["MLFLOW_TRACKING_TOKEN"] = credentials.token.get_secret_value()
     if credentials.username is not None:
@@ -173,7 +175,7 @@ class MlflowSource(MlflowReader):
         self.artifact_errors = 0
         self.uri_for_humans = redact_uri(self.cfg.tracking_uri)
         self.clock = clock
-        configure_mlflow_client(self.cfg.timeout, credentials or Credentials())
+        configure_mlflow_client(self.cfg.timeout, credentials or Credentials(), self.cfg.ca_bundle)
         super().__init__(config)
         self.ledger: RunLedger | None = None
         self.experiments: dict[str, str] = {}  # id -> name of the watched experiments
