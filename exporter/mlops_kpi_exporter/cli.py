@@ -218,6 +218,13 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--rps", type=float, default=2.0)
     tr.add_argument("--duration", type=float, help="seconds (default: until stopped)")
     tr.add_argument("--metrics-port", type=int, help="serve the client-side request metrics on this port")
+    r = sub.add_parser("report", parents=[common], help="a period's costs and KPIs as one HTML file (or JSON, CSV)")
+    r.add_argument("--config", required=True, metavar="FILE")
+    r.add_argument("--since", default="30d", help="the period ending now, e.g. 7d, 30d (default)")
+    r.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="period start (UTC), with --to")
+    r.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="period end (UTC, exclusive)")
+    r.add_argument("--format", choices=["html", "json", "csv"], default="html")
+    r.add_argument("--out", required=True, metavar="FILE")
     e = sub.add_parser("estimate", parents=[common], help="back-of-the-envelope cost of a training job")
     e.add_argument("--instance", required=True, help="machine type, e.g. p3.2xlarge (catalog or config)")
     e.add_argument("--hours", required=True, type=float, help="run time in hours")
@@ -228,6 +235,37 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--config", metavar="FILE", help="use this config's prices and currency")
     e.add_argument("--json", action="store_true", help="print the figures as JSON")
     return p
+
+
+def report_command(config: Config, args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from mlops_kpi_exporter.config import parse_duration
+    from mlops_kpi_exporter.report import Period, write_report
+
+    now_ms = int(time.time() * 1000)
+    try:
+        if args.date_from or args.date_to:
+            if not (args.date_from and args.date_to):
+                raise ValueError("--from and --to go together")
+            bounds = [int(datetime.strptime(d, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp() * 1000)
+                      for d in (args.date_from, args.date_to)]
+            if bounds[1] <= bounds[0]:
+                raise ValueError("--to must be after --from")
+            period = Period(*bounds)
+        else:
+            period = Period(now_ms - int(parse_duration(args.since) * 1000), now_ms)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        with open(args.out, "w", encoding="utf-8", newline="") as out:
+            write_report(config, period, args.format, out, now_ms)
+    except Exception as exc:  # noqa: BLE001 - MLflow unreachable and the like: said, not a traceback
+        print(f"error: cannot make the report: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_SOURCE_FAILED
+    print(f"{args.format} report for {period.label()} written to {args.out}")
+    return EXIT_OK
 
 
 def estimate_command(args: argparse.Namespace) -> int:
@@ -273,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                 demo.traffic(args.url, args.rps, args.duration, args.metrics_port)
             return EXIT_OK
         config = load_config(args.config)
+        if args.command == "report":
+            return report_command(config, args)
         if args.command == "serve":
             return serve(config, args.listen, config_path=args.config, web_config=args.web_config)
         if args.command == "once":
