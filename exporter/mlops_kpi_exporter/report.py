@@ -292,7 +292,8 @@ def render_html(data: dict) -> str:
                          "shown by team or project.</p>")
         parts.append("</div><h2>How the team works</h2><div class=grid>")
         parts.append(f"<figure>{_strip_chart(data['run_hours_sample'])}</figure>")
-        parts.append(f"<figure>{_bar_chart(f"Runs by start hour ({data['timezone']})", data['runs_by_start_hour'], horizontal=False, limit=24)}</figure>")
+        hours_title = f"Runs by start hour ({data['timezone']})"
+        parts.append(f"<figure>{_bar_chart(hours_title, data['runs_by_start_hour'], horizontal=False, limit=24)}</figure>")
         parts.append(f"<figure>{_bar_chart('Estimator distribution', data['estimators'], 'runs')}</figure></div>")
         rows = []
         for r in data["top_runs"]:
