@@ -158,3 +158,17 @@ def promtool() -> str:
     if path is None:
         pytest.fail("promtool is not installed (Debian package 'prometheus'; .ci/run installs it)")
     return path
+
+
+@pytest.fixture
+def processes():
+    """Background processes a test starts; terminated (then killed) when it ends."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        proc.terminate()
+    for proc in started:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

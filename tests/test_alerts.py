@@ -105,19 +105,6 @@ def test_alertmanager_config_and_routes():
     assert "_file:" in text and "routing_key:" not in text and "api_url:" not in text  # secrets only from files
 
 
-@pytest.fixture
-def processes():
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        proc.terminate()
-    for proc in started:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def test_cost_spike_reaches_alertmanager_and_a_webhook(tmp_path, mlflow_server, prefix, processes):
     """Real MLflow -> exporter -> Prometheus (shipped rules, short windows set here) -> Alertmanager
     (shipped routes and inhibitions, receivers pointed at this test) -> webhook."""

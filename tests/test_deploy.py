@@ -8,7 +8,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import requests
 import yaml
 
@@ -88,19 +87,6 @@ def test_names_ports_and_urls_agree_across_the_stack():
     assert demo["metrics_url"] == "http://traffic:8081/metrics" and "8081" in SERVICES["traffic"]["command"]
     assert SERVICES["seeder"]["command"][-1] == f"http://mlflow:{mlflow_port}"
     assert SERVICES["model"]["environment"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{mlflow_port}"
-
-
-@pytest.fixture
-def processes():
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        proc.terminate()
-    for proc in started:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_the_stack_as_local_processes(tmp_path, processes):
