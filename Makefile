@@ -30,6 +30,7 @@ test: install system-deps
 bench: install
 	$(BIN)/python bench/bench_mlflow.py
 	$(BIN)/python bench/bench_endpoints.py
+	$(BIN)/python bench/soak.py --duration 120
 
 clean:
 	rm -rf $(VENV) demo-data bench/.work .pytest_cache
