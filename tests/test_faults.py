@@ -205,3 +205,21 @@ def test_sigterm_during_a_poll_exits_cleanly(tmp_path):
         slow.close()
     assert proc.returncode == 0
     assert "received SIGTERM, shutting down" in err and "Traceback" not in err
+
+
+def test_an_oversized_mlflow_reply_is_refused_unread(monkeypatch):
+    import mlops_kpi_exporter.mlflow_source as mlflow_source
+    from upstream import Reply, Upstream
+
+    monkeypatch.setattr(mlflow_source, "MAX_MLFLOW_REPLY_BYTES", 1000)
+    big = Upstream()
+    big.replies["/api/2.0/mlflow/experiments/search"] = Reply(
+        200, b'{"experiments": [' + b",".join([b'{"experiment_id": "1", "name": "x"}'] * 200) + b"]}", "application/json")
+    try:
+        source = MlflowSource(config_from_dict({"mlflow": {"tracking_uri": big.url, "timeout": "2s"}}))
+        store = SnapshotStore()
+        assert not Poller([source], store).poll_once(source)
+        _, states = store.states()
+        assert "more than the 1,000 allowed" in states[0].last_error
+    finally:
+        big.close()

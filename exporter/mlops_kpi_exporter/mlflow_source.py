@@ -94,6 +94,38 @@ class PollReport:
         )
 
 
+MAX_MLFLOW_REPLY_BYTES = 256 << 20  # a page of 50,000 runs with tags and params stays well under this
+
+
+def _refuse_huge_replies(response: Any, *args: Any, **kwargs: Any) -> None:
+    """A requests response hook: a reply whose declared size is past the limit is not read."""
+    length = response.headers.get("Content-Length")
+    if length and length.isdigit() and int(length) > MAX_MLFLOW_REPLY_BYTES:
+        response.close()
+        raise SourceError(f"MLflow replied with {int(length):,} bytes, more than the {MAX_MLFLOW_REPLY_BYTES:,} allowed")
+
+
+def _guard_mlflow_sessions() -> None:
+    """Give MLflow's HTTP sessions the size hook. MLflow offers no setting for it, so its session
+    factory is wrapped; should a future MLflow move that factory, the guard is skipped with a warning."""
+    from mlflow.utils import request_utils
+
+    factory = getattr(request_utils, "_get_request_session", None)
+    if factory is None or getattr(factory, "_mlops_guarded", False):
+        if factory is None:
+            log.warning("cannot limit the size of MLflow replies with this MLflow version")
+        return
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        session = factory(*args, **kwargs)
+        if _refuse_huge_replies not in session.hooks["response"]:
+            session.hooks["response"].append(_refuse_huge_replies)
+        return session
+
+    guarded._mlops_guarded = True  # type: ignore[attr-defined]
+    request_utils._get_request_session = guarded
+
+
 def configure_mlflow_client(timeout: float, credentials: Credentials, ca_bundle: Path | None = None) -> None:
     """MLflow's client reads its HTTP settings and credentials from the environment.
 
@@ -102,6 +134,7 @@ def configure_mlflow_client(timeout: float, credentials: Credentials, ca_bundle:
     """
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout)))
+    _guard_mlflow_sessions()
     if ca_bundle is not None:
         os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_bundle)
     if credentials.token is not None:
