@@ -223,3 +223,28 @@ def test_an_oversized_mlflow_reply_is_refused_unread(monkeypatch):
         assert "more than the 1,000 allowed" in states[0].last_error
     finally:
         big.close()
+
+
+def test_credentials_do_not_follow_a_redirect_to_another_host(monkeypatch):
+    from mlops_kpi_exporter.config import resolve_credentials
+    from upstream import Reply, Upstream
+
+    other = Upstream()
+    other.replies["/api/2.0/mlflow/experiments/search"] = Reply(200, b'{"experiments": []}', "application/json")
+    first = Upstream()
+    first.replies["/api/2.0/mlflow/experiments/search"] = Reply(
+        302, b"", location=f"{other.url}/api/2.0/mlflow/experiments/search")
+    monkeypatch.setenv("REDIRECT_TEST_TOKEN", "tok-redirect-4411")
+    try:
+        config = config_from_dict({"mlflow": {"tracking_uri": first.url, "timeout": "2s",
+                                              "auth": {"token_env": "REDIRECT_TEST_TOKEN"}}})
+        source = MlflowSource(config, resolve_credentials(config.mlflow.auth))
+        source._matching_experiments()
+        assert first.headers[0].get("Authorization") == "Bearer tok-redirect-4411"  # MLflow itself gets it
+        assert other.requests and "Authorization" not in other.headers[0]  # the other host does not
+    finally:
+        first.close()
+        other.close()
+        import os
+
+        os.environ.pop("MLFLOW_TRACKING_TOKEN", None)  # set by the exporter itself, not by monkeypatch

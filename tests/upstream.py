@@ -17,6 +17,7 @@ class Reply:
     body: bytes = b"ok"
     content_type: str = "text/plain; version=0.0.4"
     delay: float = 0.0
+    location: str | None = None  # for redirects
 
 
 def fixture(preset: str, **values: float) -> bytes:
@@ -31,12 +32,14 @@ class Upstream:
     def __init__(self, tls: tuple[str, str] | None = None):
         self.replies: dict[str, Reply] = {}
         self.requests: list[tuple[str, str, bytes]] = []
+        self.headers: list[dict[str, str]] = []
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
             def _serve(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 upstream.requests.append((self.command, self.path, self.rfile.read(length) if length else b""))
+                upstream.headers.append(dict(self.headers))
                 reply = upstream.replies.get(self.path, Reply(404, b"no such path"))
                 if reply.delay:
                     time.sleep(reply.delay)
@@ -44,6 +47,8 @@ class Upstream:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", reply.content_type)
                     self.send_header("Content-Length", str(len(reply.body)))
+                    if reply.location:
+                        self.send_header("Location", reply.location)
                     self.end_headers()
                     self.wfile.write(reply.body)
                 except (BrokenPipeError, ConnectionResetError):
