@@ -16,7 +16,9 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 DATASOURCE = {"type": "prometheus", "uid": "mlops-prometheus"}  # dashboards/provisioning/datasources
-RUNBOOKS = "https://github.com/mlops-kpi-exporter/mlops-kpi-exporter/blob/main/README.md#runbooks"
+# Where people reach the exporter, which serves the alert runbooks at /runbooks: what docker compose
+# publishes and `make demo` serves. Must equal exporter_url in alerts/src/thresholds.yml (a test checks it).
+EXPORTER_URL = "http://localhost:10150"
 EXP = 'experiment=~"$experiment"'
 EP = 'endpoint=~"$endpoint"'
 
@@ -99,7 +101,7 @@ def dashboard(uid: str, title: str, panels: list[dict], variables: list[dict], d
         "links": [
             {"title": "ML dashboards", "type": "dashboards", "tags": ["mlops"], "asDropdown": True, "includeVars": True,
              "keepTime": True},
-            {"title": "Alert runbooks", "type": "link", "url": RUNBOOKS, "targetBlank": True, "icon": "doc"},
+            {"title": "Alert runbooks", "type": "link", "url": f"{EXPORTER_URL}/runbooks", "targetBlank": True, "icon": "doc"},
         ],
         "panels": layout(panels),
     }

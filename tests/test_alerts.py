@@ -21,6 +21,7 @@ ROOT = Path(__file__).parent.parent
 ALERTS = ROOT / "alerts"
 GENERATE = [sys.executable, str(ALERTS / "generate.py")]
 UNIT_TESTS = [ALERTS / "rules_test.yml", ALERTS / "rules_test_weekly.yml"]
+RUNBOOKS = ROOT / "exporter" / "mlops_kpi_exporter" / "data" / "runbooks.md"
 
 
 def rules() -> list[dict]:
@@ -80,14 +81,29 @@ def test_every_alert_fires_and_stays_silent_in_the_unit_tests():
 
 
 def test_every_alert_is_routable_and_has_a_runbook():
-    readme = (ROOT / "README.md").read_text()
+    runbooks = "\n" + RUNBOOKS.read_text()
+    exporter_url = yaml.safe_load((ALERTS / "src" / "thresholds.yml").read_text())["exporter_url"]
     for rule in rules():
         assert rule["labels"]["severity"] in ("page", "ticket"), rule["alert"]
         annotations = rule["annotations"]
         assert set(annotations) == {"summary", "description", "runbook_url", "dashboard_url"}, rule["alert"]
-        anchor = annotations["runbook_url"].rsplit("#", 1)[1]
+        page, anchor = annotations["runbook_url"].split("#")
+        assert page == f"{exporter_url}/runbooks"  # served by the exporter (tests/test_links.py follows them)
         assert anchor == rule["alert"].lower()
-        assert f"\n#### {rule['alert']}\n" in readme, f"README has no runbook for {rule['alert']}"
+        assert f"\n#### {rule['alert']}\n" in runbooks, f"data/runbooks.md has no runbook for {rule['alert']}"
+
+
+def test_readme_runbooks_are_the_served_runbooks():
+    """The exporter serves data/runbooks.md; the README shows the same text for readers on GitHub."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("\n### Runbooks\n") + len("\n### Runbooks\n")
+    section = readme[start:readme.index("\n## ", start)]
+
+    def lines(text: str) -> list[str]:
+        return [line.rstrip() for line in text.strip().splitlines()]
+
+    assert lines(section) == lines(RUNBOOKS.read_text()), \
+        "README's '### Runbooks' section differs from exporter/mlops_kpi_exporter/data/runbooks.md: copy one to the other"
 
 
 def test_alertmanager_config_and_routes():
@@ -192,5 +208,5 @@ def test_cost_spike_reaches_alertmanager_and_a_webhook(tmp_path, mlflow_server, 
     assert alert["labels"] == {"alertname": "MLCostSpike", "experiment": experiment, "severity": "page"}
     assert alert["annotations"]["summary"] == f"Experiment {experiment} is spending far above its usual rate."
     assert alert["annotations"]["description"].startswith(f"Experiment {experiment} spent USD ")
-    assert alert["annotations"]["runbook_url"].endswith("README.md#mlcostspike")
+    assert alert["annotations"]["runbook_url"].endswith("/runbooks#mlcostspike")
     assert alert["annotations"]["dashboard_url"].endswith(f"/d/mlops-costs?var-experiment={experiment}")

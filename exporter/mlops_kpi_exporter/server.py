@@ -1,4 +1,4 @@
-"""The HTTP side: `/metrics`, `/healthz` and a landing page, and nothing else.
+"""The HTTP side: `/metrics`, `/healthz`, `/runbooks` and a landing page, and nothing else.
 
 `/metrics` renders the snapshot store only. A rendered page is kept until the store changes, so
 scrapes between two polls cost a dictionary look-up, however many Prometheus servers scrape.
@@ -22,12 +22,14 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client.exposition import ThreadingWSGIServer, choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
+from mlops_kpi_exporter import runbooks
 from mlops_kpi_exporter.config import TlsServerConfig
 from mlops_kpi_exporter.snapshot import SnapshotStore
 
 log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., object]
+OPEN_PATHS = ("/healthz", "/runbooks")  # served without basic auth (see ExporterApp.__call__)
 
 
 class BasicAuth:
@@ -90,21 +92,26 @@ class ExporterApp:
         if method not in ("GET", "HEAD"):
             return self._reply(start_response, "405 Method Not Allowed", b"only GET and HEAD\n", extra=[("Allow", "GET, HEAD")])
         # /healthz stays open: container health checks carry no credentials, and it says only "ok".
-        if self.auth is not None and path != "/healthz" and not self.auth.allows(environ.get("HTTP_AUTHORIZATION")):
+        # /runbooks too: it holds no secrets, and whoever follows an alert's link has no scrape credentials.
+        if self.auth is not None and path not in OPEN_PATHS and not self.auth.allows(environ.get("HTTP_AUTHORIZATION")):
             return self._reply(start_response, "401 Unauthorized", b"unauthorized\n",
                                extra=[("WWW-Authenticate", 'Basic realm="mlops-kpi-exporter", charset="UTF-8"')])
+        head = method == "HEAD"
         if path == "/metrics":
-            return self._metrics(environ, start_response, head=method == "HEAD")
+            return self._metrics(environ, start_response, head=head)
         if path == "/healthz":
-            return self._reply(start_response, "200 OK", b"ok\n")
+            return self._reply(start_response, "200 OK", b"ok\n", head=head)
+        if path == "/runbooks":
+            return self._reply(start_response, "200 OK", runbooks.page(), "text/html; charset=utf-8", head=head)
         if path == "/":
-            return self._reply(start_response, "200 OK", self._landing().encode(), "text/html; charset=utf-8")
-        return self._reply(start_response, "404 Not Found", b"not found; see / for the paths served\n")
+            return self._reply(start_response, "200 OK", self._landing().encode(), "text/html; charset=utf-8", head=head)
+        return self._reply(start_response, "404 Not Found", b"not found; see / for the paths served\n", head=head)
 
     @staticmethod
-    def _reply(start_response: StartResponse, status: str, body: bytes, ctype: str = "text/plain; charset=utf-8", extra=()):
+    def _reply(start_response: StartResponse, status: str, body: bytes, ctype: str = "text/plain; charset=utf-8", extra=(),
+               head: bool = False):
         start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body))), *extra])
-        return [body]
+        return [] if head else [body]
 
     def render(self, accept: str = "", gzip_ok: bool = False) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)
@@ -146,7 +153,7 @@ class ExporterApp:
 <html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}</style></head>
 <body><h1>{html.escape(self.title)}</h1>
-<p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a></p>
+<p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a> &middot; <a href="/runbooks">/runbooks</a></p>
 <ul>{links}</ul>
 <table><tr><th>source</th><th>status</th><th>last success</th><th>errors</th><th>detail</th></tr>
 {''.join(rows)}</table></body></html>
