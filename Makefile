@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium
 
-.PHONY: demo test install system-deps bench clean
+.PHONY: demo test fuzz install system-deps bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ system-deps:
 
 test: install system-deps
 	$(BIN)/pytest
+
+# Property tests at random and at length (make test runs them with a fixed, bounded profile).
+fuzz: install
+	HYPOTHESIS_PROFILE=explore $(BIN)/pytest -p no:cacheprovider tests/test_fuzz.py tests/test_runs.py
 
 bench: install
 	$(BIN)/python bench/bench_mlflow.py

@@ -32,9 +32,10 @@ from build_store import build  # noqa: E402
 
 from mlops_kpi_exporter.cli import build_registry  # noqa: E402
 from mlops_kpi_exporter.config import config_from_dict  # noqa: E402
+from mlops_kpi_exporter.mlflow_client import MlflowConnection  # noqa: E402
 from mlops_kpi_exporter.mlflow_source import MlflowSource  # noqa: E402
 from mlops_kpi_exporter.pricing import Pricer  # noqa: E402
-from mlops_kpi_exporter.runs import RunRules, make_facts  # noqa: E402
+from mlops_kpi_exporter.runs import RunRules, facts_of  # noqa: E402
 from mlops_kpi_exporter.server import ExporterApp  # noqa: E402
 from mlops_kpi_exporter.snapshot import SnapshotStore  # noqa: E402
 from results import write_section  # noqa: E402
@@ -84,16 +85,12 @@ def timed(fn, *args):
 
 def naive_poll(source: MlflowSource, rules: RunRules) -> int:
     """What an exporter without a ledger does every poll: page through every run and cost it."""
-    ids = list(source._matching_experiments())
+    ids = list(source.matching_experiments())
     total, seen = 0, 0
     now = int(time.time() * 1000)
-    for run in source._search(ids):
+    for run in source.search(ids):
         seen += 1
-        info = run.info
-        facts = make_facts(rules, run_id=info.run_id, experiment_id=info.experiment_id, run_name=info.run_name,
-                           status=info.status, start_time=info.start_time, end_time=info.end_time,
-                           tags=run.data.tags, params=run.data.params, now_ms=now)
-        total += facts.cost_nano(now)
+        total += facts_of(rules, run, now).cost_nano(now)
     return seen
 
 
@@ -103,7 +100,9 @@ def bench_size(runs: int) -> dict:
     proc, url = start_server(db)
     try:
         config = config_from_dict({"mlflow": {"tracking_uri": url, "timeout": "120s"}})
-        source = MlflowSource(config)
+        mlflow = MlflowConnection.from_config(config)
+        mlflow.apply()
+        source = MlflowSource(config, mlflow)
         rss_before = rss_mb()
         full_s, (families, _) = timed(source.poll)
         rss_after = rss_mb()

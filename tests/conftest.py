@@ -13,8 +13,16 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+
+# Property tests: `make test` runs a fixed, bounded set of examples (derandomized: the same examples
+# every run, no example database), so CI is never red at random; `make fuzz` explores at random.
+settings.register_profile("ci", derandomize=True, database=None, max_examples=150, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+settings.register_profile("explore", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 BIN = Path(sys.executable).parent
 EXPORTER = str(BIN / "mlops-kpi-exporter")
@@ -39,6 +47,15 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def connected(config):
+    """(config, its MLflow connection, applied): what the CLI hands a source, for in-process tests."""
+    from mlops_kpi_exporter.mlflow_client import MlflowConnection
+
+    mlflow = MlflowConnection.from_config(config)
+    mlflow.apply()
+    return config, mlflow
 
 
 def child_env() -> dict[str, str]:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import HOUR_MS, add_run, render, samples, value
+from conftest import HOUR_MS, add_run, render, samples, value, connected
 from mlops_kpi_exporter.config import config_from_dict
 from mlops_kpi_exporter.kpis import KpiSource
 from mlops_kpi_exporter.mlflow_source import MlflowSource
@@ -60,7 +60,7 @@ def test_kpis_from_each_source_kind(mlflow_server, prefix):
         {"name": "no_such_experiment", "metric": "lift", "experiment": f"{prefix}-gone"},
         {"name": "no_such_alias", "metric": "acc", "source": "model_alias", "model": model, "alias": "ghost"},
     ]
-    source = KpiSource(config(mlflow_server.url, prefix, kpis=kpis))
+    source = KpiSource(*connected(config(mlflow_server.url, prefix, kpis=kpis)))
     m = poll(source)
     exp_name = f"{prefix}-churn"
     assert value(m, "mlops_kpi", kpi="lift_latest", experiment=exp_name) == 0.08
@@ -104,7 +104,7 @@ def test_registry_versions_aliases_and_lead_time(mlflow_server, prefix):
     client.set_registered_model_alias(model, "shadow", "3")
     unrelated = f"other-{prefix}"
     client.create_registered_model(unrelated)
-    source = RegistrySource(config(mlflow_server.url, prefix, registry={"models": [f"{prefix}-*"]}))
+    source = RegistrySource(*connected(config(mlflow_server.url, prefix, registry={"models": [f"{prefix}-*"]})))
     m = poll(source)
     assert value(m, "mlops_registered_models") == 1
     assert value(m, "mlops_model_versions", model=model) == 3
@@ -135,7 +135,7 @@ def test_month_to_date_splits_runs_at_the_month_boundary(mlflow_server, prefix):
     add_run(client, other, month_start - 3 * HOUR_MS, None, tags={"instance_type": "m5.large"})
     budgets = [{"name": "monthly", "experiments": f"{prefix}-monthly", "monthly": 100},
                {"name": "everything", "experiments": [f"{prefix}-*"], "monthly": 500}]
-    source = MlflowSource(config(mlflow_server.url, prefix, budgets=budgets), clock=lambda: clock_ms / 1000)
+    source = MlflowSource(*connected(config(mlflow_server.url, prefix, budgets=budgets)), clock=lambda: clock_ms / 1000)
     m = poll(source)
     month_fraction = (next_month - month_start) / (clock_ms - month_start)
     assert value(m, "mlops_experiment_cost_month_to_date", experiment=f"{prefix}-monthly") == pytest.approx(3.06, abs=1e-9)
@@ -165,7 +165,7 @@ def test_allocation_by_tag_adds_up_and_is_bounded(mlflow_server, prefix):
         tags = {"mlops.hourly_cost": "1"} | ({"team": team} if team else {})
         add_run(client, exp, now - 10 * HOUR_MS, now - 10 * HOUR_MS + hours * HOUR_MS, tags=tags)
     add_run(client, exp, now - HOUR_MS, None, tags={"mlops.hourly_cost": "2", "team": "b"})
-    source = MlflowSource(config(mlflow_server.url, prefix, allocation={"tags": ["team", "env"], "max_values": 3}),
+    source = MlflowSource(*connected(config(mlflow_server.url, prefix, allocation={"tags": ["team", "env"], "max_values": 3})),
                           clock=lambda: now / 1000)
     m = poll(source)
     team = {dict(k[1])["value"]: v for k, v in m.items() if k[0] == "mlops_cost_by_tag" and dict(k[1])["tag"] == "team"}
@@ -191,8 +191,8 @@ def test_artifact_storage_bytes_of_real_artifacts(mlflow_server, prefix, tmp_pat
     client.set_terminated(run.info.run_id, "FINISHED", end_time=now)
     running = client.create_run(exp, start_time=now - HOUR_MS)  # not listed until it ends
     client.log_artifact(running.info.run_id, str(tmp_path / "report.txt"))
-    source = MlflowSource(config(mlflow_server.url, prefix, artifacts={"enabled": True},
-                                 pricing={"storage_gb_month": 0.10}))
+    source = MlflowSource(*connected(config(mlflow_server.url, prefix, artifacts={"enabled": True},
+                                 pricing={"storage_gb_month": 0.10})))
     m = poll(source)
     assert value(m, "mlops_experiment_artifact_bytes", experiment=f"{prefix}-store") == 6334
     assert value(m, "mlops_experiment_storage_monthly_cost", experiment=f"{prefix}-store") == pytest.approx(6334 / 2**30 * 0.10)
@@ -238,10 +238,10 @@ def test_versions_whose_run_was_deleted_or_purged(mlflow_server, prefix):
     assert gc.returncode == 0, gc.stderr
     cfg = config(mlflow_server.url, prefix, registry={"models": [f"{prefix}-*"]},
                  kpis=[{"name": "acc", "metric": "acc", "source": "model_alias", "model": f"{prefix}-hard", "alias": "champion"}])
-    m = poll(RegistrySource(cfg))
+    m = poll(RegistrySource(*connected(cfg)))
     assert value(m, "mlops_model_deploy_lead_time_seconds", model=f"{prefix}-soft") > 0
     assert value(m, "mlops_model_deploy_lead_time_unknown", model=f"{prefix}-hard", reason="run_gone") == 1
-    m = poll(KpiSource(cfg))
+    m = poll(KpiSource(*connected(cfg)))
     assert value(m, "mlops_kpi_missing", kpi="acc", reason="run_gone") == 1
 
 
@@ -252,7 +252,7 @@ def test_forecast_in_the_first_minutes_of_a_month_is_not_wild(mlflow_server, pre
     _, month_start, next_month = rules.month_bounds(int(time.time() * 1000))
     clock_ms = month_start + 10 * 60_000  # 00:10 on the 1st
     add_run(client, exp, month_start - HOUR_MS, None, tags={"instance_type": "p3.2xlarge"})  # a GPU job running
-    m = poll(MlflowSource(config(mlflow_server.url, prefix), clock=lambda: clock_ms / 1000))
+    m = poll(MlflowSource(*connected(config(mlflow_server.url, prefix)), clock=lambda: clock_ms / 1000))
     mtd = 3.06 / 6  # ten minutes of it this month
     assert value(m, "mlops_experiment_cost_month_to_date", experiment=f"{prefix}-early") == pytest.approx(mtd)
     days = (next_month - month_start) / (24 * HOUR_MS)

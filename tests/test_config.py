@@ -8,13 +8,13 @@ import textwrap
 import pytest
 
 from conftest import EXPORTER, child_env
+from mlops_kpi_exporter.mlflow_client import resolve_credentials
 from mlops_kpi_exporter.config import (
     ConfigError,
     config_from_dict,
     load_config,
     parse_duration,
     redact_uri,
-    resolve_credentials,
 )
 from mlops_kpi_exporter.pricing import Pricer
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import HOUR_MS, add_run, render, samples, value
+from conftest import HOUR_MS, add_run, render, samples, value, connected
 from mlops_kpi_exporter.cli import build_registry
 from mlops_kpi_exporter.config import config_from_dict
 from mlops_kpi_exporter.mlflow_source import MlflowSource
@@ -38,7 +38,7 @@ def test_mlflow_killed_then_restarted(own_mlflow_server):
     config = config_from_dict({"mlflow": {"tracking_uri": server.url, "poll_interval": "1s", "timeout": "2s",
                                           "retry_backoff": "1s"}})
     store = SnapshotStore()
-    poller = Poller([MlflowSource(config)], store)
+    poller = Poller([MlflowSource(*connected(config))], store)
     registry = build_registry(store, config)
     cost = lambda m: value(m, "mlops_experiment_cost", experiment="faults", status="FINISHED")  # noqa: E731
     poller.start()
@@ -66,7 +66,7 @@ def test_mlflow_killed_then_restarted(own_mlflow_server):
 def test_mlflow_down_at_start_serves_health_only():
     config = config_from_dict({"mlflow": {"tracking_uri": "http://127.0.0.1:9", "timeout": "1s"}})
     store = SnapshotStore()
-    source = MlflowSource(config)
+    source = MlflowSource(*connected(config))
     poller = Poller([source], store)
     assert not poller.poll_once(source)
     m = scrape(build_registry(store, config))
@@ -126,7 +126,7 @@ def test_mlflow_restarted_on_another_database_totals_fall_honestly(own_mlflow_se
     now = int(time.time() * 1000)
     for _ in range(3):
         add_run(client, exp, now - 2 * HOUR_MS, now - HOUR_MS, tags={"instance_type": "p3.2xlarge"})
-    source = MlflowSource(config_from_dict({"mlflow": {"tracking_uri": server.url, "timeout": "5s"}}))
+    source = MlflowSource(*connected(config_from_dict({"mlflow": {"tracking_uri": server.url, "timeout": "5s"}})))
     families, _ = source.poll()
     assert value(samples(render(families)), "mlops_experiment_cost", experiment="swap", status="FINISHED") == pytest.approx(9.18)
     server.kill()
@@ -149,7 +149,7 @@ def test_mlflow_slower_than_the_timeout_fails_the_poll_in_time():
     slow = Upstream()
     slow.replies["/api/2.0/mlflow/experiments/search"] = Reply(200, b'{"experiments": []}', "application/json", delay=5)
     try:
-        source = MlflowSource(config_from_dict({"mlflow": {"tracking_uri": slow.url, "timeout": "1s"}}))
+        source = MlflowSource(*connected(config_from_dict({"mlflow": {"tracking_uri": slow.url, "timeout": "1s"}})))
         store = SnapshotStore()
         started = time.monotonic()
         assert not Poller([source], store).poll_once(source)
@@ -208,15 +208,15 @@ def test_sigterm_during_a_poll_exits_cleanly(tmp_path):
 
 
 def test_an_oversized_mlflow_reply_is_refused_unread(monkeypatch):
-    import mlops_kpi_exporter.mlflow_source as mlflow_source
+    import mlops_kpi_exporter.mlflow_client as mlflow_client
     from upstream import Reply, Upstream
 
-    monkeypatch.setattr(mlflow_source, "MAX_MLFLOW_REPLY_BYTES", 1000)
+    monkeypatch.setattr(mlflow_client, "MAX_MLFLOW_REPLY_BYTES", 1000)
     big = Upstream()
     big.replies["/api/2.0/mlflow/experiments/search"] = Reply(
         200, b'{"experiments": [' + b",".join([b'{"experiment_id": "1", "name": "x"}'] * 200) + b"]}", "application/json")
     try:
-        source = MlflowSource(config_from_dict({"mlflow": {"tracking_uri": big.url, "timeout": "2s"}}))
+        source = MlflowSource(*connected(config_from_dict({"mlflow": {"tracking_uri": big.url, "timeout": "2s"}})))
         store = SnapshotStore()
         assert not Poller([source], store).poll_once(source)
         _, states = store.states()
@@ -226,7 +226,6 @@ def test_an_oversized_mlflow_reply_is_refused_unread(monkeypatch):
 
 
 def test_credentials_do_not_follow_a_redirect_to_another_host(monkeypatch):
-    from mlops_kpi_exporter.config import resolve_credentials
     from upstream import Reply, Upstream
 
     other = Upstream()
@@ -238,13 +237,11 @@ def test_credentials_do_not_follow_a_redirect_to_another_host(monkeypatch):
     try:
         config = config_from_dict({"mlflow": {"tracking_uri": first.url, "timeout": "2s",
                                               "auth": {"token_env": "REDIRECT_TEST_TOKEN"}}})
-        source = MlflowSource(config, resolve_credentials(config.mlflow.auth))
-        source._matching_experiments()
+        source = MlflowSource(*connected(config))
+        source.matching_experiments()
         assert first.headers[0].get("Authorization") == "Bearer tok-redirect-4411"  # MLflow itself gets it
         assert other.requests and "Authorization" not in other.headers[0]  # the other host does not
     finally:
         first.close()
         other.close()
-        import os
-
-        os.environ.pop("MLFLOW_TRACKING_TOKEN", None)  # set by the exporter itself, not by monkeypatch
+        connected(config_from_dict({"mlflow": {"tracking_uri": first.url}}))  # the token goes with its config

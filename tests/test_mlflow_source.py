@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import HOUR_MS, add_run, render, samples, value
+from conftest import HOUR_MS, add_run, render, samples, value, connected
 from mlops_kpi_exporter.config import config_from_dict
 from mlops_kpi_exporter.mlflow_source import MlflowSource
 
@@ -78,7 +78,7 @@ def poll(source: MlflowSource):
 
 def test_costs_counts_hours_and_estimators_are_exact(mlflow_server, prefix, seeded):
     clock = Clock((seeded["now_ms"] + 0) / 1000)  # the running run started exactly 1 h before
-    source = MlflowSource(make_config(mlflow_server.url, prefix), clock=clock)
+    source = MlflowSource(*connected(make_config(mlflow_server.url, prefix)), clock=clock)
     m, summary = poll(source)
     train, tune = f"{prefix}-train", f"{prefix}-tune"
     assert "full sync" in summary
@@ -129,7 +129,7 @@ def test_costs_counts_hours_and_estimators_are_exact(mlflow_server, prefix, seed
 
 def test_running_run_cost_grows_between_polls(mlflow_server, prefix, seeded):
     clock = Clock(seeded["now_ms"] / 1000)
-    source = MlflowSource(make_config(mlflow_server.url, prefix), clock=clock)
+    source = MlflowSource(*connected(make_config(mlflow_server.url, prefix)), clock=clock)
     tune = f"{prefix}-tune"
     first, _ = poll(source)
     clock.t += 1800
@@ -143,7 +143,7 @@ def test_running_run_cost_grows_between_polls(mlflow_server, prefix, seeded):
 def test_incremental_poll_sees_changes_and_resync_reconciles_deletions(mlflow_server, prefix, seeded):
     client, ids, now_ms = seeded["client"], seeded["ids"], seeded["now_ms"]
     clock = Clock(now_ms / 1000)
-    source = MlflowSource(make_config(mlflow_server.url, prefix), clock=clock)
+    source = MlflowSource(*connected(make_config(mlflow_server.url, prefix)), clock=clock)
     train, tune = f"{prefix}-train", f"{prefix}-tune"
     poll(source)
 
@@ -174,8 +174,8 @@ def test_incremental_poll_sees_changes_and_resync_reconciles_deletions(mlflow_se
 def test_restart_gives_identical_totals(mlflow_server, prefix, seeded):
     """A new exporter process recomputes the same figures from MLflow: a restart never looks like spend."""
     clock = Clock(seeded["now_ms"] / 1000)
-    first = render(MlflowSource(make_config(mlflow_server.url, prefix), clock=clock).poll()[0])
-    second = render(MlflowSource(make_config(mlflow_server.url, prefix), clock=clock).poll()[0])
+    first = render(MlflowSource(*connected(make_config(mlflow_server.url, prefix)), clock=clock).poll()[0])
+    second = render(MlflowSource(*connected(make_config(mlflow_server.url, prefix)), clock=clock).poll()[0])
     assert first == second
     assert "mlops_experiment_cost{" in first
 
@@ -186,7 +186,7 @@ def test_per_run_series_are_bounded(mlflow_server, prefix):
     now_ms = int(time.time() * 1000)
     for i in range(30):
         add_run(client, exp, now_ms - (i + 2) * HOUR_MS, now_ms - (i + 1) * HOUR_MS, tags={"estimator": f"est-{i % 6}"})
-    source = MlflowSource(make_config(mlflow_server.url, prefix, max_run_series=5, max_estimators=3))
+    source = MlflowSource(*connected(make_config(mlflow_server.url, prefix, max_run_series=5, max_estimators=3)))
     m, _ = poll(source)
     assert sum(1 for k in m if k[0] == "mlops_run_cost") == 5
     estimators = {dict(k[1])["estimator"]: v for k, v in m.items() if k[0] == "mlops_runs_by_estimator"}

@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from conftest import HOUR_MS, add_run, render, samples
+from conftest import HOUR_MS, add_run, render, samples, connected
 from mlops_kpi_exporter.config import config_from_dict
 from mlops_kpi_exporter.mlflow_source import MlflowSource
 from mlops_kpi_exporter.report import Period, write_report
@@ -37,7 +37,7 @@ def store(mlflow_server, prefix):
 
 def report(config, period, fmt, now):
     out = io.StringIO()
-    write_report(config, period, fmt, out, now)
+    write_report(config, connected(config)[1], period, fmt, out, now)
     return out.getvalue()
 
 
@@ -45,7 +45,7 @@ def test_report_totals_equal_the_exporters_figures(store):
     config, now = store
     everything = Period(now - 100 * 24 * HOUR_MS, now)
     data = json.loads(report(config, everything, "json", now))
-    exporter = samples(render(MlflowSource(config, clock=lambda: now / 1000).poll()[0]))
+    exporter = samples(render(MlflowSource(*connected(config), clock=lambda: now / 1000).poll()[0]))
     total = sum(v for (name, _), v in exporter.items() if name == "mlops_experiment_cost")
     assert data["total_compute"] == pytest.approx(total, abs=1e-6)
     assert data["total_compute"] == pytest.approx(3.06 * 10 + 0.096 * 2 + 0.526 * 2, abs=1e-6)

@@ -1,4 +1,5 @@
-"""A controllable HTTP server on 127.0.0.1 that plays a model server: replies, delays, errors."""
+"""A controllable HTTP server on 127.0.0.1 that plays a model server (replies, delays, errors), or an
+authenticating proxy in front of a real MLflow server (forward_to, require_authorization)."""
 
 from __future__ import annotations
 
@@ -33,16 +34,31 @@ class Upstream:
         self.replies: dict[str, Reply] = {}
         self.requests: list[tuple[str, str, bytes]] = []
         self.headers: list[dict[str, str]] = []
+        self.forward_to: str | None = None  # paths without a canned reply go to this server
+        self.require_authorization: str | None = None  # else 401, as an MLflow behind auth answers
+        self.delays: dict[str, float] = {}  # path prefix -> seconds to wait before answering
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
             def _serve(self):
                 length = int(self.headers.get("Content-Length") or 0)
-                upstream.requests.append((self.command, self.path, self.rfile.read(length) if length else b""))
+                body = self.rfile.read(length) if length else b""
+                upstream.requests.append((self.command, self.path, body))
                 upstream.headers.append(dict(self.headers))
-                reply = upstream.replies.get(self.path, Reply(404, b"no such path"))
-                if reply.delay:
-                    time.sleep(reply.delay)
+                reply = upstream.replies.get(self.path)
+                required = upstream.require_authorization
+                if required is not None and self.headers.get("Authorization") != required:
+                    reply = Reply(401, b'{"error_code": "UNAUTHENTICATED"}', "application/json")
+                elif reply is None and upstream.forward_to:
+                    import requests
+
+                    got = requests.request(self.command, upstream.forward_to + self.path, data=body, timeout=60,
+                                           headers={"Content-Type": self.headers.get("Content-Type", "")})
+                    reply = Reply(got.status_code, got.content, got.headers.get("Content-Type", "application/json"))
+                reply = reply or Reply(404, b"no such path")
+                delay = reply.delay + sum(s for p, s in list(upstream.delays.items()) if self.path.startswith(p))
+                if delay:
+                    time.sleep(delay)
                 try:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", reply.content_type)

@@ -26,8 +26,8 @@ from mlops_kpi_exporter.config import (
     load_web_config,
     parse_listen,
     redact_uri,
-    resolve_credentials,
 )
+from mlops_kpi_exporter.mlflow_client import MlflowConnection
 from mlops_kpi_exporter.poller import Poller, Source, describe_error
 from mlops_kpi_exporter.pricing import fixed_cost_families
 from mlops_kpi_exporter.server import BasicAuth, ExporterApp, start_http_server
@@ -55,16 +55,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def build_sources(config: Config) -> list[Source]:
+def prepare(config: Config) -> tuple[MlflowConnection, list[Source]]:
+    """The MLflow connection (secrets read) and every source of a validated config, for all commands.
+
+    Nothing here touches the network or the process: a config refused here (ConfigError) leaves
+    the running one exactly as it was. The caller applies the connection once it commits to it.
+    """
+    mlflow = MlflowConnection.from_config(config)
+    return mlflow, build_sources(config, mlflow)
+
+
+def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
     from mlops_kpi_exporter.kpis import KpiSource
     from mlops_kpi_exporter.mlflow_source import MlflowSource
     from mlops_kpi_exporter.registry import RegistrySource
 
-    sources: list[Source] = [MlflowSource(config, resolve_credentials(config.mlflow.auth))]
+    sources: list[Source] = [MlflowSource(config, mlflow)]
     if config.kpis:
-        sources.append(KpiSource(config))
+        sources.append(KpiSource(config, mlflow))
     if config.registry.enabled:
-        sources.append(RegistrySource(config))
+        sources.append(RegistrySource(config, mlflow))
     if config.endpoints:
         from mlops_kpi_exporter.endpoints import EndpointSource
         from mlops_kpi_exporter.pricing import Pricer
@@ -100,8 +110,10 @@ def serve(config: Config, listen: tuple[str, int] | None, title: str = "mlops-kp
           config_path: str | None = None, web_config: str | None = None) -> int:
     web_file = web_config or config.server.web_config_file
     web = load_web_config(web_file) if web_file else None
+    mlflow, sources = prepare(config)
+    mlflow.apply()
     store = SnapshotStore()
-    poller = Poller(build_sources(config), store)
+    poller = Poller(sources, store)
     host, port = listen or parse_listen(config.server.listen)
     auth = BasicAuth(web.basic_auth_users) if web and web.basic_auth_users else None
     app = ExporterApp(build_registry(store, config), store, title, _links(config), auth)
@@ -140,13 +152,14 @@ def _reload(path: str | None, app: ExporterApp, poller: Poller) -> Poller | None
         return None
     try:
         config = load_config(path)
-        sources = build_sources(config)
+        mlflow, sources = prepare(config)
     except ConfigError as exc:
         log.error("config reload failed, the running config stays in force:\n%s", exc,
                   extra={"event": "reload", "ok": False})
         app.store.reload_result(False)
         return None
-    poller.stop()
+    poller.stop(wait=True)  # no poll of the old config may run with the new credentials
+    mlflow.apply()
     store = SnapshotStore()
     fresh = Poller(sources, store)
     store.reload_result(True)
@@ -158,7 +171,8 @@ def _reload(path: str | None, app: ExporterApp, poller: Poller) -> Poller | None
 
 
 def once(config: Config) -> int:
-    sources = build_sources(config)
+    mlflow, sources = prepare(config)
+    mlflow.apply()
     store = SnapshotStore()
     poller = Poller(sources, store)
     with ThreadPoolExecutor(max_workers=max(1, len(sources))) as pool:  # as `serve` does: all at once
@@ -172,9 +186,11 @@ def once(config: Config) -> int:
 
 
 def check(config: Config, path: str) -> int:
+    mlflow, sources = prepare(config)
+    mlflow.apply()
     print(f"config {path}: ok")
     status = EXIT_OK
-    for source in build_sources(config):
+    for source in sources:
         try:
             print(f"source {source.name}: ok: {source.check()}")
         except Exception as exc:  # noqa: BLE001 - reported, and the exit code says so
@@ -258,9 +274,11 @@ def report_command(config: Config, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    mlflow = MlflowConnection.from_config(config)  # the same set-up as serve
+    mlflow.apply()
     try:
         with open(args.out, "w", encoding="utf-8", newline="") as out:
-            write_report(config, period, args.format, out, now_ms)
+            write_report(config, mlflow, period, args.format, out, now_ms)
     except Exception as exc:  # noqa: BLE001 - MLflow unreachable and the like: said, not a traceback
         print(f"error: cannot make the report: {describe_error(exc)}", file=sys.stderr)
         return EXIT_SOURCE_FAILED

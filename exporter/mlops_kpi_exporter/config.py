@@ -21,13 +21,17 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 DEFAULT_PORT = 10150  # outside the community exporter port range 9100-9999
+# Sane bounds for prices and machine counts, in the config and in run tags (README: "Skipped runs").
+# More is a unit or typing mistake, and would make the integer cost overflow.
+MAX_HOURLY_COST = 1_000_000.0  # per hour (the largest cloud machines cost about 100 an hour)
+MAX_INSTANCE_COUNT = 100_000
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -79,6 +83,23 @@ def redact_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
+    """The one path rule: a relative path in the config is relative to the config file's folder,
+    wherever the exporter is started from (in a container the working directory is elsewhere)."""
+    base = (info.context or {}).get("base_dir")
+    return value if value.is_absolute() or base is None else Path(base) / value
+
+
+def _existing_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"no such file: {value}")
+    return value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
+ExistingFile = Annotated[Path, AfterValidator(_relative_to_config), AfterValidator(_existing_file)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -87,10 +108,10 @@ class MlflowAuth(_Strict):
     """Where credentials come from. Values themselves never sit in the config file."""
 
     token_env: str | None = None
-    token_file: Path | None = None
+    token_file: ConfigPath | None = None
     username: str | None = None
     password_env: str | None = None
-    password_file: Path | None = None
+    password_file: ConfigPath | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -115,12 +136,6 @@ class MlflowAuth(_Strict):
         return self
 
 
-def _existing_file(value: Path) -> Path:
-    if not value.is_file():
-        raise ValueError(f"no such file: {value}")
-    return value
-
-
 class MlflowConfig(_Strict):
     tracking_uri: str
     poll_interval: Duration = 60.0
@@ -133,7 +148,7 @@ class MlflowConfig(_Strict):
     page_size: int = Field(1000, ge=1, le=50000)
     auth: MlflowAuth = Field(default_factory=MlflowAuth)
     ui_url: str | None = None
-    ca_bundle: Annotated[Path, AfterValidator(_existing_file)] | None = None  # TLS verification is always on
+    ca_bundle: ExistingFile | None = None  # TLS verification is always on
 
     @field_validator("tracking_uri")
     @classmethod
@@ -165,11 +180,11 @@ class MlflowConfig(_Strict):
 
 class PricingConfig(_Strict):
     currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
-    default_hourly_cost: float = Field(0.0, ge=0, allow_inf_nan=False)
+    default_hourly_cost: float = Field(0.0, ge=0, le=MAX_HOURLY_COST, allow_inf_nan=False)
     hourly_cost_tag: str = "mlops.hourly_cost"
     instance_type_keys: list[str] = Field(default_factory=lambda: ["instance_type"])
     instance_count_keys: list[str] = Field(default_factory=lambda: ["instance_count"])
-    instances: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=dict)
+    instances: dict[str, Annotated[float, Field(ge=0, le=MAX_HOURLY_COST, allow_inf_nan=False)]] = Field(default_factory=dict)
     use_catalog: bool = True
     storage_gb_month: float = Field(0.023, ge=0, allow_inf_nan=False)  # S3 Standard list price, per GB-month
 
@@ -185,7 +200,9 @@ def _buckets(value: Any) -> Any:
 
 
 class RunsConfig(_Strict):
-    estimator_keys: list[str] = Field(default_factory=lambda: ["estimator"])
+    # `estimator` for runs that say it themselves; the two tags MLflow's autologging writes
+    # (scikit-learn, XGBoost, LightGBM...): the class name, and its full path (shortened in the label).
+    estimator_keys: list[str] = Field(default_factory=lambda: ["estimator", "estimator_name", "estimator_class"])
     max_run_series: int = Field(100, ge=0, le=10000)
     max_estimators: int = Field(20, ge=1, le=1000)
     activity_window: Duration = 30 * 86400.0
@@ -266,7 +283,7 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
 
 class ServerConfig(_Strict):
     listen: str = f":{DEFAULT_PORT}"
-    web_config_file: Path | None = None  # TLS and basic auth, exporter-toolkit format
+    web_config_file: ExistingFile | None = None  # TLS and basic auth, exporter-toolkit format
 
     @field_validator("listen")
     @classmethod
@@ -357,23 +374,22 @@ class ProbeConfig(_Strict):
     path: str = "/ping"
     method: Literal["GET", "POST", "HEAD"] = "GET"
     body: Any = None  # sent as JSON
-    body_file: Path | None = None  # sent as is, Content-Type application/json; relative to the config file
+    body_file: ExistingFile | None = None  # sent as is, Content-Type application/json
     headers: dict[str, str] = Field(default_factory=dict)
     headers_env: dict[str, str] = Field(default_factory=dict)  # header -> environment variable (secrets)
+
+    @field_validator("headers_env")
+    @classmethod
+    def _variables_set(cls, value: dict[str, str]) -> dict[str, str]:
+        # As for mlflow.auth: an unset variable is a config error, never an empty header sent.
+        for header, variable in value.items():
+            if not os.environ.get(variable):
+                raise ValueError(f"header {header}: environment variable {variable} is not set or empty")
+        return value
     expect_status: int = Field(200, ge=100, le=599)
     expect_body_contains: str | None = None
     interval: Duration = 15.0
     timeout: Duration = 2.0
-
-    @field_validator("body_file")
-    @classmethod
-    def _relative_to_config(cls, value: Path | None, info: Any) -> Path | None:
-        base = (info.context or {}).get("base_dir")
-        if value is not None and base is not None and not value.is_absolute():
-            value = Path(base) / value
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
-        return value
 
     @model_validator(mode="after")
     def _one_body(self) -> ProbeConfig:
@@ -432,7 +448,7 @@ class EndpointConfig(_Strict):
     replicas: int = Field(1, ge=1, le=10_000)
     capacity_rps: float | None = Field(None, gt=0, allow_inf_nan=False)
     interval: Duration | None = None  # defaults to probe.interval, else 15s
-    ca_bundle: Annotated[Path, AfterValidator(_existing_file)] | None = None  # for https endpoints with a private CA
+    ca_bundle: ExistingFile | None = None  # for https endpoints with a private CA
 
     @model_validator(mode="after")
     def _consistent(self) -> EndpointConfig:
@@ -530,35 +546,3 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>", base_dir: P
     except ValidationError as exc:
         lines = [f"{source}: {_location(e['loc'])}: {_describe(e)}" for e in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
-
-
-class Credentials(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    token: SecretStr | None = None
-    username: str | None = None
-    password: SecretStr | None = None
-
-
-def _read_secret(kind: str, env: str | None, file: Path | None) -> SecretStr | None:
-    if env:
-        value = os.environ.get(env)
-        if not value:
-            raise ConfigError(f"mlflow.auth.{kind}_env: environment variable {env} is not set or empty")
-        return SecretStr(value)
-    if file:
-        try:
-            value = file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"mlflow.auth.{kind}_file: cannot read {file}: {exc.strerror or exc}") from None
-        if not value:
-            raise ConfigError(f"mlflow.auth.{kind}_file: {file} is empty")
-        return SecretStr(value)
-    return None
-
-
-def resolve_credentials(auth: MlflowAuth) -> Credentials:
-    return Credentials(
-        token=_read_secret("token", auth.token_env, auth.token_file),
-        username=auth.username,
-        password=_read_secret("password", auth.password_env, auth.password_file),
-    )

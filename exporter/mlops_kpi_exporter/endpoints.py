@@ -260,7 +260,8 @@ class EndpointSource:
         probe = self.endpoint.probe
         assert probe is not None
         headers = dict(probe.headers)
-        headers.update({h: os.environ.get(var, "") for h, var in probe.headers_env.items()})
+        # The config refused unset variables; one that vanished since is left out, never sent empty.
+        headers.update({h: os.environ[var] for h, var in probe.headers_env.items() if os.environ.get(var)})
         if self.probe_body is not None:
             headers.setdefault("Content-Type", "application/json")
         return headers

@@ -14,15 +14,17 @@ from typing import Any
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
 
 from mlops_kpi_exporter.config import Config, KpiConfig
-from mlops_kpi_exporter.mlflow_source import (
-    MlflowException,
-    MlflowReader,
-    ViewType,
-    is_not_found,
-)
+import logging
+
+from mlflow.entities import ViewType
+from mlflow.exceptions import MlflowException
+
+from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, is_data_error, is_not_found
 from mlops_kpi_exporter.snapshot import POLLED_NOTE
 
-MISSING_REASONS = ("experiment_not_found", "metric_missing", "alias_not_found", "run_gone", "not_a_number")
+log = logging.getLogger(__name__)
+
+MISSING_REASONS = ("experiment_not_found", "metric_missing", "alias_not_found", "run_gone", "not_a_number", "invalid_data")
 
 
 @dataclass(frozen=True)
@@ -49,21 +51,32 @@ def _metric_filter(metric: str) -> str:
 class KpiSource(MlflowReader):
     name = "kpis"
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, config: Config, mlflow: MlflowConnection):
+        super().__init__(config, mlflow)
         self.kpis = config.kpis
 
     def check(self) -> str:
-        readings = [self.read(k) for k in self.kpis]
+        readings = [self.read_or_skip(k) for k in self.kpis]
         missing = [f"{r.kpi.name} ({r.missing})" for r in readings if r.value is None]
         return f"{len(readings) - len(missing)} of {len(readings)} KPIs readable" + (
             f"; missing: {', '.join(missing)}" if missing else ""
         )
 
     def poll(self) -> tuple[list[Metric], str]:
-        readings = [self.read(k) for k in self.kpis]
+        readings = [self.read_or_skip(k) for k in self.kpis]
         missing = sum(1 for r in readings if r.value is None)
         return families(readings), f"{len(readings) - missing} KPIs read, {missing} missing"
+
+    def read_or_skip(self, kpi: KpiConfig) -> KpiReading:
+        """One odd KPI (data MLflow holds that we did not foresee) is missing, never a failed poll;
+        an MLflow that cannot be reached still fails the poll."""
+        try:
+            return self.read(kpi)
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            log.warning("KPI %s cannot be read: %s: %s", kpi.name, type(exc).__name__, exc)
+            return KpiReading(kpi, experiment=kpi.experiment or "", missing="invalid_data")
 
     def read(self, kpi: KpiConfig) -> KpiReading:
         if kpi.source == "model_alias":
@@ -114,9 +127,10 @@ class KpiSource(MlflowReader):
         base = {"experiment": experiment, "run_id": run.info.run_id, "model_version": model_version}
         if value is None:
             return KpiReading(kpi, missing="metric_missing", **base)
-        if math.isnan(value):
+        value = float(value)
+        if not math.isfinite(value):
             return KpiReading(kpi, missing="not_a_number", **base)
-        return KpiReading(kpi, value=float(value), **base)
+        return KpiReading(kpi, value=value, **base)
 
 
 def families(readings: list[KpiReading]) -> list[Metric]:

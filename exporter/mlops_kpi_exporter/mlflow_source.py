@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import math
-import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-# Imported here, once, in the importing thread: mlflow's first import is not thread-safe, and two
-# sources polling in parallel threads would otherwise race into a circular-import error.
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -33,29 +27,22 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from mlops_kpi_exporter.config import Config, Credentials, redact_uri
+from mlops_kpi_exporter.config import Config
+from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, is_not_found, paged
 from mlops_kpi_exporter.pricing import BadRunData, Pricer
 from mlops_kpi_exporter.runs import (
     NANO,
+    SKIP_REASONS,
     UNTAGGED,
     RunFacts,
     RunLedger,
     RunRules,
-    make_facts,
+    facts_of,
 )
 from mlops_kpi_exporter.snapshot import POLLED_NOTE
 
 log = logging.getLogger(__name__)
 
-SKIP_REASONS = (
-    "missing_start_time",
-    "missing_end_time",
-    "end_before_start",
-    "start_in_future",
-    "unknown_status",
-    "invalid_hourly_cost",
-    "invalid_instance_count",
-)
 PRICE_SOURCES = ("tag", "config", "catalog", "default")
 OTHER = "other"  # the estimator label that gathers everything beyond runs.max_estimators
 EXPERIMENT_CHUNK = 100  # experiment ids per search_runs call
@@ -71,10 +58,6 @@ def top_with_other(counts: dict[str, int], limit: int) -> Counter[str]:
     for _, n in ranked[limit:]:
         kept[OTHER] += n
     return kept
-
-
-class SourceError(Exception):
-    """A source could not be read; the message is safe to log and show."""
 
 
 @dataclass(frozen=True)
@@ -94,100 +77,10 @@ class PollReport:
         )
 
 
-MAX_MLFLOW_REPLY_BYTES = 256 << 20  # a page of 50,000 runs with tags and params stays well under this
-
-
-def _refuse_huge_replies(response: Any, *args: Any, **kwargs: Any) -> None:
-    """A requests response hook: a reply whose declared size is past the limit is not read."""
-    length = response.headers.get("Content-Length")
-    if length and length.isdigit() and int(length) > MAX_MLFLOW_REPLY_BYTES:
-        response.close()
-        raise SourceError(f"MLflow replied with {int(length):,} bytes, more than the {MAX_MLFLOW_REPLY_BYTES:,} allowed")
-
-
-def _guard_mlflow_sessions() -> None:
-    """Give MLflow's HTTP sessions the size hook. MLflow offers no setting for it, so its session
-    factory is wrapped; should a future MLflow move that factory, the guard is skipped with a warning."""
-    from mlflow.utils import request_utils
-
-    factory = getattr(request_utils, "_get_request_session", None)
-    if factory is None or getattr(factory, "_mlops_guarded", False):
-        if factory is None:
-            log.warning("cannot limit the size of MLflow replies with this MLflow version")
-        return
-
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        session = factory(*args, **kwargs)
-        if _refuse_huge_replies not in session.hooks["response"]:
-            session.hooks["response"].append(_refuse_huge_replies)
-        return session
-
-    guarded._mlops_guarded = True  # type: ignore[attr-defined]
-    request_utils._get_request_session = guarded
-
-
-def configure_mlflow_client(timeout: float, credentials: Credentials, ca_bundle: Path | None = None) -> None:
-    """MLflow's client reads its HTTP settings and credentials from the environment.
-
-    Retries are switched off: the exporter's own scheduler retries a failed poll with backoff,
-    and a poll must fail within `timeout` rather than block for minutes inside MLflow's retries.
-    """
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(timeout)))
-    _guard_mlflow_sessions()
-    if ca_bundle is not None:
-        os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_bundle)
-    if credentials.token is not None:
-        os.environ["MLFLOW_TRACKING_TOKEN"] = credentials.token.get_secret_value()
-    if credentials.username is not None:
-        os.environ["MLFLOW_TRACKING_USERNAME"] = credentials.username
-    if credentials.password is not None:
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = credentials.password.get_secret_value()
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///` tracking URI, else None."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///") :].split("?", 1)[0])
-
-
-def open_client(tracking_uri: str) -> Any:
-    """An MlflowClient for a server or a local store (call configure_mlflow_client first)."""
-    path = sqlite_path(tracking_uri)
-    if path is not None and not path.is_file():
-        # MLflow would silently create an empty store there; a typo must not look like no runs.
-        raise SourceError(f"no MLflow database at {path} (from mlflow.tracking_uri)")
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-def is_not_found(exc: BaseException) -> bool:
-    """MLflow's way of saying a run, model, version or alias does not exist."""
-    return getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or (
-        getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE" and "not found" in str(exc).lower()
-    )
-
-
-class MlflowReader:
-    """What every MLflow-backed source shares: the schedule and a lazily opened client."""
-
-    def __init__(self, config: Config):
-        self.tracking_uri = config.mlflow.tracking_uri
-        self.interval = config.mlflow.poll_interval
-        self.retry_backoff = config.mlflow.retry_backoff
-        self._client: Any = None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = open_client(self.tracking_uri)
-        return self._client
-
-
 class MlflowSource(MlflowReader):
     name = "mlflow"
 
-    def __init__(self, config: Config, credentials: Credentials | None = None, clock=time.time):
+    def __init__(self, config: Config, mlflow: MlflowConnection, clock=time.time):
         self.cfg = config.mlflow
         self.runs_cfg = config.runs
         self.currency = config.pricing.currency
@@ -206,10 +99,9 @@ class MlflowSource(MlflowReader):
         self.artifact_totals: Counter[str] = Counter()  # experiment_id -> bytes, kept in step
         self.artifact_pending: set[str] = set()
         self.artifact_errors = 0
-        self.uri_for_humans = redact_uri(self.cfg.tracking_uri)
+        self.uri_for_humans = mlflow.uri_for_humans
         self.clock = clock
-        configure_mlflow_client(self.cfg.timeout, credentials or Credentials(), self.cfg.ca_bundle)
-        super().__init__(config)
+        super().__init__(config, mlflow)
         self.ledger: RunLedger | None = None
         self.experiments: dict[str, str] = {}  # id -> name of the watched experiments
         # id -> creation time, as listed now and as of the last poll: the same id created at another
@@ -221,40 +113,31 @@ class MlflowSource(MlflowReader):
         self.last_report: PollReport | None = None
 
     # -- MLflow access ---------------------------------------------------------------------------
-    def _matching_experiments(self) -> dict[str, str]:
+    def matching_experiments(self) -> dict[str, str]:
+        """Id -> name of the watched experiments, as MLflow lists them now."""
         out: dict[str, str] = {}
-        token = None
-        while True:
-            page = self.client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
-            for exp in page:
-                if self._watched(exp.name):
-                    out[exp.experiment_id] = exp.name
-                    self._created[exp.experiment_id] = exp.creation_time
-            token = page.token
-            if not token:
-                return out
+        for exp in paged(self.client.search_experiments, view_type=ViewType.ACTIVE_ONLY, max_results=1000):
+            if self._watched(exp.name):
+                out[exp.experiment_id] = exp.name
+                self._created[exp.experiment_id] = exp.creation_time
+        return out
 
     def _watched(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, g) for g in self.cfg.experiments) and not any(
             fnmatch.fnmatchcase(name, g) for g in self.cfg.exclude_experiments
         )
 
-    def _search(self, experiment_ids: Iterable[str], filter_string: str = "") -> Iterator[Any]:
+    def search(self, experiment_ids: Iterable[str], filter_string: str = "") -> Iterator[Any]:
+        """Every active run of the experiments that matches the filter, page by page."""
         ids = sorted(experiment_ids)
         for start in range(0, len(ids), EXPERIMENT_CHUNK):
-            token = None
-            while True:
-                page = self.client.search_runs(
-                    ids[start : start + EXPERIMENT_CHUNK],
-                    filter_string,
-                    run_view_type=ViewType.ACTIVE_ONLY,
-                    max_results=self.cfg.page_size,
-                    page_token=token,
-                )
-                yield from page
-                token = page.token
-                if not token:
-                    break
+            yield from paged(
+                self.client.search_runs,
+                experiment_ids=ids[start : start + EXPERIMENT_CHUNK],
+                filter_string=filter_string,
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=self.cfg.page_size,
+            )
 
     def _refetch(self, run_id: str) -> Any | None:
         """A run looked up by id; None when it is gone (deleted or purged)."""
@@ -269,14 +152,14 @@ class MlflowSource(MlflowReader):
     # -- polling ---------------------------------------------------------------------------------
     def check(self) -> str:
         """Reach MLflow once and say what would be watched."""
-        experiments = self._matching_experiments()
+        experiments = self.matching_experiments()
         names = ", ".join(sorted(experiments.values())[:10]) + (" ..." if len(experiments) > 10 else "")
         return f"{self.uri_for_humans}: reachable; {len(experiments)} experiments watched ({names or 'none'})"
 
     def poll(self) -> tuple[list[Metric], str]:
         now = self.clock()
         now_ms = int(now * 1000)
-        experiments = self._matching_experiments()
+        experiments = self.matching_experiments()
         due = self.last_full_sync is None or now - self.last_full_sync >= self.cfg.resync_interval
         if self.ledger is None or self.watermark_ms is None or due:
             report = self._full_sync(experiments, now_ms)
@@ -298,7 +181,7 @@ class MlflowSource(MlflowReader):
     def _full_sync(self, experiments: dict[str, str], now_ms: int) -> PollReport:
         ledger = self._new_ledger()  # built aside and swapped in whole: a failed sync changes nothing
         fetched = 0
-        for run in self._search(experiments):
+        for run in self.search(experiments):
             fetched += 1
             self._apply(ledger, run, now_ms)
         self.ledger = ledger
@@ -320,9 +203,9 @@ class MlflowSource(MlflowReader):
             f"attributes.end_time >= {since}",
             f"attributes.start_time >= {since}",
         ):
-            for run in self._search(known, filter_string):
+            for run in self.search(known, filter_string):
                 fetched[run.info.run_id] = run
-        for run in self._search(added):
+        for run in self.search(added):
             fetched[run.info.run_id] = run
         vanished = []
         for run_id in [r for r in ledger.open_runs if r not in fetched]:
@@ -344,24 +227,14 @@ class MlflowSource(MlflowReader):
         return PollReport(False, len(fetched), changed, len(ledger), len(ledger.skipped), len(experiments))
 
     def _apply(self, ledger: RunLedger, run: Any, now_ms: int) -> bool:
-        info = run.info
         try:
-            facts = make_facts(
-                self.rules,
-                run_id=info.run_id,
-                experiment_id=info.experiment_id,
-                run_name=info.run_name,
-                status=info.status,
-                start_time=info.start_time,
-                end_time=info.end_time,
-                tags=run.data.tags,
-                params=run.data.params,
-                now_ms=now_ms,
-            )
+            facts = facts_of(self.rules, run, now_ms)
         except BadRunData as exc:
-            if ledger.skipped.get(info.run_id, (None, None))[1] != exc.reason:
-                log.info("skipping run %s of experiment %s: %s (%s)", info.run_id, info.experiment_id, exc.reason, exc)
-            return ledger.skip(info.run_id, info.experiment_id, exc.reason)
+            run_id, exp_id = getattr(run.info, "run_id", "?"), getattr(run.info, "experiment_id", "?")
+            if ledger.skipped.get(run_id, (None, None))[1] != exc.reason:  # once per run and reason
+                level = logging.WARNING if exc.reason == "invalid_data" else logging.INFO
+                log.log(level, "skipping run %s of experiment %s: %s (%s)", run_id, exp_id, exc.reason, exc)
+            return ledger.skip(run_id, exp_id, exc.reason)
         if self.artifacts.enabled and not facts.open and facts.run_id not in self.artifact_bytes:
             self.artifact_pending.add(facts.run_id)
         return ledger.upsert(facts)

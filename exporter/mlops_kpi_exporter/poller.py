@@ -102,7 +102,8 @@ class Poller:
         if delay < source.interval:
             self._scheduler.modify_job(source.name, next_run_time=datetime.now(timezone.utc) + timedelta(seconds=delay))
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = False) -> None:
+        """wait: let a poll in flight finish first (bounded by its timeout)."""
         if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
+            self._scheduler.shutdown(wait=wait)
             self._scheduler = None

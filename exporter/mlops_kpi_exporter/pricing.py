@@ -10,7 +10,7 @@ from importlib import resources
 import yaml
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from mlops_kpi_exporter.config import Config, ConfigError, PricingConfig
+from mlops_kpi_exporter.config import MAX_HOURLY_COST, MAX_INSTANCE_COUNT, Config, ConfigError, PricingConfig
 
 
 class BadRunData(ValueError):
@@ -95,7 +95,7 @@ class Pricer:
         instance_type = _lookup(cfg.instance_type_keys, tags, params)
         tagged = tags.get(cfg.hourly_cost_tag)
         if tagged is not None:
-            return Rate(_non_negative(tagged, "invalid_hourly_cost"), "tag", instance_type)
+            return Rate(_bounded(tagged, "invalid_hourly_cost", MAX_HOURLY_COST), "tag", instance_type)
         count_text = _lookup(cfg.instance_count_keys, tags, params)
         count = 1.0 if count_text is None else _instance_count(count_text)
         if instance_type is not None:
@@ -105,20 +105,20 @@ class Pricer:
         return Rate(cfg.default_hourly_cost * count, "default", instance_type)
 
 
-def _non_negative(text: str, reason: str) -> float:
+def _bounded(text: str, reason: str, limit: float) -> float:
     try:
         value = float(str(text).strip())
-    except ValueError:
-        raise BadRunData(reason, f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise BadRunData(reason, f"not a finite non-negative number: {text!r}")
+    except (ValueError, OverflowError):
+        raise BadRunData(reason, f"not a number: {str(text)[:40]!r}") from None
+    if not math.isfinite(value) or value < 0 or value > limit:
+        raise BadRunData(reason, f"not a number from 0 to {limit:g}: {str(text)[:40]!r}")
     return value
 
 
 def _instance_count(text: str) -> float:
-    value = _non_negative(text, "invalid_instance_count")
-    if value < 1 or value != int(value) or value > 100_000:
-        raise BadRunData("invalid_instance_count", f"not a whole number of machines: {text!r}")
+    value = _bounded(text, "invalid_instance_count", MAX_INSTANCE_COUNT)
+    if value < 1 or value != int(value):
+        raise BadRunData("invalid_instance_count", f"not a whole number of machines: {str(text)[:40]!r}")
     return value
 
 

@@ -11,8 +11,14 @@ from typing import Any
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
 
 from mlops_kpi_exporter.config import Config
-from mlops_kpi_exporter.mlflow_source import MlflowException, MlflowReader, is_not_found
+import logging
+
+from mlflow.exceptions import MlflowException
+
+from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, is_data_error, is_not_found, paged
 from mlops_kpi_exporter.snapshot import POLLED_NOTE
+
+log = logging.getLogger(__name__)
 
 LIVE_STAGES = ("Staging", "Production")  # legacy stages worth a series; Archived ones are history
 
@@ -41,8 +47,8 @@ def _quoted(name: str) -> str:
 class RegistrySource(MlflowReader):
     name = "registry"
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, config: Config, mlflow: MlflowConnection):
+        super().__init__(config, mlflow)
         self.cfg = config.registry
 
     def check(self) -> str:
@@ -50,26 +56,27 @@ class RegistrySource(MlflowReader):
         return f"{len(models)} registered models watched"
 
     def poll(self) -> tuple[list[Metric], str]:
-        facts = [self._facts(m) for m in self._models()]
+        facts = [self._facts_or_skip(m) for m in self._models()]
         return families(facts, self.cfg.deploy_alias), f"{len(facts)} models, {sum(f.versions for f in facts)} versions"
 
     def _models(self) -> list[Any]:
-        out, token = [], None
-        while True:
-            page = self.client.search_registered_models(max_results=1000, page_token=token)
-            out += [m for m in page if any(fnmatch.fnmatchcase(m.name, g) for g in self.cfg.models)]
-            token = page.token
-            if not token:
-                return sorted(out, key=lambda m: m.name)
+        models = paged(self.client.search_registered_models, max_results=1000)
+        return sorted((m for m in models if any(fnmatch.fnmatchcase(m.name, g) for g in self.cfg.models)),
+                      key=lambda m: m.name)
 
     def _versions(self, name: str) -> dict[str, Any]:
-        out, token = {}, None
-        while True:
-            page = self.client.search_model_versions(f"name = {_quoted(name)}", max_results=1000, page_token=token)
-            out.update({str(v.version): v for v in page})
-            token = page.token
-            if not token:
-                return out
+        versions = paged(self.client.search_model_versions, filter_string=f"name = {_quoted(name)}", max_results=1000)
+        return {str(v.version): v for v in versions}
+
+    def _facts_or_skip(self, model: Any) -> ModelFacts:
+        """A model whose data we did not foresee keeps its name and says so; it never fails the poll."""
+        try:
+            return self._facts(model)
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            log.warning("model %s cannot be read: %s: %s", getattr(model, "name", "?"), type(exc).__name__, exc)
+            return ModelFacts(str(getattr(model, "name", "?")), 0, (), (), None, "invalid_data")
 
     def _facts(self, model: Any) -> ModelFacts:
         versions = self._versions(model.name)
@@ -124,7 +131,8 @@ def families(models: list[ModelFacts], deploy_alias: str) -> list[Metric]:
     )
     unknown = GaugeMetricFamily(
         "mlops_model_deploy_lead_time_unknown",
-        "1 when the deploy alias exists but its lead time cannot be known (no_run, run_gone, run_not_ended).",
+        "1 when the deploy alias exists but its lead time cannot be known (no_run, run_gone, run_not_ended), "
+        "or the model's data cannot be read (invalid_data).",
         labels=["model", "reason"],
     )
     for m in models:

@@ -1,7 +1,7 @@
 """`report`: a period's costs and KPIs as one self-contained HTML file (or JSON, or per-run CSV).
 
 It reads MLflow directly with the exporter's own code path: the same experiment globs and paging
-(`MlflowSource`), the same run facts, prices and catalog (`make_facts`), the same KPI reader. A run
+(`MlflowSource`), the same run facts, prices and catalog (`facts_of`), the same KPI reader. A run
 counts for the hours it ran inside the period, so a run spanning the period's start is split just as
 month-to-date spend is. Runs are streamed page by page into running totals: memory stays bounded
 whatever the size of the store.
@@ -23,8 +23,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mlops_kpi_exporter.config import Config
+from mlops_kpi_exporter.mlflow_client import MlflowConnection
 from mlops_kpi_exporter.pricing import BadRunData, money
-from mlops_kpi_exporter.runs import MS_PER_HOUR, NANO, UNTAGGED, cost_nano, make_facts
+from mlops_kpi_exporter.runs import MS_PER_HOUR, NANO, UNTAGGED, cost_nano, facts_of
 
 TOP_RUNS = 15
 STRIP_POINTS = 300  # run-time points kept per experiment (a uniform sample of them)
@@ -104,17 +105,14 @@ def period_cost(facts, period: Period, now_ms: int) -> tuple[int, float]:
 
 def collect(source, period: Period, now_ms: int, rows_out=None, seed: int = 1) -> Figures:
     """Stream every run of the watched experiments that ran inside the period into Figures."""
-    experiments = source._matching_experiments()
+    experiments = source.matching_experiments()
     source.experiments = experiments
     figures = Figures(period)
     rng = random.Random(seed)
     tags_wanted = list(source.allocation.tags)
-    for run in source._search(experiments, f"attributes.start_time < {period.end_ms}"):
-        info = run.info
+    for run in source.search(experiments, f"attributes.start_time < {period.end_ms}"):
         try:
-            facts = make_facts(source.rules, run_id=info.run_id, experiment_id=info.experiment_id,
-                               run_name=info.run_name, status=info.status, start_time=info.start_time,
-                               end_time=info.end_time, tags=run.data.tags, params=run.data.params, now_ms=now_ms)
+            facts = facts_of(source.rules, run, now_ms)
         except BadRunData as exc:
             figures.skipped[exc.reason] += 1
             continue
@@ -327,13 +325,15 @@ def render_html(data: dict) -> str:
             f"<p class=sub>Made by mlops-kpi-exporter at {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p></body></html>\n")
 
 
-def write_report(config: Config, period: Period, fmt: str, out, now_ms: int | None = None) -> None:
-    """Write the report to the open text file `out`; CSV rows are written as the runs stream in."""
+def write_report(config: Config, mlflow: MlflowConnection, period: Period, fmt: str, out,
+                 now_ms: int | None = None) -> None:
+    """Write the report to the open text file `out`; CSV rows are written as the runs stream in.
+    `mlflow` is the applied connection, set up as for `serve`."""
     from mlops_kpi_exporter.kpis import KpiSource
     from mlops_kpi_exporter.mlflow_source import MlflowSource
 
     now_ms = now_ms or int(time.time() * 1000)
-    source = MlflowSource(config)
+    source = MlflowSource(config, mlflow)
     if fmt == "csv":
         writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
         writer.writeheader()
@@ -341,7 +341,8 @@ def write_report(config: Config, period: Period, fmt: str, out, now_ms: int | No
         return
     figures = collect(source, period, now_ms)
     previous = collect(source, period.previous(), now_ms)
-    kpis = [KpiSource(config).read(k) for k in config.kpis]
+    kpi_source = KpiSource(config, mlflow)
+    kpis = [kpi_source.read_or_skip(k) for k in config.kpis]
     data = figures_dict(config, figures, previous, kpis, config.mlflow.ui_url)
     data["what_to_look_at"] = insights(data)
     out.write(json.dumps(data, indent=2) + "\n" if fmt == "json" else render_html(data))

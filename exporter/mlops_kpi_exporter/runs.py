@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import bisect
 import math
+import re
 import zoneinfo
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from mlops_kpi_exporter.pricing import BadRunData, Pricer
 
@@ -24,8 +26,22 @@ OPEN_STATUSES = frozenset({"RUNNING", "SCHEDULED"})
 ACCRUING_STATUS = "RUNNING"  # only a running run is using its machine
 NANO = 1_000_000_000
 MS_PER_HOUR = 3_600_000
-CLOCK_SKEW_MS = 5 * 60 * 1000  # start times this far ahead of our clock are still believed
+EARLIEST_MS = 946_684_800_000  # 2000-01-01 UTC: no MLflow run is older; an earlier time is a unit mistake
+FUTURE_TOLERANCE_MS = 86_400_000  # times up to a day past the poll are believed (clock skew, time zones)
 UNKNOWN_ESTIMATOR = "unknown"
+# Why a run is left out of every figure, the label values of mlops_runs_skipped (README: "Skipped runs").
+SKIP_REASONS = (
+    "missing_start_time",
+    "missing_end_time",
+    "start_before_2000",
+    "start_in_future",
+    "end_in_future",
+    "end_before_start",
+    "unknown_status",
+    "invalid_hourly_cost",
+    "invalid_instance_count",
+    "invalid_data",
+)
 UNTAGGED = "untagged"
 
 
@@ -115,8 +131,17 @@ class RunRules:
             for key in self.estimator_keys:
                 value = store.get(key)
                 if value is not None and str(value).strip():
-                    return str(value).strip()[:100]
+                    return short_class_name(str(value).strip())[:100]
         return UNKNOWN_ESTIMATOR
+
+
+_DOTTED_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
+
+
+def short_class_name(value: str) -> str:
+    """'sklearn.linear_model._logistic.LogisticRegression' -> 'LogisticRegression', as the chapter's
+    estimator chart shows them (autologging writes the full path in `estimator_class`)."""
+    return value.rsplit(".", 1)[1] if _DOTTED_PATH.fullmatch(value) else value
 
 
 def _as_ms(value: object) -> int | None:
@@ -124,7 +149,7 @@ def _as_ms(value: object) -> int | None:
         return None
     try:
         number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if not math.isfinite(number) or number <= 0:
         return None
@@ -151,13 +176,18 @@ def make_facts(
     start_ms = _as_ms(start_time)
     if start_ms is None:
         raise BadRunData("missing_start_time")
-    if start_ms > now_ms + CLOCK_SKEW_MS:
-        raise BadRunData("start_in_future")
+    if start_ms < EARLIEST_MS:
+        raise BadRunData("start_before_2000", f"start_time {start_ms}")
+    latest = now_ms + FUTURE_TOLERANCE_MS
+    if start_ms > latest:
+        raise BadRunData("start_in_future", f"start_time {start_ms}")
     end_ms: int | None = None
     if status in TERMINAL_STATUSES:
         end_ms = _as_ms(end_time)
         if end_ms is None:
             raise BadRunData("missing_end_time")
+        if end_ms > latest:  # e.g. a client that logged microseconds
+            raise BadRunData("end_in_future", f"end_time {end_ms}")
         if end_ms < start_ms:
             raise BadRunData("end_before_start")
     rate = rules.pricer.rate(tags, params)
@@ -177,6 +207,29 @@ def make_facts(
         allocation=rules.allocation(tags),
         month_costs=months,
     )
+
+
+def facts_of(rules: RunRules, run: Any, now_ms: int) -> RunFacts:
+    """Facts of an MLflow run entity. Whatever is wrong with its data raises BadRunData, never
+    anything else: one odd run is skipped and counted, it never fails a poll or a report."""
+    try:
+        info, data = run.info, run.data
+        return make_facts(
+            rules,
+            run_id=info.run_id,
+            experiment_id=info.experiment_id,
+            run_name=info.run_name,
+            status=info.status,
+            start_time=info.start_time,
+            end_time=info.end_time,
+            tags=data.tags or {},
+            params=data.params or {},
+            now_ms=now_ms,
+        )
+    except BadRunData:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a check we did not foresee: skip the run, say why
+        raise BadRunData("invalid_data", f"{type(exc).__name__}: {exc}") from exc
 
 
 @dataclass

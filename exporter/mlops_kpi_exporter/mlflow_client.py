@@ -1,0 +1,204 @@
+"""The one place the MLflow client is set up, for every command and every MLflow-backed source.
+
+MLflow's client takes its credentials, TLS trust, timeout and retries from environment variables,
+read at each request. So they are set here, all of them at once, from a fully validated config, and
+only when the caller commits to that config (`MlflowConnection.apply`): a refused reload never gets
+that far and changes nothing, and a reload that drops `mlflow.auth` drops the credentials too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Imported here, once, in the importing thread: mlflow's first import is not thread-safe, and two
+# sources polling in parallel threads would otherwise race into a circular-import error.
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pydantic import SecretStr
+
+from mlops_kpi_exporter.config import Config, ConfigError, MlflowAuth, redact_uri
+
+# The variables this module owns. Whatever the process inherited in them is replaced at apply():
+# credentials come from mlflow.auth only (which may name one of these variables).
+TOKEN, USERNAME, PASSWORD = "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+CERT_PATH, INSECURE_TLS = "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_INSECURE_TLS"
+TIMEOUT, MAX_RETRIES = "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+OWNED_VARIABLES = (TOKEN, USERNAME, PASSWORD, CERT_PATH, INSECURE_TLS, TIMEOUT, MAX_RETRIES)
+_INHERITED = {name: os.environ.get(name) for name in OWNED_VARIABLES}  # as the process started
+
+MAX_MLFLOW_REPLY_BYTES = 256 << 20  # a page of 50,000 runs with tags and params stays well under this
+
+
+class SourceError(Exception):
+    """A source could not be read; the message is safe to log and show."""
+
+
+def environment_variable(name: str) -> str | None:
+    """A variable as the process was given it: the ones this module sets are read as inherited."""
+    return _INHERITED[name] if name in OWNED_VARIABLES else os.environ.get(name)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+def _read_secret(kind: str, env: str | None, file: Path | None) -> SecretStr | None:
+    if env:
+        value = environment_variable(env)
+        if not value:
+            raise ConfigError(f"mlflow.auth.{kind}_env: environment variable {env} is not set or empty")
+        return SecretStr(value)
+    if file:
+        try:
+            value = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"mlflow.auth.{kind}_file: cannot read {file}: {exc.strerror or exc}") from None
+        if not value:
+            raise ConfigError(f"mlflow.auth.{kind}_file: {file} is empty")
+        return SecretStr(value)
+    return None
+
+
+def resolve_credentials(auth: MlflowAuth) -> Credentials:
+    """Read the secrets mlflow.auth points to; ConfigError when one is missing or empty."""
+    return Credentials(
+        token=_read_secret("token", auth.token_env, auth.token_file),
+        username=auth.username,
+        password=_read_secret("password", auth.password_env, auth.password_file),
+    )
+
+
+def _refuse_huge_replies(response: Any, *args: Any, **kwargs: Any) -> None:
+    """A requests response hook: a reply whose declared size is past the limit is not read."""
+    length = response.headers.get("Content-Length")
+    if length and length.isdigit() and int(length) > MAX_MLFLOW_REPLY_BYTES:
+        response.close()
+        raise SourceError(f"MLflow replied with {int(length):,} bytes, more than the {MAX_MLFLOW_REPLY_BYTES:,} allowed")
+
+
+def _guard_mlflow_sessions() -> None:
+    """Give MLflow's HTTP sessions the size hook. MLflow offers no setting for it, so its session
+    factory is wrapped; should a future MLflow move that factory, the guard is skipped with a warning."""
+    import logging
+
+    from mlflow.utils import request_utils
+
+    factory = getattr(request_utils, "_get_request_session", None)
+    if factory is None or getattr(factory, "_mlops_guarded", False):
+        if factory is None:
+            logging.getLogger(__name__).warning("cannot limit the size of MLflow replies with this MLflow version")
+        return
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        session = factory(*args, **kwargs)
+        if _refuse_huge_replies not in session.hooks["response"]:
+            session.hooks["response"].append(_refuse_huge_replies)
+        return session
+
+    guarded._mlops_guarded = True  # type: ignore[attr-defined]
+    request_utils._get_request_session = guarded
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///") :].split("?", 1)[0])
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """MLflow's way of saying a run, model, version or alias does not exist."""
+    return getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or (
+        getattr(exc, "error_code", "") == "INVALID_PARAMETER_VALUE" and "not found" in str(exc).lower()
+    )
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """An error in what MLflow holds (one odd item: skip it), not in reaching MLflow (fail the poll)."""
+    return not isinstance(exc, (MlflowException, OSError, SourceError, ConfigError))
+
+
+def paged(fetch: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+    """Every item of an MLflow search, page after page (every MLflow `search_*` call pages alike)."""
+    token = None
+    while True:
+        page = fetch(page_token=token, **kwargs)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+@dataclass(frozen=True)
+class MlflowConnection:
+    """Where MLflow is and how to reach it: built from a validated config, with its secrets read."""
+
+    tracking_uri: str
+    timeout: float
+    credentials: Credentials
+    ca_bundle: Path | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> MlflowConnection:
+        """No side effect: raises ConfigError (a missing secret) and changes nothing."""
+        cfg = config.mlflow
+        return cls(cfg.tracking_uri, cfg.timeout, resolve_credentials(cfg.auth), cfg.ca_bundle)
+
+    @property
+    def uri_for_humans(self) -> str:
+        return redact_uri(self.tracking_uri)
+
+    def environment(self) -> dict[str, str | None]:
+        """Every owned variable: its value, or None for unset. Retries are off: the scheduler retries a
+        failed poll with backoff, and a poll must fail within `timeout`, not block in MLflow's retries."""
+        creds = self.credentials
+        return {
+            TOKEN: creds.token.get_secret_value() if creds.token else None,
+            USERNAME: creds.username,
+            PASSWORD: creds.password.get_secret_value() if creds.password else None,
+            CERT_PATH: str(self.ca_bundle) if self.ca_bundle else None,
+            INSECURE_TLS: "false",  # certificates are always verified
+            TIMEOUT: str(max(1, math.ceil(self.timeout))),
+            MAX_RETRIES: "0",
+        }
+
+    def apply(self) -> None:
+        """Make this the process's MLflow set-up: call it once the config is accepted, before a poll."""
+        for name, value in self.environment().items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _guard_mlflow_sessions()
+
+    def open(self) -> Any:
+        """A new MlflowClient for a server or a local store."""
+        path = sqlite_path(self.tracking_uri)
+        if path is not None and not path.is_file():
+            # MLflow would silently create an empty store there; a typo must not look like no runs.
+            raise SourceError(f"no MLflow database at {path} (from mlflow.tracking_uri)")
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+
+class MlflowReader:
+    """What every MLflow-backed source shares: the schedule and a lazily opened client."""
+
+    def __init__(self, config: Config, mlflow: MlflowConnection):
+        self.mlflow = mlflow
+        self.interval = config.mlflow.poll_interval
+        self.retry_backoff = config.mlflow.retry_backoff
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self.mlflow.open()
+        return self._client
