@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from upstream import Reply, Upstream, fixture  # noqa: E402  (the test suite's fake model server)
 
 from mlops_kpi_exporter.config import config_from_dict  # noqa: E402
-from mlops_kpi_exporter.endpoints import EndpointSource  # noqa: E402
+from mlops_kpi_exporter.sources.endpoints import EndpointSource  # noqa: E402
 from mlops_kpi_exporter.poller import Poller  # noqa: E402
 from mlops_kpi_exporter.pricing import Pricer  # noqa: E402
 from mlops_kpi_exporter.snapshot import SnapshotStore  # noqa: E402

@@ -33,7 +33,7 @@ from build_store import build  # noqa: E402
 from mlops_kpi_exporter.cli import build_registry  # noqa: E402
 from mlops_kpi_exporter.config import config_from_dict  # noqa: E402
 from mlops_kpi_exporter.mlflow_client import MlflowConnection  # noqa: E402
-from mlops_kpi_exporter.mlflow_source import MlflowSource  # noqa: E402
+from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource  # noqa: E402
 from mlops_kpi_exporter.pricing import Pricer  # noqa: E402
 from mlops_kpi_exporter.runs import RunRules, facts_of  # noqa: E402
 from mlops_kpi_exporter.server import ExporterApp  # noqa: E402
@@ -85,10 +85,10 @@ def timed(fn, *args):
 
 def naive_poll(source: MlflowSource, rules: RunRules) -> int:
     """What an exporter without a ledger does every poll: page through every run and cost it."""
-    ids = list(source.matching_experiments())
+    ids = list(source.runs.matching_experiments())
     total, seen = 0, 0
     now = int(time.time() * 1000)
-    for run in source.search(ids):
+    for run in source.runs.search(ids):
         seen += 1
         total += facts_of(rules, run, now).cost_nano(now)
     return seen
@@ -111,7 +111,7 @@ def bench_size(runs: int) -> dict:
         assert abs(hours - expected["finished_hours"]) < 1e-6 * max(1, hours), (hours, expected)
         steady = [timed(source.poll)[0] for _ in range(5)]
 
-        client = source.client
+        client = source.runs.client
         exp_id = next(iter(source.experiments))
         now = int(time.time() * 1000)
         for run_id in list(source.ledger.open_runs)[:5]:

@@ -8,10 +8,10 @@ import pytest
 
 from conftest import HOUR_MS, add_run, render, samples, value, connected
 from mlops_kpi_exporter.config import config_from_dict
-from mlops_kpi_exporter.kpis import KpiSource
-from mlops_kpi_exporter.mlflow_source import MlflowSource
-from mlops_kpi_exporter.pricing import fixed_cost_families
-from mlops_kpi_exporter.registry import RegistrySource
+from mlops_kpi_exporter.sources.kpis import KpiSource
+from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource
+from mlops_kpi_exporter.metrics.costs import fixed_costs
+from mlops_kpi_exporter.sources.registry import RegistrySource
 from mlops_kpi_exporter.runs import RunRules
 from mlops_kpi_exporter.pricing import Pricer
 from mlops_kpi_exporter.config import PricingConfig
@@ -197,11 +197,11 @@ def test_artifact_storage_bytes_of_real_artifacts(mlflow_server, prefix, tmp_pat
     assert value(m, "mlops_experiment_artifact_bytes", experiment=f"{prefix}-store") == 6334
     assert value(m, "mlops_experiment_storage_monthly_cost", experiment=f"{prefix}-store") == pytest.approx(6334 / 2**30 * 0.10)
     assert value(m, "mlops_artifact_runs_pending") == 0
-    listed = dict(source.artifact_bytes)
+    listed = dict(source.artifacts.bytes)
     client.set_terminated(running.info.run_id, "FINISHED", end_time=now)
     m = poll(source)  # the newly finished run is listed; the first is not listed again
     assert value(m, "mlops_experiment_artifact_bytes", experiment=f"{prefix}-store") == 6434
-    assert source.artifact_bytes[run.info.run_id] == listed[run.info.run_id]
+    assert source.artifacts.bytes[run.info.run_id] == listed[run.info.run_id]
 
 
 def test_fixed_costs_from_config():
@@ -210,7 +210,7 @@ def test_fixed_costs_from_config():
         "fixed_costs": [{"category": "personnel", "monthly": 30000}, {"category": "data", "monthly": 500, "project": "churn"},
                         {"category": "data", "monthly": 250, "project": "churn"}],
     })
-    m = samples(render(fixed_cost_families(cfg)))
+    m = samples(render(fixed_costs(cfg)))
     assert value(m, "mlops_fixed_cost_monthly", category="personnel", project="shared") == 30000
     assert value(m, "mlops_fixed_cost_monthly", category="data", project="churn") == 750
 

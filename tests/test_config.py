@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from conftest import EXPORTER, child_env
-from mlops_kpi_exporter.mlflow_client import resolve_credentials
+from mlops_kpi_exporter.config.secrets import resolve_credentials
 from mlops_kpi_exporter.config import (
     ConfigError,
     config_from_dict,

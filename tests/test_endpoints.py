@@ -6,7 +6,8 @@ import pytest
 
 from conftest import free_port, render, samples, value
 from mlops_kpi_exporter.config import ConfigError, config_from_dict
-from mlops_kpi_exporter.endpoints import EndpointSource
+from mlops_kpi_exporter.metrics import serving
+from mlops_kpi_exporter.sources.endpoints import EndpointSource
 from mlops_kpi_exporter.pricing import Pricer
 from upstream import Reply, Upstream, fixture
 
@@ -51,7 +52,7 @@ def test_probe_outcomes(upstream):
     poll(source)  # slower than the 500 ms timeout
     m = poll(source_for(f"http://127.0.0.1:{free_port()}"))  # nothing listens there
     assert outcomes(m) == {"success": 0, "http_error": 0, "timeout": 0, "connection_error": 1, "bad_response": 0}
-    m = samples(render(source.families()))
+    m = samples(render(serving.families(source.readings())))
     assert outcomes(m) == {"success": 1, "http_error": 1, "timeout": 1, "connection_error": 0, "bad_response": 1}
     assert value(m, "mlops_endpoint_probe_duration_seconds_count", endpoint="churn") == 4
     assert value(m, "mlops_endpoint_probe_duration_seconds_bucket", endpoint="churn", le="0.25") == 3  # not the timeout

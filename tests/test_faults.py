@@ -9,7 +9,7 @@ import pytest
 from conftest import HOUR_MS, add_run, render, samples, value, connected
 from mlops_kpi_exporter.cli import build_registry
 from mlops_kpi_exporter.config import config_from_dict
-from mlops_kpi_exporter.mlflow_source import MlflowSource
+from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource
 from mlops_kpi_exporter.poller import Poller, backoff_delay
 from mlops_kpi_exporter.snapshot import SnapshotStore
 from prometheus_client.exposition import generate_latest
@@ -161,7 +161,7 @@ def test_mlflow_slower_than_the_timeout_fails_the_poll_in_time():
 
 
 def test_flapping_endpoint_is_counted_probe_by_probe():
-    from mlops_kpi_exporter.endpoints import EndpointSource
+    from mlops_kpi_exporter.sources.endpoints import EndpointSource
     from mlops_kpi_exporter.pricing import Pricer
     from upstream import Reply, Upstream
 
@@ -238,7 +238,7 @@ def test_credentials_do_not_follow_a_redirect_to_another_host(monkeypatch):
         config = config_from_dict({"mlflow": {"tracking_uri": first.url, "timeout": "2s",
                                               "auth": {"token_env": "REDIRECT_TEST_TOKEN"}}})
         source = MlflowSource(*connected(config))
-        source.matching_experiments()
+        source.runs.matching_experiments()
         assert first.headers[0].get("Authorization") == "Bearer tok-redirect-4411"  # MLflow itself gets it
         assert other.requests and "Authorization" not in other.headers[0]  # the other host does not
     finally:

@@ -14,15 +14,15 @@ import yaml
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from conftest import render, samples, connected
+from conftest import render, samples
 from mlops_kpi_exporter.config import ConfigError, PricingConfig, config_from_dict
-from mlops_kpi_exporter.endpoints import PRESETS, Samples, Traffic
+from mlops_kpi_exporter.sources.upstream import PRESETS, Samples, Traffic
+from mlops_kpi_exporter.ledger import RunLedger
 from mlops_kpi_exporter.pricing import BadRunData, Pricer
 from mlops_kpi_exporter.runs import (
     EARLIEST_MS,
     FUTURE_TOLERANCE_MS,
     MS_PER_HOUR,
-    RunLedger,
     RunRules,
     make_facts,
 )
@@ -64,17 +64,16 @@ def test_odd_run_data_is_costed_or_skipped_with_a_reason(status, start, end, tag
 @given(experiment=odd_text.filter(bool), run_name=odd_text, team=odd_text)
 def test_odd_names_survive_the_exposition(experiment, run_name, team):
     """Quotes, backslashes, newlines and unicode in names come back out of the parser unchanged."""
-    from mlops_kpi_exporter.config import config_from_dict as cfg
-    from mlops_kpi_exporter.mlflow_source import MlflowSource
+    from mlops_kpi_exporter.ledger import RunsView
+    from mlops_kpi_exporter.sources.mlflow_runs import render as render_runs
 
-    source = MlflowSource(*connected(cfg({"mlflow": {"tracking_uri": "sqlite:///unused.db"}, "allocation": {"tags": ["team"]}})))
-    source.experiments = {"1": experiment}
-    source.ledger = source._new_ledger()
-    facts = make_facts(source.rules, run_id="abc", experiment_id="1", run_name=run_name, status="FINISHED",
+    facts = make_facts(RULES, run_id="abc", experiment_id="1", run_name=run_name, status="FINISHED",
                        start_time=NOW - 2 * MS_PER_HOUR, end_time=NOW - MS_PER_HOUR, tags={"team": team},
                        params={}, now_ms=NOW)
-    source.ledger.upsert(facts)
-    m = samples(render(source.families(NOW)))
+    ledger = RunLedger((60.0,), (1.0,))
+    ledger.upsert(facts)
+    view = RunsView(ledger, {"1": experiment}, NOW, RULES, "USD", allocation_tags=("team",))
+    m = samples(render(render_runs(view)))
     assert ("mlops_runs", (("experiment", experiment), ("status", "FINISHED"))) in m
     run_labels = [dict(k[1]) for k in m if k[0] == "mlops_run_cost"]
     assert run_labels[0]["run_name"] == facts.run_name and run_labels[0]["experiment"] == experiment

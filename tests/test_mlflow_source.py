@@ -8,7 +8,7 @@ import pytest
 
 from conftest import HOUR_MS, add_run, render, samples, value, connected
 from mlops_kpi_exporter.config import config_from_dict
-from mlops_kpi_exporter.mlflow_source import MlflowSource
+from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource
 
 MIN_MS = 60_000
 

@@ -15,7 +15,7 @@ import yaml
 
 from conftest import HOUR_MS, add_run, render, samples, connected
 from mlops_kpi_exporter.config import config_from_dict
-from mlops_kpi_exporter.mlflow_source import MlflowSource
+from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource
 from mlops_kpi_exporter.report import Period, write_report
 from test_cli import run_cli
 

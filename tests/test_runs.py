@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from mlops_kpi_exporter.config import PricingConfig
 from mlops_kpi_exporter.pricing import BadRunData, Pricer
-from mlops_kpi_exporter.runs import MS_PER_HOUR, NANO, RunLedger, RunRules, make_facts
+from mlops_kpi_exporter.ledger import RunLedger
+from mlops_kpi_exporter.runs import MS_PER_HOUR, NANO, RunRules, make_facts
 
 NOW = 1_800_000_000_000  # a fixed "now" in ms
 RULES = RunRules(Pricer(PricingConfig(default_hourly_cost=1.0)), ("estimator",), "UTC")

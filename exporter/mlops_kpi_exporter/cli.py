@@ -29,7 +29,7 @@ from mlops_kpi_exporter.config import (
 )
 from mlops_kpi_exporter.mlflow_client import MlflowConnection
 from mlops_kpi_exporter.poller import Poller, Source, describe_error
-from mlops_kpi_exporter.pricing import fixed_cost_families
+from mlops_kpi_exporter.metrics.costs import fixed_costs
 from mlops_kpi_exporter.server import BasicAuth, ExporterApp, start_http_server
 from mlops_kpi_exporter.snapshot import ExporterCollector, SnapshotStore
 
@@ -66,9 +66,9 @@ def prepare(config: Config) -> tuple[MlflowConnection, list[Source]]:
 
 
 def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
-    from mlops_kpi_exporter.kpis import KpiSource
-    from mlops_kpi_exporter.mlflow_source import MlflowSource
-    from mlops_kpi_exporter.registry import RegistrySource
+    from mlops_kpi_exporter.sources.kpis import KpiSource
+    from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource
+    from mlops_kpi_exporter.sources.registry import RegistrySource
 
     sources: list[Source] = [MlflowSource(config, mlflow)]
     if config.kpis:
@@ -76,7 +76,7 @@ def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
     if config.registry.enabled:
         sources.append(RegistrySource(config, mlflow))
     if config.endpoints:
-        from mlops_kpi_exporter.endpoints import EndpointSource
+        from mlops_kpi_exporter.sources.endpoints import EndpointSource
         from mlops_kpi_exporter.pricing import Pricer
 
         pricer = Pricer(config.pricing)
@@ -87,7 +87,7 @@ def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
 def build_registry(store: SnapshotStore, config: Config) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
-        ExporterCollector(store, __version__, config.pricing.currency, fixed_cost_families(config))
+        ExporterCollector(store, __version__, config.pricing.currency, fixed_costs(config))
     )
     return registry
 

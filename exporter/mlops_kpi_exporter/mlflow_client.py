@@ -19,9 +19,8 @@ from typing import Any
 # sources polling in parallel threads would otherwise race into a circular-import error.
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from pydantic import SecretStr
-
-from mlops_kpi_exporter.config import Config, ConfigError, MlflowAuth, redact_uri
+from mlops_kpi_exporter.config import Config, ConfigError, redact_uri
+from mlops_kpi_exporter.config.secrets import Credentials, resolve_credentials, take_over
 
 # The variables this module owns. Whatever the process inherited in them is replaced at apply():
 # credentials come from mlflow.auth only (which may name one of these variables).
@@ -29,51 +28,12 @@ TOKEN, USERNAME, PASSWORD = "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME",
 CERT_PATH, INSECURE_TLS = "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_INSECURE_TLS"
 TIMEOUT, MAX_RETRIES = "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 OWNED_VARIABLES = (TOKEN, USERNAME, PASSWORD, CERT_PATH, INSECURE_TLS, TIMEOUT, MAX_RETRIES)
-_INHERITED = {name: os.environ.get(name) for name in OWNED_VARIABLES}  # as the process started
 
 MAX_MLFLOW_REPLY_BYTES = 256 << 20  # a page of 50,000 runs with tags and params stays well under this
 
 
 class SourceError(Exception):
     """A source could not be read; the message is safe to log and show."""
-
-
-def environment_variable(name: str) -> str | None:
-    """A variable as the process was given it: the ones this module sets are read as inherited."""
-    return _INHERITED[name] if name in OWNED_VARIABLES else os.environ.get(name)
-
-
-@dataclass(frozen=True)
-class Credentials:
-    token: SecretStr | None = None
-    username: str | None = None
-    password: SecretStr | None = None
-
-
-def _read_secret(kind: str, env: str | None, file: Path | None) -> SecretStr | None:
-    if env:
-        value = environment_variable(env)
-        if not value:
-            raise ConfigError(f"mlflow.auth.{kind}_env: environment variable {env} is not set or empty")
-        return SecretStr(value)
-    if file:
-        try:
-            value = file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"mlflow.auth.{kind}_file: cannot read {file}: {exc.strerror or exc}") from None
-        if not value:
-            raise ConfigError(f"mlflow.auth.{kind}_file: {file} is empty")
-        return SecretStr(value)
-    return None
-
-
-def resolve_credentials(auth: MlflowAuth) -> Credentials:
-    """Read the secrets mlflow.auth points to; ConfigError when one is missing or empty."""
-    return Credentials(
-        token=_read_secret("token", auth.token_env, auth.token_file),
-        username=auth.username,
-        password=_read_secret("password", auth.password_env, auth.password_file),
-    )
 
 
 def _refuse_huge_replies(response: Any, *args: Any, **kwargs: Any) -> None:
@@ -172,6 +132,7 @@ class MlflowConnection:
 
     def apply(self) -> None:
         """Make this the process's MLflow set-up: call it once the config is accepted, before a poll."""
+        take_over(OWNED_VARIABLES)
         for name, value in self.environment().items():
             if value is None:
                 os.environ.pop(name, None)

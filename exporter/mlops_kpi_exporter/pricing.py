@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from importlib import resources
 
 import yaml
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from mlops_kpi_exporter.config import MAX_HOURLY_COST, MAX_INSTANCE_COUNT, Config, ConfigError, PricingConfig
+from mlops_kpi_exporter.config import MAX_HOURLY_COST, MAX_INSTANCE_COUNT, ConfigError, PricingConfig
 
 
 class BadRunData(ValueError):
@@ -120,24 +119,6 @@ def _instance_count(text: str) -> float:
     if value < 1 or value != int(value):
         raise BadRunData("invalid_instance_count", f"not a whole number of machines: {str(text)[:40]!r}")
     return value
-
-
-def fixed_cost_families(config: Config) -> list[Metric]:
-    """The chapter's cost categories that no run shows (data, personnel, software, operational)."""
-    if not config.fixed_costs:
-        return []
-    family = GaugeMetricFamily(
-        "mlops_fixed_cost_monthly",
-        f"Monthly fixed cost in {config.pricing.currency} by category and project, from the config (fixed_costs).",
-        labels=["category", "project"],
-    )
-    totals: dict[tuple[str, str], float] = {}
-    for item in config.fixed_costs:  # several entries of one category and project add up
-        key = (item.category, item.project)
-        totals[key] = totals.get(key, 0.0) + item.monthly
-    for (category, project), monthly in sorted(totals.items()):
-        family.add_metric([category, project], monthly)
-    return [family]
 
 
 SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}

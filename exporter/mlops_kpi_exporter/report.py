@@ -1,7 +1,7 @@
 """`report`: a period's costs and KPIs as one self-contained HTML file (or JSON, or per-run CSV).
 
 It reads MLflow directly with the exporter's own code path: the same experiment globs and paging
-(`MlflowSource`), the same run facts, prices and catalog (`facts_of`), the same KPI reader. A run
+(`RunSync`), the same run facts, prices and catalog (`facts_of`), the same KPI reader. A run
 counts for the hours it ran inside the period, so a run spanning the period's start is split just as
 month-to-date spend is. Runs are streamed page by page into running totals: memory stays bounded
 whatever the size of the store.
@@ -20,12 +20,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlops_kpi_exporter.config import Config
 from mlops_kpi_exporter.mlflow_client import MlflowConnection
 from mlops_kpi_exporter.pricing import BadRunData, money
 from mlops_kpi_exporter.runs import MS_PER_HOUR, NANO, UNTAGGED, cost_nano, facts_of
+
+if TYPE_CHECKING:
+    from mlops_kpi_exporter.sources.run_sync import RunSync
 
 TOP_RUNS = 15
 STRIP_POINTS = 300  # run-time points kept per experiment (a uniform sample of them)
@@ -103,16 +106,15 @@ def period_cost(facts, period: Period, now_ms: int) -> tuple[int, float]:
     return cost_nano(facts.hourly, overlap), overlap / MS_PER_HOUR
 
 
-def collect(source, period: Period, now_ms: int, rows_out=None, seed: int = 1) -> Figures:
+def collect(runs: RunSync, period: Period, now_ms: int, rows_out=None, seed: int = 1) -> Figures:
     """Stream every run of the watched experiments that ran inside the period into Figures."""
-    experiments = source.matching_experiments()
-    source.experiments = experiments
+    experiments = runs.matching_experiments()
     figures = Figures(period)
     rng = random.Random(seed)
-    tags_wanted = list(source.allocation.tags)
-    for run in source.search(experiments, f"attributes.start_time < {period.end_ms}"):
+    tags_wanted = list(runs.rules.allocation_tags)
+    for run in runs.search(experiments, f"attributes.start_time < {period.end_ms}"):
         try:
-            facts = facts_of(source.rules, run, now_ms)
+            facts = facts_of(runs.rules, run, now_ms)
         except BadRunData as exc:
             figures.skipped[exc.reason] += 1
             continue
@@ -329,18 +331,19 @@ def write_report(config: Config, mlflow: MlflowConnection, period: Period, fmt: 
                  now_ms: int | None = None) -> None:
     """Write the report to the open text file `out`; CSV rows are written as the runs stream in.
     `mlflow` is the applied connection, set up as for `serve`."""
-    from mlops_kpi_exporter.kpis import KpiSource
-    from mlops_kpi_exporter.mlflow_source import MlflowSource
+    from mlops_kpi_exporter.sources.kpis import KpiSource
+    from mlops_kpi_exporter.sources.mlflow_runs import run_rules
+    from mlops_kpi_exporter.sources.run_sync import RunSync
 
     now_ms = now_ms or int(time.time() * 1000)
-    source = MlflowSource(config, mlflow)
+    runs = RunSync(config, mlflow, run_rules(config))
     if fmt == "csv":
         writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
         writer.writeheader()
-        collect(source, period, now_ms, rows_out=writer)
+        collect(runs, period, now_ms, rows_out=writer)
         return
-    figures = collect(source, period, now_ms)
-    previous = collect(source, period.previous(), now_ms)
+    figures = collect(runs, period, now_ms)
+    previous = collect(runs, period.previous(), now_ms)
     kpi_source = KpiSource(config, mlflow)
     kpis = [kpi_source.read_or_skip(k) for k in config.kpis]
     data = figures_dict(config, figures, previous, kpis, config.mlflow.ui_url)

@@ -13,15 +13,10 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-POLLED_NOTE = "Computed by a background poll, not at scrape time."
+from mlops_kpi_exporter.metrics.exporter import health
 
 
 @dataclass(frozen=True)
@@ -105,41 +100,7 @@ class ExporterCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         _, states = self.store.states()
-        info = InfoMetricFamily("mlops_exporter", "Exporter version and the currency of every cost metric.")
-        info.add_metric([], {"version": self.version, "currency": self.currency})
-        yield info
-        up = GaugeMetricFamily("mlops_source_up", "1 when the source's last poll succeeded, else 0.", labels=["source"])
-        duration = GaugeMetricFamily(
-            "mlops_source_poll_duration_seconds", "Wall time of the source's last poll.", labels=["source"]
-        )
-        last = GaugeMetricFamily(
-            "mlops_source_last_success_timestamp_seconds",
-            "Unix time the source last polled successfully (absent before the first success).",
-            labels=["source"],
-        )
-        errors = CounterMetricFamily(
-            "mlops_source_errors", "Failed polls of the source since the exporter started.", labels=["source"]
-        )
-        polls = CounterMetricFamily(
-            "mlops_source_polls", "Polls of the source since the exporter started.", labels=["source"]
-        )
-        for state in states:
-            up.add_metric([state.name], 1.0 if state.up else 0.0)
-            if state.last_duration is not None:
-                duration.add_metric([state.name], state.last_duration)
-            if state.last_success is not None:
-                last.add_metric([state.name], state.last_success)
-            errors.add_metric([state.name], state.errors_total)
-            polls.add_metric([state.name], state.polls_total)
-        yield from (up, duration, last, errors, polls)
-        if self.store.reload_ok is not None:  # the Go exporters' convention for SIGHUP reloads
-            reloaded = GaugeMetricFamily(
-                "mlops_exporter_config_last_reload_successful",
-                "1 when the last SIGHUP reload of the config succeeded; 0 when it was refused and the previous "
-                "config stays in force.",
-            )
-            reloaded.add_metric([], 1 if self.store.reload_ok else 0)
-            yield reloaded
+        yield from health(states, self.version, self.currency, self.store.reload_ok)
         yield from self.static
         yield from merge_families(f for state in states for f in state.families)
 

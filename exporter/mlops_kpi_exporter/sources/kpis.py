@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 
 from mlops_kpi_exporter.config import Config, KpiConfig
 import logging
@@ -20,7 +20,7 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
 from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, is_data_error, is_not_found
-from mlops_kpi_exporter.snapshot import POLLED_NOTE
+from mlops_kpi_exporter.metrics.kpis import families
 
 log = logging.getLogger(__name__)
 
@@ -131,39 +131,3 @@ class KpiSource(MlflowReader):
         if not math.isfinite(value):
             return KpiReading(kpi, missing="not_a_number", **base)
         return KpiReading(kpi, value=value, **base)
-
-
-def families(readings: list[KpiReading]) -> list[Metric]:
-    value = GaugeMetricFamily(
-        "mlops_kpi", f"Current value of a business or quality KPI read from MLflow metrics. {POLLED_NOTE}",
-        labels=["kpi", "experiment"],
-    )
-    target = GaugeMetricFamily("mlops_kpi_target", "Target of the KPI, from the config.", labels=["kpi"])
-    met = GaugeMetricFamily(
-        "mlops_kpi_target_met", "1 when the KPI meets its target in its direction, 0 when not; absent when unknown.",
-        labels=["kpi"],
-    )
-    info = InfoMetricFamily(
-        "mlops_kpi_source",
-        "Where each KPI's current value comes from: the run and, for model_alias KPIs, the model version.",
-        labels=["kpi", "experiment", "metric", "source", "direction", "run_id", "model", "alias", "version"],
-    )
-    missing = GaugeMetricFamily(
-        "mlops_kpi_missing", "1 for a KPI that could not be read, with the reason; such a KPI has no value.",
-        labels=["kpi", "reason"],
-    )
-    for r in readings:
-        k = r.kpi
-        if k.target is not None:
-            target.add_metric([k.name], k.target)
-        if r.value is None:
-            missing.add_metric([k.name, r.missing], 1)
-            continue
-        value.add_metric([k.name, r.experiment], r.value)
-        if r.target_met is not None:
-            met.add_metric([k.name], 1 if r.target_met else 0)
-        info.add_metric(
-            [k.name, r.experiment, k.metric, k.source, k.direction, r.run_id, k.model or "", k.alias or "", r.model_version],
-            {},
-        )
-    return [value, target, met, info, missing]

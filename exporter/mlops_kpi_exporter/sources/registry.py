@@ -8,7 +8,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 
 from mlops_kpi_exporter.config import Config
 import logging
@@ -16,7 +16,7 @@ import logging
 from mlflow.exceptions import MlflowException
 
 from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, is_data_error, is_not_found, paged
-from mlops_kpi_exporter.snapshot import POLLED_NOTE
+from mlops_kpi_exporter.metrics.registry import families
 
 log = logging.getLogger(__name__)
 
@@ -109,40 +109,3 @@ class RegistrySource(MlflowReader):
             return None, "run_not_ended"
         # A version registered while its run was still going was ready before the run ended: 0.
         return max(0.0, (version.creation_timestamp - run.info.end_time) / 1000), ""
-
-
-def families(models: list[ModelFacts], deploy_alias: str) -> list[Metric]:
-    count = GaugeMetricFamily("mlops_registered_models", f"Registered models watched. {POLLED_NOTE}")
-    count.add_metric([], len(models))
-    versions = GaugeMetricFamily("mlops_model_versions", f"Versions of a registered model. {POLLED_NOTE}", labels=["model"])
-    alias_info = InfoMetricFamily(
-        "mlops_model_version", "A model version that holds an alias, with its source run.",
-        labels=["model", "version", "alias", "run_id"],
-    )
-    stage_info = InfoMetricFamily(
-        "mlops_model_version_stage", "A model version in a legacy Staging or Production stage.",
-        labels=["model", "version", "stage", "run_id"],
-    )
-    lead = GaugeMetricFamily(
-        "mlops_model_deploy_lead_time_seconds",
-        f"Time from the end of the source run to the creation of the version holding the '{deploy_alias}' "
-        f"alias (registry.deploy_alias): the model deployment time KPI. {POLLED_NOTE}",
-        labels=["model"],
-    )
-    unknown = GaugeMetricFamily(
-        "mlops_model_deploy_lead_time_unknown",
-        "1 when the deploy alias exists but its lead time cannot be known (no_run, run_gone, run_not_ended), "
-        "or the model's data cannot be read (invalid_data).",
-        labels=["model", "reason"],
-    )
-    for m in models:
-        versions.add_metric([m.name], m.versions)
-        for alias, number, run_id in m.aliases:
-            alias_info.add_metric([m.name, number, alias, run_id], {})
-        for stage, number, run_id in m.stages:
-            stage_info.add_metric([m.name, number, stage, run_id], {})
-        if m.lead_time_seconds is not None:
-            lead.add_metric([m.name], m.lead_time_seconds)
-        elif m.lead_time_unknown:
-            unknown.add_metric([m.name, m.lead_time_unknown], 1)
-    return [count, versions, alias_info, stage_info, lead, unknown]

@@ -1,0 +1,254 @@
+"""The config file's models: every key, its default and its checks (README: "Configuration")."""
+
+from __future__ import annotations
+
+import math
+import zoneinfo
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
+
+from mlops_kpi_exporter.config.common import (
+    LABEL_SAFE,
+    MAX_HOURLY_COST,
+    ConfigPath,
+    Duration,
+    ExistingFile,
+    _Strict,
+    redact_uri,
+)
+from mlops_kpi_exporter.config.durations import parse_duration
+from mlops_kpi_exporter.config.endpoints import EndpointConfig
+from mlops_kpi_exporter.config.web import DEFAULT_PORT, parse_listen
+
+
+class MlflowAuth(_Strict):
+    """Where credentials come from. Values themselves never sit in the config file."""
+
+    token_env: str | None = None
+    token_file: ConfigPath | None = None
+    username: str | None = None
+    password_env: str | None = None
+    password_file: ConfigPath | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("token", "password"):
+                if key in data:
+                    raise ValueError(
+                        f"'{key}' may not be written in the config file; "
+                        f"use {key}_env (an environment variable) or {key}_file (a secret file)"
+                    )
+        return data
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> MlflowAuth:
+        if self.token_env and self.token_file:
+            raise ValueError("set token_env or token_file, not both")
+        if self.password_env and self.password_file:
+            raise ValueError("set password_env or password_file, not both")
+        if (self.password_env or self.password_file) and not self.username:
+            raise ValueError("a password needs a username")
+        return self
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str
+    poll_interval: Duration = 60.0
+    resync_interval: Duration = 3600.0
+    experiments: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    exclude_experiments: list[str] = Field(default_factory=list)
+    timeout: Duration = 30.0
+    retry_backoff: Duration = 5.0
+    watermark_overlap: Duration = 300.0
+    page_size: int = Field(1000, ge=1, le=50000)
+    auth: MlflowAuth = Field(default_factory=MlflowAuth)
+    ui_url: str | None = None
+    ca_bundle: ExistingFile | None = None  # TLS verification is always on
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty")
+        parts = urlsplit(value)
+        if parts.scheme in ("http", "https"):
+            if not parts.hostname:
+                raise ValueError(f"{redact_uri(value)!r} has no host")
+            if parts.username or parts.password:
+                raise ValueError("credentials may not be written in the URI; use mlflow.auth")
+        return value
+
+    @field_validator("poll_interval", "resync_interval", "timeout", "retry_backoff")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError("must be at least 1s")
+        return value
+
+    @model_validator(mode="after")
+    def _resync_after_poll(self) -> MlflowConfig:
+        if self.resync_interval < self.poll_interval:
+            raise ValueError("resync_interval must not be shorter than poll_interval")
+        return self
+
+
+class PricingConfig(_Strict):
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    default_hourly_cost: float = Field(0.0, ge=0, le=MAX_HOURLY_COST, allow_inf_nan=False)
+    hourly_cost_tag: str = "mlops.hourly_cost"
+    instance_type_keys: list[str] = Field(default_factory=lambda: ["instance_type"])
+    instance_count_keys: list[str] = Field(default_factory=lambda: ["instance_count"])
+    instances: dict[str, Annotated[float, Field(ge=0, le=MAX_HOURLY_COST, allow_inf_nan=False)]] = Field(default_factory=dict)
+    use_catalog: bool = True
+    storage_gb_month: float = Field(0.023, ge=0, allow_inf_nan=False)  # S3 Standard list price, per GB-month
+
+
+DEFAULT_DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 259200)
+DEFAULT_COST_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 10, 50, 100, 500, 1000)
+
+
+def _buckets(value: Any) -> Any:
+    if isinstance(value, list):
+        return [parse_duration(v) if isinstance(v, str) else v for v in value]
+    return value
+
+
+class RunsConfig(_Strict):
+    # `estimator` for runs that say it themselves; the two tags MLflow's autologging writes
+    # (scikit-learn, XGBoost, LightGBM...): the class name, and its full path (shortened in the label).
+    estimator_keys: list[str] = Field(default_factory=lambda: ["estimator", "estimator_name", "estimator_class"])
+    max_run_series: int = Field(100, ge=0, le=10000)
+    max_estimators: int = Field(20, ge=1, le=1000)
+    activity_window: Duration = 30 * 86400.0
+    timezone: str = "UTC"
+    duration_buckets: Annotated[list[float], BeforeValidator(_buckets)] = Field(
+        default_factory=lambda: [float(b) for b in DEFAULT_DURATION_BUCKETS], min_length=1, max_length=30
+    )
+    cost_buckets: list[float] = Field(
+        default_factory=lambda: [float(b) for b in DEFAULT_COST_BUCKETS], min_length=1, max_length=30
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'UTC' or 'Europe/Paris'")
+        return value
+
+    @field_validator("duration_buckets", "cost_buckets")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(not math.isfinite(v) or v <= 0 for v in value):
+            raise ValueError("bucket bounds must be positive finite numbers")
+        if any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError("bucket bounds must be strictly increasing")
+        return value
+
+    @field_validator("activity_window")
+    @classmethod
+    def _window(cls, value: float) -> float:
+        if value < 3600:
+            raise ValueError("must be at least 1h")
+        return value
+
+
+class ServerConfig(_Strict):
+    listen: str = f":{DEFAULT_PORT}"
+    web_config_file: ExistingFile | None = None  # TLS and basic auth, exporter-toolkit format
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+
+class KpiConfig(_Strict):
+    name: str = Field(pattern=LABEL_SAFE)
+    metric: str = Field(min_length=1)
+    source: Literal["latest_finished_run", "best_run", "model_alias"] = "latest_finished_run"
+    experiment: str | None = None
+    model: str | None = None
+    alias: str | None = None
+    target: float | None = Field(None, allow_inf_nan=False)
+    direction: Literal["higher_is_better", "lower_is_better"] = "higher_is_better"
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> KpiConfig:
+        if self.source == "model_alias":
+            if not self.model or not self.alias:
+                raise ValueError("source model_alias needs model and alias")
+        elif not self.experiment:
+            raise ValueError(f"source {self.source} needs experiment")
+        return self
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.direction == "higher_is_better"
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class BudgetConfig(_Strict):
+    name: str = Field(pattern=LABEL_SAFE)
+    experiments: Annotated[list[str], BeforeValidator(_one_or_many)] = Field(min_length=1)
+    monthly: float = Field(gt=0, allow_inf_nan=False)
+
+
+class FixedCostConfig(_Strict):
+    """A monthly cost that no run shows: the chapter's data, personnel, software, operational overhead."""
+
+    category: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")
+    monthly: float = Field(ge=0, allow_inf_nan=False)
+    project: str = Field("shared", pattern=LABEL_SAFE)
+    description: str = ""
+
+
+class AllocationConfig(_Strict):
+    tags: list[str] = Field(default_factory=list, max_length=10)
+    max_values: int = Field(20, ge=1, le=500)
+
+
+class ArtifactsConfig(_Strict):
+    enabled: bool = False  # listing artifacts costs one call per run: off by default for huge stores
+    concurrency: int = Field(4, ge=1, le=32)
+    max_runs_per_poll: int = Field(500, ge=1, le=100_000)
+
+
+class RegistryConfig(_Strict):
+    enabled: bool = True
+    models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    deploy_alias: str = "champion"
+
+
+def _unique_names(items: list[Any]) -> list[Any]:
+    seen: set[str] = set()
+    for item in items:
+        if item.name in seen:
+            raise ValueError(f"the name {item.name!r} is used twice")
+        seen.add(item.name)
+    return items
+
+
+class Config(_Strict):
+    mlflow: MlflowConfig
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    runs: RunsConfig = Field(default_factory=RunsConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    kpis: Annotated[list[KpiConfig], AfterValidator(_unique_names)] = Field(default_factory=list)
+    budgets: Annotated[list[BudgetConfig], AfterValidator(_unique_names)] = Field(default_factory=list)
+    fixed_costs: list[FixedCostConfig] = Field(default_factory=list)
+    allocation: AllocationConfig = Field(default_factory=AllocationConfig)
+    artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    endpoints: Annotated[list[EndpointConfig], AfterValidator(_unique_names)] = Field(default_factory=list)

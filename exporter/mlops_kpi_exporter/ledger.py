@@ -1,0 +1,282 @@
+"""The ledger: every known run of the watched experiments and the running totals over them.
+
+Totals are adjusted as runs are added, changed or removed, so rendering costs O(experiments + running
+runs + series), never O(all runs): a steady-state poll stays cheap however much history MLflow
+holds. Money is summed in integer nano-units and time in integer milliseconds, so totals are exact
+and do not depend on the order runs arrived in: a restarted exporter reports bit-identical figures.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from mlops_kpi_exporter.runs import ACCRUING_STATUS, MS_PER_HOUR, NANO, RunFacts, RunRules, cost_nano
+
+
+@dataclass
+class Histogram:
+    """Per-bucket (not cumulative) counts; the last slot is +Inf. Sum kept as an exact integer."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def add(self, value: float, raw_sum: int, sign: int) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += sign
+        self.total += sign * raw_sum
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        return cumulative_buckets(self.bounds, self.counts)
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+def le_text(bound: float) -> str:
+    """A bucket bound as the `le` label shows it: 60, 0.5."""
+    return str(int(bound)) if bound == int(bound) else repr(bound)
+
+
+def cumulative_buckets(bounds, counts, label=le_text) -> list[tuple[str, int]]:
+    """Per-bucket counts (the last one +Inf) as the cumulative (le, count) pairs of an exposition."""
+    out, running = [], 0
+    for bound, count in zip((*bounds, math.inf), counts):
+        running += count
+        out.append(("+Inf" if bound == math.inf else label(bound), running))
+    return out
+
+
+@dataclass
+class Totals:
+    runs: int = 0
+    run_ms: int = 0  # completed runs only; open runs are added at snapshot time
+    cost_nano: int = 0
+
+
+class RunLedger:
+    """Every known run of the watched experiments, and the totals over them."""
+
+    def __init__(self, duration_buckets: tuple[float, ...], cost_buckets: tuple[float, ...]):
+        self.duration_buckets = duration_buckets
+        self.cost_buckets = cost_buckets
+        self.runs: dict[str, RunFacts] = {}
+        self.skipped: dict[str, tuple[str, str]] = {}  # run_id -> (experiment_id, reason)
+        self.open_runs: dict[str, RunFacts] = {}
+        self.totals: dict[tuple[str, str], Totals] = {}  # (experiment_id, status)
+        self.estimators: Counter[tuple[str, str]] = Counter()
+        self.price_sources: Counter[tuple[str, str]] = Counter()
+        self.start_hours: Counter[tuple[str, int, int]] = Counter()  # (exp, epoch hour, local hour)
+        self.duration_hist: dict[str, Histogram] = {}
+        self.cost_hist: dict[str, Histogram] = {}
+        self.recent_closed: list[tuple[int, str]] = []  # (end_ms, run_id) of completed runs, see _sort_closed
+        self._closed_sorted = True
+        self.month_cost: Counter[tuple[str, str]] = Counter()  # (exp, YYYY-MM) -> nano, completed runs
+        self.tag_cost: Counter[tuple[int, str]] = Counter()  # (allocation tag index, value) -> nano, completed
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    # -- changes ---------------------------------------------------------------------------------
+    def upsert(self, facts: RunFacts) -> bool:
+        """Add or replace a run; True when anything changed."""
+        old = self.runs.get(facts.run_id)
+        if old == facts:
+            return False
+        self.skipped.pop(facts.run_id, None)
+        if old is not None:
+            self._account(old, -1)
+        self.runs[facts.run_id] = facts
+        self._account(facts, +1)
+        return True
+
+    def skip(self, run_id: str, experiment_id: str, reason: str) -> bool:
+        """Record a run that cannot be counted (replacing any counted version of it)."""
+        changed = self.remove(run_id)
+        if self.skipped.get(run_id) == (experiment_id, reason):
+            return changed
+        self.skipped[run_id] = (experiment_id, reason)
+        return True
+
+    def remove(self, run_id: str) -> bool:
+        self.skipped.pop(run_id, None)
+        old = self.runs.pop(run_id, None)
+        if old is None:
+            return False
+        self._account(old, -1)
+        return True
+
+    def remove_experiment(self, experiment_id: str) -> None:
+        for run_id in [r.run_id for r in self.runs.values() if r.experiment_id == experiment_id]:
+            self.remove(run_id)
+        for run_id in [k for k, (exp, _) in self.skipped.items() if exp == experiment_id]:
+            del self.skipped[run_id]
+
+    def _account(self, run: RunFacts, sign: int) -> None:
+        exp = run.experiment_id
+        totals = self.totals.setdefault((exp, run.status), Totals())
+        totals.runs += sign
+        _bump(self.estimators, (exp, run.estimator), sign)
+        _bump(self.price_sources, (exp, run.price_source), sign)
+        _bump(self.start_hours, (exp, run.start_epoch_hour, run.start_local_hour), sign)
+        if run.open:
+            if sign > 0:
+                self.open_runs[run.run_id] = run
+            else:
+                self.open_runs.pop(run.run_id, None)
+        else:
+            duration = run.duration_ms(0)
+            cost = run.cost_nano(0)
+            totals.run_ms += sign * duration
+            totals.cost_nano += sign * cost
+            self._hist(self.duration_hist, exp, self.duration_buckets).add(duration / 1000, duration, sign)
+            self._hist(self.cost_hist, exp, self.cost_buckets).add(cost / NANO, cost, sign)
+            for month, piece in run.month_costs:
+                _bump(self.month_cost, (exp, month), sign * piece)
+            for index, tag_value in enumerate(run.allocation):
+                _bump(self.tag_cost, (index, tag_value), sign * cost)
+            key = (run.end_ms or 0, run.run_id)
+            if sign > 0:
+                # Appended, sorted lazily: a full sync brings runs newest first, and inserting each
+                # at its place would shift the whole list every time (quadratic at 100k runs).
+                if self.recent_closed and key < self.recent_closed[-1]:
+                    self._closed_sorted = False
+                self.recent_closed.append(key)
+            else:
+                self._sort_closed()
+                index = bisect.bisect_left(self.recent_closed, key)
+                if index < len(self.recent_closed) and self.recent_closed[index] == key:
+                    del self.recent_closed[index]
+        if totals.runs == 0:
+            del self.totals[(exp, run.status)]
+
+    @staticmethod
+    def _hist(table: dict[str, Histogram], exp: str, bounds: tuple[float, ...]) -> Histogram:
+        hist = table.get(exp)
+        if hist is None:
+            hist = table[exp] = Histogram(bounds)
+        return hist
+
+    # -- reading ---------------------------------------------------------------------------------
+    def status_totals(self, now_ms: int) -> dict[tuple[str, str], Totals]:
+        """Per (experiment, status): runs, run time and cost, open runs accrued up to now."""
+        out = {key: Totals(t.runs, t.run_ms, t.cost_nano) for key, t in self.totals.items()}
+        for run in self.open_runs.values():
+            totals = out[(run.experiment_id, run.status)]
+            totals.run_ms += run.duration_ms(now_ms)
+            totals.cost_nano += run.cost_nano(now_ms)
+        return out
+
+    def running_hourly(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for run in sorted(self.open_runs.values(), key=lambda r: r.run_id):  # fixed order: exact sums
+            if run.status == ACCRUING_STATUS:
+                out[run.experiment_id] = out.get(run.experiment_id, 0.0) + run.hourly
+        return out
+
+    def start_hour_counts(self, now_ms: int, window_ms: int) -> Counter[tuple[str, int]]:
+        """Runs started within the window (to the hour), by (experiment, local hour of day).
+
+        Hours that left the window are dropped for good, so this stays O(window), not O(history).
+        """
+        oldest = (now_ms - window_ms) // MS_PER_HOUR
+        out: Counter[tuple[str, int]] = Counter()
+        stale = []
+        for key, count in self.start_hours.items():
+            exp, epoch_hour, local_hour = key
+            if epoch_hour < oldest:
+                stale.append(key)
+            else:
+                out[(exp, local_hour)] += count
+        for key in stale:
+            del self.start_hours[key]
+        return out
+
+    def _sort_closed(self) -> None:
+        if not self._closed_sorted:
+            self.recent_closed.sort()
+            self._closed_sorted = True
+
+    def run_series(self, limit: int) -> list[RunFacts]:
+        """Running runs first (newest first), then the most recently ended ones, `limit` in all."""
+        if limit <= 0:
+            return []
+        self._sort_closed()
+        chosen = sorted(self.open_runs.values(), key=lambda r: (r.start_ms, r.run_id), reverse=True)[:limit]
+        for _, run_id in reversed(self.recent_closed[-(limit - len(chosen)) :] if len(chosen) < limit else []):
+            chosen.append(self.runs[run_id])
+        return chosen
+
+    def month_to_date(self, now_ms: int, rules: RunRules) -> tuple[dict[str, int], int, int]:
+        """Cost in nano per experiment within the current calendar month (running runs up to now),
+        with the month's first ms and its length in ms."""
+        key, first, following = rules.month_bounds(now_ms)
+        out: dict[str, int] = {}
+        for (exp, month), nano in self.month_cost.items():
+            if month == key:
+                out[exp] = out.get(exp, 0) + nano
+        for run in self.open_runs.values():
+            if run.status == ACCRUING_STATUS:
+                piece = cost_nano(run.hourly, max(0, now_ms - max(run.start_ms, first)))
+                out[run.experiment_id] = out.get(run.experiment_id, 0) + piece
+        return out, first, following - first
+
+    def cost_by_tag(self, now_ms: int) -> Counter[tuple[int, str]]:
+        """Cost in nano by (allocation tag index, value), running runs up to now."""
+        out = Counter(self.tag_cost)
+        for run in self.open_runs.values():
+            accrued = run.cost_nano(now_ms)
+            for index, tag_value in enumerate(run.allocation):
+                out[(index, tag_value)] += accrued
+        return out
+
+    def skip_counts(self) -> Counter[str]:
+        return Counter(reason for _, reason in self.skipped.values())
+
+
+def _bump(counter: Counter, key: object, amount: int) -> None:  # type: ignore[type-arg]
+    """Add or take; a key that reaches zero goes, and taking from a pruned key is a no-op."""
+    if amount < 0 and key not in counter:
+        return
+    counter[key] += amount
+    if counter[key] <= 0:
+        del counter[key]
+
+
+@dataclass(frozen=True)
+class ArtifactTotals:
+    """Artifact bytes of completed runs per experiment, as listed so far, and the listing backlog."""
+
+    bytes_by_experiment: dict[str, int]
+    pending: int
+    errors: int
+
+
+@dataclass(frozen=True)
+class RunsView:
+    """What the MLflow source hands the metric modules after a poll: the ledger, the watched
+    experiments and the settings that shape the figures. Rendering only reads it."""
+
+    ledger: RunLedger
+    experiments: dict[str, str]  # id -> name of the watched experiments
+    now_ms: int
+    rules: RunRules  # the time zone of hours of day and calendar months
+    currency: str
+    max_run_series: int = 100
+    max_estimators: int = 20
+    activity_window_ms: int = 30 * 86_400_000
+    budgets: tuple = ()  # BudgetConfig
+    allocation_tags: tuple[str, ...] = ()
+    allocation_max_values: int = 20
+    artifacts: ArtifactTotals | None = None  # None: artifacts.enabled is off
+    storage_gb_month: float = 0.0
+    last_full_sync: float | None = None
+
+    def name(self, experiment_id: str) -> str:
+        return self.experiments.get(experiment_id, experiment_id)

@@ -1,0 +1,286 @@
+"""Every metric the exporter exposes, declared once: name as exposed, type, labels, help, meaning.
+
+The metric modules build their families from here (`family(...)`), the README's metric reference is
+generated from here (`python -m mlops_kpi_exporter.metrics.catalogue --write README.md`), and the
+tests check that every metric named by a dashboard, a rule or a PromQL test is declared here with
+the labels it uses. A name is written as Prometheus shows it: `mlops_endpoint_requests_total`, not
+the `mlops_endpoint_requests` that prometheus-client is given.
+
+Help texts may use {currency}, {timezone} (runs.timezone), {deploy_alias} (registry.deploy_alias)
+and {polled}; nothing else is filled in.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+
+POLLED_NOTE = "Computed by a background poll, not at scrape time."
+RUN = ("experiment", "run_id", "run_name", "status")  # the labels of every per-run series
+RUN_SERIES_NOTE = "Running runs and the most recently ended ones, at most runs.max_run_series. {polled}"
+UPSTREAM_NOTE = "Re-counted from the server's own metrics; upstream restarts do not reset it."
+Kind = Literal["gauge", "counter", "histogram", "info"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str  # as exposed; counters end in _total, info metrics in _info, histograms are the base name
+    kind: Kind
+    labels: tuple[str, ...]
+    help: str  # the HELP text
+    meaning: str  # the README's column, in markdown
+    area: str  # the metric module (or source) that renders it
+
+    def family(self, **values: str) -> Metric:
+        """An empty family of this metric; label values are then given in `labels` order."""
+        text = self.help.format(polled=POLLED_NOTE, **values) if "{" in self.help else self.help
+        if self.kind == "counter":
+            return CounterMetricFamily(self.name.removesuffix("_total"), text, labels=self.labels)
+        if self.kind == "info":
+            return InfoMetricFamily(self.name.removesuffix("_info"), text, labels=self.labels)
+        if self.kind == "histogram":
+            return HistogramMetricFamily(self.name, text, labels=self.labels)
+        return GaugeMetricFamily(self.name, text, labels=self.labels)
+
+
+def _spec(name: str, kind: Kind, labels: tuple[str, ...], help: str, meaning: str, area: str) -> MetricSpec:  # noqa: A002
+    return MetricSpec(name, kind, labels, help, meaning, area)
+
+
+CATALOGUE: tuple[MetricSpec, ...] = (
+    # -- costs: metrics/costs.py ------------------------------------------------------------------
+    _spec("mlops_experiment_cost", "gauge", ("experiment", "status"),
+          "Cumulative compute cost in {currency} of the experiment's runs by run status; running runs accrue "
+          "up to the poll. Recomputed from MLflow, so it only falls when runs are deleted. {polled}",
+          "cumulative compute cost of the experiment's runs by run status (FINISHED, FAILED, KILLED, RUNNING, "
+          "SCHEDULED); running runs accrue to the poll", "costs"),
+    _spec("mlops_experiment_run_seconds", "gauge", ("experiment", "status"),
+          "Cumulative run time of the experiment's runs by run status. {polled}", "cumulative run time", "costs"),
+    _spec("mlops_runs", "gauge", ("experiment", "status"),
+          "Runs of the experiment by run status. {polled}", "number of runs", "costs"),
+    _spec("mlops_running_hourly_cost", "gauge", ("experiment",),
+          "Summed hourly rate in {currency} of the experiment's runs RUNNING now: the current burn rate. {polled}",
+          "summed hourly rate of the runs RUNNING now: the burn rate (0 for every watched experiment with none)",
+          "costs"),
+    _spec("mlops_experiment_info", "info", ("experiment", "experiment_id"),
+          "Watched MLflow experiments, for joins and links.", "watched experiments, for joins and links", "costs"),
+    _spec("mlops_run_cost", "gauge", RUN, "Compute cost in {currency} of one run. " + RUN_SERIES_NOTE,
+          "cost of one run: running runs first, then the most recently ended, at most `runs.max_run_series` "
+          "series", "costs"),
+    _spec("mlops_run_seconds", "gauge", RUN, "Run time of one run. " + RUN_SERIES_NOTE, "run time of one run",
+          "costs"),
+    _spec("mlops_run_hourly_cost", "gauge", RUN, "Hourly rate in {currency} of one run's machines. " + RUN_SERIES_NOTE,
+          "hourly rate of one run's machines", "costs"),
+    _spec("mlops_run_start_timestamp_seconds", "gauge", RUN, "Start time of one run. " + RUN_SERIES_NOTE,
+          "start time of one run", "costs"),
+    _spec("mlops_run_info", "info", (*RUN, "instance_type", "estimator", "price_source"),
+          "Machine, estimator and price source of one run. " + RUN_SERIES_NOTE,
+          "what the run ran on and how it was priced", "costs"),
+    _spec("mlops_runs_skipped", "gauge", ("reason",),
+          "Runs left out of every figure because their data cannot be costed, by reason. {polled}",
+          'runs left out because their data cannot be costed (see "Skipped runs"): `missing_start_time`, '
+          "`missing_end_time`, `start_before_2000`, `start_in_future`, `end_in_future`, `end_before_start`, "
+          "`unknown_status`, `invalid_hourly_cost`, `invalid_instance_count`, `invalid_data`", "costs"),
+    _spec("mlops_runs_by_price_source", "gauge", ("experiment", "source"),
+          "Runs by where their hourly rate came from: tag, config, catalog, or default (machine unknown).",
+          "runs priced by `tag`, `config`, `catalog` or `default`", "costs"),
+    _spec("mlops_mlflow_runs_tracked", "gauge", (), "Runs held by the exporter's ledger.",
+          "runs held by the exporter", "costs"),
+    _spec("mlops_mlflow_last_full_sync_timestamp_seconds", "gauge", (),
+          "Unix time of the last full reconciliation with MLflow.", "time of the last full reconciliation", "costs"),
+    _spec("mlops_cost_by_tag", "gauge", ("tag", "value"),
+          "Cumulative compute cost in {currency} of all watched runs by the value of each allocation tag; runs "
+          "without the tag count as 'untagged' (always shown), the values beyond allocation.max_values as 'other', "
+          "so each tag's values add up to the total. {polled}",
+          "cumulative cost by allocation tag value; `untagged` always shown, beyond `max_values` summed as "
+          "`other`; each tag's values add up to the total", "costs"),
+    _spec("mlops_experiment_artifact_bytes", "gauge", ("experiment",),
+          "Bytes of artifacts logged by the experiment's completed runs (each run listed once). {polled}",
+          "artifact bytes of completed runs (when `artifacts.enabled`)", "costs"),
+    _spec("mlops_experiment_storage_monthly_cost", "gauge", ("experiment",),
+          "Monthly cost in {currency} of storing those artifacts at pricing.storage_gb_month (GB = 2^30 bytes).",
+          "monthly cost of storing them", "costs"),
+    _spec("mlops_artifact_runs_pending", "gauge", (), "Completed runs whose artifacts are not listed yet.",
+          "completed runs not listed yet", "costs"),
+    _spec("mlops_artifact_listing_errors_total", "counter", (), "Runs whose artifacts could not be listed.",
+          "runs whose artifacts could not be listed", "costs"),
+    _spec("mlops_fixed_cost_monthly", "gauge", ("category", "project"),
+          "Monthly fixed cost in {currency} by category and project, from the config (fixed_costs).",
+          "fixed monthly costs from the config", "costs"),
+    # -- activity: metrics/activity.py ------------------------------------------------------------
+    _spec("mlops_runs_by_start_hour", "gauge", ("experiment", "hour"),
+          "Runs started within runs.activity_window, by hour of day (0-23, {timezone}). {polled}",
+          "runs started within `runs.activity_window`, by hour of day 0-23 in `runs.timezone` (the chapter's "
+          '"run start times" chart)', "activity"),
+    _spec("mlops_runs_by_estimator", "gauge", ("experiment", "estimator"),
+          "Runs by estimator (the first of runs.estimator_keys found in tags, then params); beyond "
+          "runs.max_estimators per experiment they count as 'other'. {polled}",
+          "runs by estimator, top `runs.max_estimators` per experiment, the rest as `other`; `unknown` when no "
+          "key is found", "activity"),
+    _spec("mlops_completed_run_duration_seconds", "histogram", ("experiment",),
+          "Run time of the experiment's completed runs (FINISHED, FAILED, KILLED). {polled}",
+          "run time of completed runs (the chapter's run-time strip chart)", "activity"),
+    _spec("mlops_completed_run_cost", "histogram", ("experiment",),
+          "Compute cost in {currency} of the experiment's completed runs. {polled}", "cost of completed runs",
+          "activity"),
+    # -- budgets: metrics/budgets.py --------------------------------------------------------------
+    _spec("mlops_experiment_cost_month_to_date", "gauge", ("experiment",),
+          "Compute cost in {currency} of the experiment's runs within the current calendar month in {timezone}; "
+          "runs spanning the month start count only their hours in it; running runs up to the poll. {polled}",
+          "compute cost within the current calendar month (runs split at the month boundary)", "budgets"),
+    _spec("mlops_experiment_cost_forecast_month", "gauge", ("experiment",),
+          "Straight-line forecast in {currency} of the experiment's compute cost for the whole current calendar "
+          "month in {timezone}: month-to-date x month length / time elapsed (at least one day). {polled}",
+          "straight-line forecast of the month's compute cost (elapsed time at least one day)", "budgets"),
+    _spec("mlops_budget_monthly", "gauge", ("budget",), "Monthly budget in {currency}.",
+          "the configured monthly budget", "budgets"),
+    _spec("mlops_budget_cost_month_to_date", "gauge", ("budget",),
+          "Month-to-date compute cost in {currency} of the experiments the budget covers. {polled}",
+          "month-to-date cost of the experiments the budget covers", "budgets"),
+    _spec("mlops_budget_cost_forecast_month", "gauge", ("budget",),
+          "Straight-line month-end forecast in {currency} of the experiments the budget covers. {polled}",
+          "month-end forecast of the same", "budgets"),
+    _spec("mlops_budget_info", "info", ("budget", "experiments"), "Experiment globs each budget covers.",
+          "the globs each budget covers", "budgets"),
+    # -- kpis: metrics/kpis.py --------------------------------------------------------------------
+    _spec("mlops_kpi", "gauge", ("kpi", "experiment"),
+          "Current value of a business or quality KPI read from MLflow metrics. {polled}",
+          "current value of a KPI (absent when unknown)", "kpis"),
+    _spec("mlops_kpi_target", "gauge", ("kpi",), "Target of the KPI, from the config.", "its target", "kpis"),
+    _spec("mlops_kpi_target_met", "gauge", ("kpi",),
+          "1 when the KPI meets its target in its direction, 0 when not; absent when unknown.",
+          "1 when the KPI meets its target in its direction, else 0", "kpis"),
+    _spec("mlops_kpi_source_info", "info",
+          ("kpi", "experiment", "metric", "source", "direction", "run_id", "model", "alias", "version"),
+          "Where each KPI's current value comes from: the run and, for model_alias KPIs, the model version.",
+          "where the value came from, for links", "kpis"),
+    _spec("mlops_kpi_missing", "gauge", ("kpi", "reason"),
+          "1 for a KPI that could not be read, with the reason; such a KPI has no value.",
+          "1 for a KPI that could not be read: `experiment_not_found`, `metric_missing`, `alias_not_found`, "
+          "`run_gone`, `not_a_number` (NaN or infinite), `invalid_data`", "kpis"),
+    # -- registry: metrics/registry.py ------------------------------------------------------------
+    _spec("mlops_registered_models", "gauge", (), "Registered models watched. {polled}", "registered models watched",
+          "registry"),
+    _spec("mlops_model_versions", "gauge", ("model",), "Versions of a registered model. {polled}",
+          "versions of a model", "registry"),
+    _spec("mlops_model_version_info", "info", ("model", "version", "alias", "run_id"),
+          "A model version that holds an alias, with its source run.", "versions holding an alias", "registry"),
+    _spec("mlops_model_version_stage_info", "info", ("model", "version", "stage", "run_id"),
+          "A model version in a legacy Staging or Production stage.",
+          "versions in a legacy Staging or Production stage", "registry"),
+    _spec("mlops_model_deploy_lead_time_seconds", "gauge", ("model",),
+          "Time from the end of the source run to the creation of the version holding the '{deploy_alias}' alias "
+          "(registry.deploy_alias): the model deployment time KPI. {polled}",
+          "end of the source run to creation of the version holding `registry.deploy_alias` (0 when registered "
+          "before the run ended)", "registry"),
+    _spec("mlops_model_deploy_lead_time_unknown", "gauge", ("model", "reason"),
+          "1 when the deploy alias exists but its lead time cannot be known (no_run, run_gone, run_not_ended), "
+          "or the model's data cannot be read (invalid_data).",
+          "1 when that version has no run (`no_run`), its run is gone (`run_gone`) or has not ended "
+          "(`run_not_ended`), or the model's data cannot be read (`invalid_data`)", "registry"),
+    # -- serving: metrics/serving.py --------------------------------------------------------------
+    _spec("mlops_endpoint_up", "gauge", ("endpoint",), "1 when the endpoint's last synthetic probe succeeded.",
+          "1 when the last synthetic probe succeeded", "serving"),
+    _spec("mlops_endpoint_probes_total", "counter", ("endpoint", "outcome"), "Synthetic probes by outcome.",
+          "probes by outcome: `success`, `http_error`, `timeout`, `connection_error`, `bad_response`", "serving"),
+    _spec("mlops_endpoint_probe_duration_seconds", "histogram", ("endpoint",),
+          "Wall time of synthetic probes, whatever their outcome.", "probe wall time (buckets 5 ms - 10 s)",
+          "serving"),
+    _spec("mlops_endpoint_hourly_cost", "gauge", ("endpoint",),
+          "Hourly cost in {currency} of the endpoint's machines (all replicas).",
+          "hourly cost of the endpoint's machines, all replicas", "serving"),
+    _spec("mlops_endpoint_capacity_rps", "gauge", ("endpoint",), "Requests per second the deployment is sized for.",
+          "the configured sizing", "serving"),
+    _spec("mlops_endpoint_metrics_up", "gauge", ("endpoint",),
+          "1 when the server's own metrics were read at the last poll.",
+          "1 when the server's own metrics were read at the last poll", "serving"),
+    _spec("mlops_endpoint_metrics_scrapes_total", "counter", ("endpoint", "outcome"),
+          "Reads of the server's own metrics by outcome.", "reads of the server's metrics by outcome (same outcomes)",
+          "serving"),
+    _spec("mlops_endpoint_requests_total", "counter", ("endpoint",), "Requests served. " + UPSTREAM_NOTE,
+          "requests served (re-counted; upstream restarts do not reset it)", "serving"),
+    _spec("mlops_endpoint_errors_total", "counter", ("endpoint",),
+          "Requests that failed (server errors). " + UPSTREAM_NOTE, "failed requests, where the server reports them",
+          "serving"),
+    _spec("mlops_endpoint_request_duration_seconds", "histogram", ("endpoint",),
+          "Request latency as the server reports it; servers that give only a sum and a count have just the +Inf "
+          "bucket (use _sum/_count for the mean). " + UPSTREAM_NOTE,
+          "latency as the server gives it; sum-and-count servers have only the `+Inf` bucket (use "
+          "`_sum / _count`)", "serving"),
+    _spec("mlops_endpoint_utilization_ratio", "gauge", ("endpoint", "resource"),
+          "Utilization 0-1 by resource: what the server reports (gpu, cpu, memory, kv_cache), and capacity = "
+          "throughput over the last poll / capacity_rps.",
+          "0-1: `gpu`, `cpu`, `memory`, `kv_cache` as reported, and `capacity` = throughput over the last poll / "
+          "`capacity_rps`", "serving"),
+    # -- exporter health: metrics/exporter.py -----------------------------------------------------
+    _spec("mlops_exporter_info", "info", ("version", "currency"),
+          "Exporter version and the currency of every cost metric.", "the exporter", "exporter"),
+    _spec("mlops_source_up", "gauge", ("source",), "1 when the source's last poll succeeded, else 0.",
+          "1 when the source's last poll succeeded", "exporter"),
+    _spec("mlops_source_poll_duration_seconds", "gauge", ("source",), "Wall time of the source's last poll.",
+          "wall time of the last poll", "exporter"),
+    _spec("mlops_source_last_success_timestamp_seconds", "gauge", ("source",),
+          "Unix time the source last polled successfully (absent before the first success).",
+          "time of the last successful poll (alert on staleness with `time() - ...`)", "exporter"),
+    _spec("mlops_source_errors_total", "counter", ("source",), "Failed polls of the source since the exporter started.",
+          "failed polls since start", "exporter"),
+    _spec("mlops_source_polls_total", "counter", ("source",), "Polls of the source since the exporter started.",
+          "polls since start", "exporter"),
+    _spec("mlops_exporter_config_last_reload_successful", "gauge", (),
+          "1 when the last SIGHUP reload of the config succeeded; 0 when it was refused and the previous config "
+          "stays in force.",
+          "1 when the last SIGHUP reload succeeded, 0 when it was refused (absent before any reload)", "exporter"),
+)
+BY_NAME = {spec.name: spec for spec in CATALOGUE}
+
+
+def family(name: str, **values: str) -> Metric:
+    """The empty family of a declared metric, by the name Prometheus shows (KeyError for any other)."""
+    return BY_NAME[name].family(**values)
+
+
+def series_names(spec: MetricSpec) -> tuple[str, ...]:
+    """The sample names a metric shows up as in PromQL."""
+    if spec.kind == "histogram":
+        return tuple(f"{spec.name}_{suffix}" for suffix in ("bucket", "sum", "count"))
+    return (spec.name,)
+
+
+def reference_table() -> str:
+    """The README's metric reference, in markdown."""
+    kinds = {"info": "info (gauge)"}
+    rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for spec in CATALOGUE:
+        labels = ", ".join(spec.labels) or "-"
+        rows.append(f"| `{spec.name}` | {kinds.get(spec.kind, spec.kind)} | {labels} | {spec.meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+BEGIN = "<!-- metric reference: generated from exporter/mlops_kpi_exporter/metrics/catalogue.py (make docs) -->\n"
+END = "<!-- end of metric reference -->\n"
+
+
+def with_reference(readme: str) -> str:
+    """The README with its generated metric reference brought up to date."""
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(readme):
+        raise ValueError("the README has no generated metric reference markers")
+    return pattern.sub(lambda _: BEGIN + reference_table() + END, readme)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "--write":
+        sys.exit("usage: python -m mlops_kpi_exporter.metrics.catalogue --write README.md")
+    path = Path(sys.argv[2])
+    path.write_text(with_reference(path.read_text(encoding="utf-8")), encoding="utf-8")

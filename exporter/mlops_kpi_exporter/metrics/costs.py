@@ -1,0 +1,130 @@
+"""Cost figures: per experiment and status, per run, by allocation tag, artifact storage, fixed costs."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from prometheus_client.metrics_core import Metric
+
+from mlops_kpi_exporter.config import Config
+from mlops_kpi_exporter.ledger import RunsView
+from mlops_kpi_exporter.metrics import OTHER
+from mlops_kpi_exporter.metrics.catalogue import family
+from mlops_kpi_exporter.runs import NANO, SKIP_REASONS, UNTAGGED
+
+GB = 2**30  # cloud storage bills count a GB as 2^30 bytes
+
+
+def top_with_other(counts: dict[str, int], limit: int) -> Counter[str]:
+    """The `limit` largest entries (ties by name), the rest summed as 'other': bounded labels, same total."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    kept = Counter(dict(ranked[:limit]))
+    for _, n in ranked[limit:]:
+        kept[OTHER] += n
+    return kept
+
+
+def experiments(view: RunsView) -> list[Metric]:
+    """Cost, run time and count by experiment and status; the burn rate; the watched experiments."""
+    cur = view.currency
+    cost = family("mlops_experiment_cost", currency=cur)
+    seconds = family("mlops_experiment_run_seconds")
+    count = family("mlops_runs")
+    for (exp_id, status), totals in sorted(view.ledger.status_totals(view.now_ms).items()):
+        labels = [view.name(exp_id), status]
+        cost.add_metric(labels, totals.cost_nano / NANO)
+        seconds.add_metric(labels, totals.run_ms / 1000)
+        count.add_metric(labels, totals.runs)
+    burn = family("mlops_running_hourly_cost", currency=cur)
+    hourly = view.ledger.running_hourly()
+    info = family("mlops_experiment_info")
+    for exp_id in sorted(view.experiments):
+        burn.add_metric([view.experiments[exp_id]], hourly.get(exp_id, 0.0))
+    for exp_id in sorted(view.experiments):
+        info.add_metric([view.experiments[exp_id], exp_id], {})
+    return [cost, seconds, count, burn, info]
+
+
+def run_series(view: RunsView) -> list[Metric]:
+    """Per-run series, bounded: running runs first, then the most recently ended."""
+    cur = view.currency
+    run_cost = family("mlops_run_cost", currency=cur)
+    run_seconds = family("mlops_run_seconds")
+    run_rate = family("mlops_run_hourly_cost", currency=cur)
+    run_start = family("mlops_run_start_timestamp_seconds")
+    run_info = family("mlops_run_info")
+    for run in view.ledger.run_series(view.max_run_series):
+        values = [view.name(run.experiment_id), run.run_id, run.run_name, run.status]
+        run_cost.add_metric(values, run.cost_nano(view.now_ms) / NANO)
+        run_seconds.add_metric(values, run.duration_ms(view.now_ms) / 1000)
+        run_rate.add_metric(values, run.hourly)
+        run_start.add_metric(values, run.start_ms / 1000)
+        run_info.add_metric([*values, run.instance_type or "", run.estimator, run.price_source], {})
+    return [run_cost, run_seconds, run_rate, run_start, run_info]
+
+
+def bookkeeping(view: RunsView) -> list[Metric]:
+    """Runs skipped by reason, runs by price source, runs held."""
+    skipped = family("mlops_runs_skipped")
+    counts = view.ledger.skip_counts()
+    for reason in sorted(set(SKIP_REASONS) | set(counts)):
+        skipped.add_metric([reason], counts.get(reason, 0))
+    priced = family("mlops_runs_by_price_source")
+    for (exp_id, source), n in sorted(view.ledger.price_sources.items()):
+        priced.add_metric([view.name(exp_id), source], n)
+    tracked = family("mlops_mlflow_runs_tracked")
+    tracked.add_metric([], len(view.ledger))
+    return [skipped, priced, tracked]
+
+
+def allocation(view: RunsView) -> list[Metric]:
+    if not view.allocation_tags:
+        return []
+    by_tag = family("mlops_cost_by_tag", currency=view.currency)
+    costs = view.ledger.cost_by_tag(view.now_ms)
+    for index, tag in enumerate(view.allocation_tags):
+        # "untagged" is always its own series: unallocated spend is what showback must expose.
+        values = {v: n for (i, v), n in costs.items() if i == index and v != UNTAGGED}
+        kept = top_with_other(values, view.allocation_max_values)
+        kept[UNTAGGED] = costs.get((index, UNTAGGED), 0)
+        for tag_value, nano in sorted(kept.items()):
+            by_tag.add_metric([tag, tag_value], nano / NANO)
+    return [by_tag]
+
+
+def storage(view: RunsView) -> list[Metric]:
+    if view.artifacts is None:
+        return []
+    per_exp = view.artifacts.bytes_by_experiment
+    size = family("mlops_experiment_artifact_bytes")
+    cost = family("mlops_experiment_storage_monthly_cost", currency=view.currency)
+    for exp_id in sorted(view.experiments):
+        size.add_metric([view.name(exp_id)], per_exp.get(exp_id, 0))
+        cost.add_metric([view.name(exp_id)], per_exp.get(exp_id, 0) / GB * view.storage_gb_month)
+    pending = family("mlops_artifact_runs_pending")
+    pending.add_metric([], view.artifacts.pending)
+    errors = family("mlops_artifact_listing_errors_total")
+    errors.add_metric([], view.artifacts.errors)
+    return [size, cost, pending, errors]
+
+
+def sync(view: RunsView) -> list[Metric]:
+    if view.last_full_sync is None:
+        return []
+    resync = family("mlops_mlflow_last_full_sync_timestamp_seconds")
+    resync.add_metric([], view.last_full_sync)
+    return [resync]
+
+
+def fixed_costs(config: Config) -> list[Metric]:
+    """The chapter's cost categories that no run shows (data, personnel, software, operational)."""
+    if not config.fixed_costs:
+        return []
+    fixed = family("mlops_fixed_cost_monthly", currency=config.pricing.currency)
+    totals: dict[tuple[str, str], float] = {}
+    for item in config.fixed_costs:  # several entries of one category and project add up
+        key = (item.category, item.project)
+        totals[key] = totals.get(key, 0.0) + item.monthly
+    for (category, project), monthly in sorted(totals.items()):
+        fixed.add_metric([category, project], monthly)
+    return [fixed]

@@ -1,0 +1,35 @@
+"""KPI figures: each KPI's value, target, whether it is met, where it came from, or why it is missing."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client.metrics_core import Metric
+
+from mlops_kpi_exporter.metrics.catalogue import family
+
+if TYPE_CHECKING:
+    from mlops_kpi_exporter.sources.kpis import KpiReading
+
+
+def families(readings: list[KpiReading]) -> list[Metric]:
+    value = family("mlops_kpi")
+    target = family("mlops_kpi_target")
+    met = family("mlops_kpi_target_met")
+    info = family("mlops_kpi_source_info")
+    missing = family("mlops_kpi_missing")
+    for r in readings:
+        k = r.kpi
+        if k.target is not None:
+            target.add_metric([k.name], k.target)
+        if r.value is None:
+            missing.add_metric([k.name, r.missing], 1)
+            continue
+        value.add_metric([k.name, r.experiment], r.value)
+        if r.target_met is not None:
+            met.add_metric([k.name], 1 if r.target_met else 0)
+        info.add_metric(
+            [k.name, r.experiment, k.metric, k.source, k.direction, r.run_id, k.model or "", k.alias or "", r.model_version],
+            {},
+        )
+    return [value, target, met, info, missing]

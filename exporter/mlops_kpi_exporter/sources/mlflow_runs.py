@@ -1,0 +1,105 @@
+"""The MLflow source: runs kept in step with MLflow (run_sync), artifact sizes (artifacts), and the
+cost, activity and budget figures the metric modules render from them."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client.metrics_core import Metric
+
+from mlops_kpi_exporter.config import Config
+from mlops_kpi_exporter.ledger import RunLedger, RunsView
+from mlops_kpi_exporter.metrics import activity, budgets, costs
+from mlops_kpi_exporter.mlflow_client import MlflowConnection
+from mlops_kpi_exporter.pricing import Pricer
+from mlops_kpi_exporter.runs import RunRules
+from mlops_kpi_exporter.sources.artifacts import ArtifactSizes
+from mlops_kpi_exporter.sources.run_sync import PollReport, RunSync
+
+
+def render(view: RunsView) -> list[Metric]:
+    """Every family of the MLflow source, in exposition order."""
+    return [
+        *costs.experiments(view),
+        *costs.run_series(view),
+        *activity.start_hours_and_estimators(view),
+        *activity.distributions(view),
+        *costs.bookkeeping(view),
+        *budgets.families(view),
+        *costs.allocation(view),
+        *costs.storage(view),
+        *costs.sync(view),
+    ]
+
+
+def run_rules(config: Config) -> RunRules:
+    """What turns a run's data into facts, from the config (the report uses the same)."""
+    return RunRules(
+        pricer=Pricer(config.pricing),
+        estimator_keys=tuple(config.runs.estimator_keys),
+        timezone=config.runs.timezone,
+        allocation_tags=tuple(config.allocation.tags),
+    )
+
+
+class MlflowSource:
+    name = "mlflow"
+
+    def __init__(self, config: Config, mlflow: MlflowConnection, clock=time.time):
+        self.config = config
+        self.rules = run_rules(config)
+        self.interval = config.mlflow.poll_interval
+        self.retry_backoff = config.mlflow.retry_backoff
+        self.uri_for_humans = mlflow.uri_for_humans
+        self.clock = clock
+        self.artifacts: ArtifactSizes | None = None
+        self.runs = RunSync(config, mlflow, self.rules)
+        if config.artifacts.enabled:
+            self.artifacts = ArtifactSizes(config.artifacts, lambda: self.runs.client)
+            self.runs.on_costed = self.artifacts.costed
+            self.runs.on_experiment_gone = self.artifacts.forget_experiment
+        self.last_report: PollReport | None = None
+
+    @property
+    def ledger(self) -> RunLedger | None:
+        return self.runs.ledger
+
+    @property
+    def experiments(self) -> dict[str, str]:
+        return self.runs.experiments
+
+    def check(self) -> str:
+        """Reach MLflow once and say what would be watched."""
+        experiments = self.runs.matching_experiments()
+        names = ", ".join(sorted(experiments.values())[:10]) + (" ..." if len(experiments) > 10 else "")
+        return f"{self.uri_for_humans}: reachable; {len(experiments)} experiments watched ({names or 'none'})"
+
+    def poll(self) -> tuple[list[Metric], str]:
+        now = self.clock()
+        report = self.last_report = self.runs.sync(now)
+        summary = report.summary()
+        if self.artifacts is not None:
+            assert self.runs.ledger is not None
+            if report.full_sync:
+                self.artifacts.forget_runs_not_in(self.runs.ledger)
+            summary += "; " + self.artifacts.measure(self.runs.ledger)
+        return render(self.view(int(now * 1000))), summary
+
+    def view(self, now_ms: int) -> RunsView:
+        cfg = self.config
+        return RunsView(
+            ledger=self.runs.ledger or self.runs.new_ledger(),
+            experiments=self.runs.experiments,
+            now_ms=now_ms,
+            rules=self.rules,
+            currency=cfg.pricing.currency,
+            max_run_series=cfg.runs.max_run_series,
+            max_estimators=cfg.runs.max_estimators,
+            activity_window_ms=int(cfg.runs.activity_window * 1000),
+            budgets=tuple(cfg.budgets),
+            allocation_tags=tuple(cfg.allocation.tags),
+            allocation_max_values=cfg.allocation.max_values,
+            artifacts=self.artifacts.view() if self.artifacts is not None else None,
+            storage_gb_month=cfg.pricing.storage_gb_month,
+            last_full_sync=self.runs.last_full_sync,
+        )

@@ -1,0 +1,190 @@
+"""The runs of the watched experiments, kept in step with MLflow in a RunLedger.
+
+The first sync (and every `resync_interval`) pages through all runs of the watched experiments and
+builds a fresh ledger. In between, a sync asks only for what can have changed: runs RUNNING now,
+runs that ended or started since the last sync (minus an overlap for late clocks), the full history
+of newly watched experiments, and, one by one, the open runs we knew that have since disappeared
+from the RUNNING set. Its cost follows the number of changes, not the size of the history.
+Everything is read before the ledger is touched: a failed sync leaves it whole.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow.entities import ViewType
+from mlflow.exceptions import MlflowException
+
+from mlops_kpi_exporter.config import Config
+from mlops_kpi_exporter.ledger import RunLedger
+from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, is_not_found, paged
+from mlops_kpi_exporter.pricing import BadRunData
+from mlops_kpi_exporter.runs import RunFacts, RunRules, facts_of
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT_CHUNK = 100  # experiment ids per search_runs call
+
+
+@dataclass(frozen=True)
+class PollReport:
+    full_sync: bool
+    fetched: int
+    changed: int
+    runs: int
+    skipped: int
+    experiments: int
+
+    def summary(self) -> str:
+        kind = "full sync" if self.full_sync else "incremental"
+        return (
+            f"{kind}: {self.fetched} runs fetched, {self.changed} changed; "
+            f"{self.runs} runs ({self.skipped} skipped) in {self.experiments} experiments"
+        )
+
+
+@dataclass
+class _Changes:
+    """What an incremental sync read, before it touches the ledger."""
+
+    fetched: dict[str, Any] = field(default_factory=dict)  # run_id -> run
+    vanished: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)  # experiments no longer watched (or replaced)
+
+
+class RunSync(MlflowReader):
+    def __init__(self, config: Config, mlflow: MlflowConnection, rules: RunRules,
+                 on_costed: Callable[[RunFacts], None] | None = None,
+                 on_experiment_gone: Callable[[str], None] | None = None):
+        super().__init__(config, mlflow)
+        self.cfg = config.mlflow
+        self.buckets = (tuple(config.runs.duration_buckets), tuple(config.runs.cost_buckets))
+        self.rules = rules
+        self.on_costed = on_costed or (lambda facts: None)
+        self.on_experiment_gone = on_experiment_gone or (lambda experiment_id: None)
+        self.ledger: RunLedger | None = None
+        self.experiments: dict[str, str] = {}  # id -> name of the watched experiments
+        # id -> creation time, as listed now and as of the last sync: the same id created at another
+        # time is another experiment (MLflow restarted on another database, a restored backup).
+        self._created: dict[str, Any] = {}
+        self._created_before: dict[str, Any] = {}
+        self.watermark_ms: int | None = None
+        self.last_full_sync: float | None = None
+
+    # -- reading MLflow (public: the report reads runs the same way) -------------------------------
+    def matching_experiments(self) -> dict[str, str]:
+        """Id -> name of the watched experiments, as MLflow lists them now."""
+        out: dict[str, str] = {}
+        for exp in paged(self.client.search_experiments, view_type=ViewType.ACTIVE_ONLY, max_results=1000):
+            if self._watched(exp.name):
+                out[exp.experiment_id] = exp.name
+                self._created[exp.experiment_id] = exp.creation_time
+        return out
+
+    def _watched(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, g) for g in self.cfg.experiments) and not any(
+            fnmatch.fnmatchcase(name, g) for g in self.cfg.exclude_experiments
+        )
+
+    def search(self, experiment_ids: Iterable[str], filter_string: str = "") -> Iterator[Any]:
+        """Every active run of the experiments that matches the filter, page by page."""
+        ids = sorted(experiment_ids)
+        for start in range(0, len(ids), EXPERIMENT_CHUNK):
+            yield from paged(
+                self.client.search_runs,
+                experiment_ids=ids[start : start + EXPERIMENT_CHUNK],
+                filter_string=filter_string,
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=self.cfg.page_size,
+            )
+
+    def _refetch(self, run_id: str) -> Any | None:
+        """A run looked up by id; None when it is gone (deleted or purged)."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        return None if run.info.lifecycle_stage == "deleted" else run
+
+    # -- syncing -----------------------------------------------------------------------------------
+    def new_ledger(self) -> RunLedger:
+        return RunLedger(*self.buckets)
+
+    def sync(self, now: float) -> PollReport:
+        now_ms = int(now * 1000)
+        experiments = self.matching_experiments()
+        due = self.last_full_sync is None or now - self.last_full_sync >= self.cfg.resync_interval
+        if self.ledger is None or self.watermark_ms is None or due:
+            report = self._full_sync(experiments, now_ms)
+            self.last_full_sync = now
+        else:
+            report = self._incremental(experiments, now_ms)
+        self.experiments = experiments
+        self._created_before = dict(self._created)
+        self.watermark_ms = now_ms
+        return report
+
+    def _full_sync(self, experiments: dict[str, str], now_ms: int) -> PollReport:
+        ledger = self.new_ledger()  # built aside and swapped in whole: a failed sync changes nothing
+        fetched = 0
+        for run in self.search(experiments):
+            fetched += 1
+            self._apply(ledger, run, now_ms)
+        self.ledger = ledger
+        return PollReport(True, fetched, fetched, len(ledger), len(ledger.skipped), len(experiments))
+
+    def _incremental(self, experiments: dict[str, str], now_ms: int) -> PollReport:
+        ledger = self.ledger
+        assert ledger is not None
+        changes = self._read_changes(experiments, ledger)
+        changed = 0
+        for exp_id in changes.gone:
+            ledger.remove_experiment(exp_id)
+            self.on_experiment_gone(exp_id)
+        for run in changes.fetched.values():
+            changed += self._apply(ledger, run, now_ms)
+        for run_id in changes.vanished:
+            changed += ledger.remove(run_id)
+        return PollReport(False, len(changes.fetched), changed, len(ledger), len(ledger.skipped), len(experiments))
+
+    def _read_changes(self, experiments: dict[str, str], ledger: RunLedger) -> _Changes:
+        assert self.watermark_ms is not None
+        since = self.watermark_ms - int(self.cfg.watermark_overlap * 1000)
+        before = self.experiments
+        replaced = {e for e in experiments if e in before and self._created.get(e) != self._created_before.get(e)}
+        known = [e for e in experiments if e in before and e not in replaced]
+        changes = _Changes(gone=[e for e in before if e not in experiments or e in replaced])
+        for filter_string in (
+            "attributes.status = 'RUNNING'",
+            f"attributes.end_time >= {since}",
+            f"attributes.start_time >= {since}",
+        ):
+            for run in self.search(known, filter_string):
+                changes.fetched[run.info.run_id] = run
+        for run in self.search(e for e in experiments if e not in known):  # new (or replaced): all of it
+            changes.fetched[run.info.run_id] = run
+        for run_id in [r for r in ledger.open_runs if r not in changes.fetched]:
+            run = self._refetch(run_id)
+            if run is None or run.info.experiment_id not in experiments:
+                changes.vanished.append(run_id)
+            else:
+                changes.fetched[run_id] = run
+        return changes
+
+    def _apply(self, ledger: RunLedger, run: Any, now_ms: int) -> bool:
+        try:
+            facts = facts_of(self.rules, run, now_ms)
+        except BadRunData as exc:
+            run_id, exp_id = getattr(run.info, "run_id", "?"), getattr(run.info, "experiment_id", "?")
+            if ledger.skipped.get(run_id, (None, None))[1] != exc.reason:  # once per run and reason
+                level = logging.WARNING if exc.reason == "invalid_data" else logging.INFO
+                log.log(level, "skipping run %s of experiment %s: %s (%s)", run_id, exp_id, exc.reason, exc)
+            return ledger.skip(run_id, exp_id, exc.reason)
+        self.on_costed(facts)
+        return ledger.upsert(facts)

@@ -1,0 +1,62 @@
+"""The demo's exposition at a fixed moment, for the golden-file test (tests/integration/test_golden.py).
+
+    .venv/bin/python tests/golden.py --write     # after a change that is meant to move the figures
+
+The demo store is seeded as of NOW and every source polls with its clock at NOW, so the figures do
+not depend on when the test runs. What still does is masked: run ids (MLflow makes them), poll
+durations and times, and deployment lead times (MLflow stamps a model version with the real time).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+GOLDEN = Path(__file__).parent / "fixtures" / "demo-exposition.txt"
+NOW_MS = 1_794_744_000_000  # 2026-11-15 12:00 UTC
+MASKED_VALUES = ("mlops_source_poll_duration_seconds", "mlops_source_last_success_timestamp_seconds",
+                 "mlops_model_deploy_lead_time_seconds")
+
+
+def demo_exposition(workdir: Path) -> str:
+    from prometheus_client.exposition import generate_latest
+
+    from mlops_kpi_exporter import demo
+    from mlops_kpi_exporter.cli import build_registry, prepare
+    from mlops_kpi_exporter.config import config_from_dict
+    from mlops_kpi_exporter.poller import Poller
+    from mlops_kpi_exporter.snapshot import SnapshotStore
+
+    db = workdir / "mlflow.db"
+    demo.seed(f"sqlite:///{db.resolve()}", workdir / "artifacts", now_ms=NOW_MS)
+    config = config_from_dict(demo.demo_config_dict(db))
+    mlflow, sources = prepare(config)
+    mlflow.apply()
+    for source in sources:
+        if hasattr(source, "clock"):
+            source.clock = lambda: NOW_MS / 1000
+    store = SnapshotStore()
+    poller = Poller(sources, store)
+    for source in sources:
+        assert poller.poll_once(source), source.name
+    return mask(generate_latest(build_registry(store, config)).decode())
+
+
+def mask(text: str) -> str:
+    text = re.sub(r'"[0-9a-f]{32}"', '"<run id>"', text)
+    lines = []
+    for line in text.splitlines():
+        if line.startswith(MASKED_VALUES):
+            line = line.rsplit(" ", 1)[0] + " <masked>"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit(__doc__)
+    with tempfile.TemporaryDirectory() as tmp:
+        GOLDEN.write_text(demo_exposition(Path(tmp)))
+    print(f"wrote {GOLDEN}")
