@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium
 
-.PHONY: demo test fuzz install system-deps bench clean
+.PHONY: demo test unit fuzz generate install system-deps bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,20 @@ system-deps:
 test: install system-deps
 	$(BIN)/pytest
 
+# The quick loop: pure tests only (no MLflow server, Prometheus or browser), in seconds.
+unit: install
+	$(BIN)/pytest tests/unit
+
+# Regenerate what is generated: alert rules and dashboards (from deploy/monitoring.yml and
+# alerts/src/), and the README's metric reference (from the catalogue). Tests fail when they drift.
+generate: install
+	$(BIN)/python alerts/generate.py
+	$(BIN)/python dashboards/build.py
+	$(BIN)/python -m mlops_kpi_exporter.metrics.catalogue --write README.md
+
 # Property tests at random and at length (make test runs them with a fixed, bounded profile).
 fuzz: install
-	HYPOTHESIS_PROFILE=explore $(BIN)/pytest -p no:cacheprovider tests/test_fuzz.py tests/test_runs.py
+	HYPOTHESIS_PROFILE=explore $(BIN)/pytest -p no:cacheprovider tests/unit/test_fuzz.py tests/unit/test_runs.py
 
 bench: install
 	$(BIN)/python bench/bench_mlflow.py

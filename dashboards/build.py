@@ -1,7 +1,10 @@
 """Writes the Grafana dashboards (dashboards/json/*.json) from the panel lists below.
 
     python dashboards/build.py                    # the committed dashboards (a test checks they match)
-    python dashboards/build.py --currency EUR     # money panels in another currency
+    python dashboards/build.py --ops my.yml       # your job name, datasource, links and currency
+
+The deployment settings (job, datasource uid, exporter, Grafana and MLflow URLs, currency) come from
+deploy/monitoring.yml, the same file alerts/generate.py reads.
 
 Plain dictionaries in Grafana's dashboard JSON model (schemaVersion 39): stable uids, no ids, every
 panel on the provisioned datasource by uid, `$__rate_interval` in every rate, units on every panel.
@@ -14,11 +17,24 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
+
 HERE = Path(__file__).parent
-DATASOURCE = {"type": "prometheus", "uid": "mlops-prometheus"}  # dashboards/provisioning/datasources
-# Where people reach the exporter, which serves the alert runbooks at /runbooks: what docker compose
-# publishes and `make demo` serves. Must equal exporter_url in alerts/src/thresholds.yml (a test checks it).
-EXPORTER_URL = "http://localhost:10150"
+OPS_FILE = HERE.parent / "deploy" / "monitoring.yml"
+
+
+def use_settings(path: Path) -> dict:
+    """Read the deployment settings into the module's constants (the panels below use them)."""
+    global OPS, DATASOURCE, EXPORTER_URL, MLFLOW_URL, JOB
+    OPS = yaml.safe_load(path.read_text())
+    DATASOURCE = {"type": "prometheus", "uid": OPS["datasource_uid"]}  # dashboards/provisioning/datasources
+    EXPORTER_URL = OPS["exporter_url"]  # the exporter serves the alert runbooks at /runbooks
+    MLFLOW_URL = OPS["mlflow_url"]
+    JOB = OPS["job"]
+    return OPS
+
+
+use_settings(OPS_FILE)
 EXP = 'experiment=~"$experiment"'
 EP = 'endpoint=~"$endpoint"'
 
@@ -155,8 +171,8 @@ def costs(money: str) -> dict:
                                                                               "values": ["value", "percent"]}}),
     ]
     variables = [query_var("experiment", "mlops_experiment_info", "experiment"),
-                 {"name": "mlflow_url", "label": "MLflow UI", "type": "textbox", "query": "http://localhost:5000",
-                  "current": {"text": "http://localhost:5000", "value": "http://localhost:5000"}}]
+                 {"name": "mlflow_url", "label": "MLflow UI", "type": "textbox", "query": MLFLOW_URL,
+                  "current": {"text": MLFLOW_URL, "value": MLFLOW_URL}}]
     return dashboard("mlops-costs", "ML costs overview", panels, variables,
                      "What ML training costs, where the money goes and how fast it burns, from MLflow runs.")
 
@@ -225,7 +241,7 @@ def exporter() -> dict:
         series("Time since last successful poll", [target("time() - mlops_source_last_success_timestamp_seconds", "{{source}}")], "s"),
         bars("Skipped runs by reason", "mlops_runs_skipped", "{{reason}}", "short",
              "Runs left out because their data cannot be costed.", w=12),
-        series("Scrape size", [target('scrape_samples_scraped{job="mlops-kpi-exporter"}', "samples")], "short",
+        series("Scrape size", [target(f'scrape_samples_scraped{{job="{JOB}"}}', "samples")], "short",
                "Series per scrape: bounded whatever the number of runs."),
         series("Runs tracked", [target("mlops_mlflow_runs_tracked", "runs")], "short"),
     ]
@@ -233,16 +249,18 @@ def exporter() -> dict:
                      "Is the exporter itself healthy: sources, polls, errors, skipped runs, scrape size.")
 
 
-def build(currency: str = "USD") -> dict[str, dict]:
-    money = f"currency{currency}"
+def build(currency: str | None = None) -> dict[str, dict]:
+    money = f"currency{currency or OPS['currency']}"
     return {d["uid"]: d for d in (costs(money), serving(money), kpis(), exporter())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--currency", default="USD")
+    parser.add_argument("--ops", type=Path, default=OPS_FILE, help="deployment settings (deploy/monitoring.yml)")
+    parser.add_argument("--currency", help="overrides the settings' currency")
     parser.add_argument("--out", type=Path, default=HERE / "json")
     args = parser.parse_args()
+    use_settings(args.ops)
     args.out.mkdir(parents=True, exist_ok=True)
     for uid, board in build(args.currency).items():
         (args.out / f"{uid}.json").write_text(json.dumps(board, indent=2, sort_keys=True) + "\n")

@@ -48,7 +48,7 @@ class Rate:
     instance_type: str | None
 
 
-def _lookup(keys: list[str], tags: Mapping[str, str], params: Mapping[str, str]) -> str | None:
+def first_of(keys, tags: Mapping[str, str], params: Mapping[str, str]) -> str | None:
     """The first of `keys` found, tags before params (tags are where a platform records the machine)."""
     for store in (tags, params):
         for key in keys:
@@ -91,11 +91,11 @@ class Pricer:
     def rate(self, tags: Mapping[str, str], params: Mapping[str, str]) -> Rate:
         """Hourly rate of one run. Raises BadRunData for values that cannot be a price or a count."""
         cfg = self.config
-        instance_type = _lookup(cfg.instance_type_keys, tags, params)
+        instance_type = first_of(cfg.instance_type_keys, tags, params)
         tagged = tags.get(cfg.hourly_cost_tag)
         if tagged is not None:
             return Rate(_bounded(tagged, "invalid_hourly_cost", MAX_HOURLY_COST), "tag", instance_type)
-        count_text = _lookup(cfg.instance_count_keys, tags, params)
+        count_text = first_of(cfg.instance_count_keys, tags, params)
         count = 1.0 if count_text is None else _instance_count(count_text)
         if instance_type is not None:
             found = self.price_of(instance_type)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from mlops_kpi_exporter.pricing import BadRunData, Pricer
+from mlops_kpi_exporter.pricing import BadRunData, Pricer, first_of
 
 TERMINAL_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
 OPEN_STATUSES = frozenset({"RUNNING", "SCHEDULED"})
@@ -123,12 +123,8 @@ class RunRules:
         return tuple((str(tags.get(t) or "").strip()[:100] or UNTAGGED) for t in self.allocation_tags)
 
     def estimator(self, tags: Mapping[str, str], params: Mapping[str, str]) -> str:
-        for store in (tags, params):
-            for key in self.estimator_keys:
-                value = store.get(key)
-                if value is not None and str(value).strip():
-                    return short_class_name(str(value).strip())[:100]
-        return UNKNOWN_ESTIMATOR
+        found = first_of(self.estimator_keys, tags, params)
+        return UNKNOWN_ESTIMATOR if found is None else short_class_name(found)[:100]
 
 
 _DOTTED_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")

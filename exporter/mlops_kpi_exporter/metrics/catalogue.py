@@ -127,7 +127,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
           "Runs by estimator (the first of runs.estimator_keys found in tags, then params); beyond "
           "runs.max_estimators per experiment they count as 'other'. {polled}",
           "runs by estimator, top `runs.max_estimators` per experiment, the rest as `other`; `unknown` when no "
-          "key is found", "activity"),
+          "key is set (the chapter's estimator distribution)", "activity"),
     _spec("mlops_completed_run_duration_seconds", "histogram", ("experiment",),
           "Run time of the experiment's completed runs (FINISHED, FAILED, KILLED). {polled}",
           "run time of completed runs (the chapter's run-time strip chart)", "activity"),
@@ -267,7 +267,7 @@ def reference_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-BEGIN = "<!-- metric reference: generated from exporter/mlops_kpi_exporter/metrics/catalogue.py (make docs) -->\n"
+BEGIN = "<!-- metric reference: generated from exporter/mlops_kpi_exporter/metrics/catalogue.py (make generate) -->\n"
 END = "<!-- end of metric reference -->\n"
 
 

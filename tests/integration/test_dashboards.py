@@ -18,7 +18,7 @@ import yaml
 from conftest import EXPORTER, child_env, free_port, wait_http
 from upstream import Reply, Upstream, fixture
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 BOARDS = ROOT / "dashboards"
 
 
@@ -123,7 +123,11 @@ def prometheus(tmp_path_factory):
                       for q in ready):
             assert time.monotonic() < deadline, "Prometheus never got the exporter's data"
             time.sleep(1)
-        time.sleep(12)  # enough scrapes for every rate window the test uses
+        # enough scrapes for every rate window the test uses (15s): wait until Prometheus holds them
+        scraped = 'count_over_time(up{job="mlops-kpi-exporter"}[15s]) >= 12'
+        while not requests.get(f"{url}/api/v1/query", params={"query": scraped}, timeout=5).json()["data"]["result"]:
+            assert time.monotonic() < deadline + 60, "Prometheus never scraped the exporter long enough"
+            time.sleep(0.5)
         yield url
     finally:
         stop.set()

@@ -186,7 +186,7 @@ def test_readme_metric_reference_matches_the_demo(demo_dir):
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     documented = {line.split("`")[1] for line in readme.splitlines() if line.startswith("| `mlops_")}
     documented = {name.removesuffix("_total") for name in documented}
     config = demo_dir / "config.yaml"
@@ -284,3 +284,13 @@ def test_bad_web_config_is_refused(tmp_path, prefix):
     web.write_text("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n")
     proc = run_cli("serve", "--config", config, "--listen", f"127.0.0.1:{free_port()}", "--web-config", str(web))
     assert proc.returncode == 2 and "tls_server_config.cert_file: no such file" in proc.stderr
+
+
+def test_cli_refuses_bad_config_and_starts_nothing(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("mlflow:\n  tracking_uri: http://127.0.0.1:5000\n  poll_interval: soon\n")
+    for command in ("serve", "once", "check"):
+        proc = run_cli(command, "--config", str(path), timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert f"{path}: mlflow.poll_interval: invalid duration 'soon'" in proc.stderr
+        assert proc.stdout == ""

@@ -102,7 +102,7 @@ def test_polls_of_a_source_never_overlap():
             with self.lock:
                 self.active += 1
                 self.most = max(self.most, self.active)
-            time.sleep(2.5)
+            time.sleep(2.5)  # the slow poll under test, not a wait
             with self.lock:
                 self.active -= 1
                 self.polls += 1
@@ -131,7 +131,8 @@ def test_mlflow_restarted_on_another_database_totals_fall_honestly(own_mlflow_se
     assert value(samples(render(families)), "mlops_experiment_cost", experiment="swap", status="FINISHED") == pytest.approx(9.18)
     server.kill()
     server.db.unlink()  # a new, empty database behind the same URL
-    time.sleep(1.1)  # creation times are in milliseconds: make sure the new experiment's differs
+    first = client.get_experiment(exp).creation_time
+    wait_for(lambda: int(time.time() * 1000) > first)  # the new experiment's creation time must differ
     server.start()
     client = server.client()
     exp = client.create_experiment("swap")

@@ -3,7 +3,6 @@ Grafana links against the committed dashboards (no Grafana here)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -18,9 +17,9 @@ from mlops_kpi_exporter.server import BasicAuth, ExporterApp, start_http_server
 from mlops_kpi_exporter.snapshot import SnapshotStore
 from prometheus_client.registry import CollectorRegistry
 
-ROOT = Path(__file__).parent.parent
-THRESHOLDS = yaml.safe_load((ROOT / "alerts" / "src" / "thresholds.yml").read_text())
-EXPORTER_URL, GRAFANA_URL = THRESHOLDS["exporter_url"], THRESHOLDS["grafana_url"]
+ROOT = Path(__file__).parents[2]
+OPS = yaml.safe_load((ROOT / "deploy" / "monitoring.yml").read_text())
+EXPORTER_URL, GRAFANA_URL = OPS["exporter_url"], OPS["grafana_url"]
 BOARDS = {p.stem: json.loads(p.read_text()) for p in sorted((ROOT / "dashboards" / "json").glob("*.json"))}
 
 
@@ -96,11 +95,22 @@ def test_every_alert_has_a_runbook_on_the_served_page(exporter):
     assert 'href="/runbooks"' in requests.get(f"{exporter}/", timeout=10).text  # linked from the landing page
 
 
-def test_the_exporter_url_is_the_same_for_alerts_and_dashboards():
-    spec = importlib.util.spec_from_file_location("build", ROOT / "dashboards" / "build.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
-    assert build.EXPORTER_URL == EXPORTER_URL, "dashboards/build.py EXPORTER_URL != alerts/src/thresholds.yml exporter_url"
+def test_one_settings_file_drives_rules_and_dashboards(tmp_path):
+    """deploy/monitoring.yml is read by both generators: the job, the datasource and the links change together."""
+    import subprocess
+    import sys
+
+    ops = OPS | {"job": "ml-prod", "datasource_uid": "team-prom", "exporter_url": "https://ml-exporter.example"}
+    (tmp_path / "ops.yml").write_text(yaml.safe_dump(ops))
+    subprocess.run([sys.executable, str(ROOT / "alerts" / "generate.py"), "--ops", str(tmp_path / "ops.yml"),
+                    "--out", str(tmp_path / "rules.yml")], check=True)
+    subprocess.run([sys.executable, str(ROOT / "dashboards" / "build.py"), "--ops", str(tmp_path / "ops.yml"),
+                    "--out", str(tmp_path / "json")], check=True)
+    rules = (tmp_path / "rules.yml").read_text()
+    assert 'up{job="ml-prod"}' in rules and "https://ml-exporter.example/runbooks#mlcostspike" in rules
+    boards = "".join(p.read_text() for p in (tmp_path / "json").glob("*.json"))
+    assert '"uid": "team-prom"' in boards and "https://ml-exporter.example/runbooks" in boards
+    assert "mlops-prometheus" not in boards and 'job=\\"ml-prod\\"' in boards
 
 
 def test_runbooks_are_open_when_basic_auth_guards_the_rest():

@@ -14,7 +14,7 @@ import yaml
 from conftest import BIN, EXPORTER, MlflowServer, child_env, free_port, wait_http
 from test_alerts import tool
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 
@@ -54,7 +54,7 @@ def test_every_mounted_file_exists_and_nothing_secret_is_committed():
 
 def test_names_ports_and_urls_agree_across_the_stack():
     prometheus = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
-    thresholds = yaml.safe_load((ROOT / "alerts/src/thresholds.yml").read_text())
+    ops = yaml.safe_load((ROOT / "deploy/monitoring.yml").read_text())
     datasource = yaml.safe_load((ROOT / "dashboards/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
     provider = yaml.safe_load((ROOT / "dashboards/provisioning/dashboards/mlops.yml").read_text())["providers"][0]
     alertmanager = yaml.safe_load((ROOT / "alerts/alertmanager.yml").read_text())
@@ -63,7 +63,9 @@ def test_names_ports_and_urls_agree_across_the_stack():
         return int(defaults(SERVICES[service]["ports"][0]).split(":")[1])
 
     jobs = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in prometheus["scrape_configs"]}
-    assert jobs[thresholds["job"]] == f"exporter:{container_port('exporter')}"
+    assert jobs[ops["job"]] == f"exporter:{container_port('exporter')}"
+    assert ops["datasource_uid"] == datasource["uid"]
+    assert ops["exporter_url"] == f"http://localhost:{defaults(SERVICES['exporter']['ports'][0]).split(':')[0]}"
     assert jobs["alertmanager"] == f"alertmanager:{container_port('alertmanager')}"
     assert prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [jobs["alertmanager"]]
     assert datasource["url"] == f"http://prometheus:{container_port('prometheus')}"

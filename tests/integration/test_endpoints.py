@@ -243,10 +243,10 @@ def test_documented_serving_queries_give_hand_worked_figures(promtool):
     import subprocess
     from pathlib import Path
 
-    path = Path(__file__).parent / "promql" / "serving_cost.test.yml"
+    path = Path(__file__).parents[1] / "promql" / "serving_cost.test.yml"
     proc = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert "mlops_endpoint_hourly_cost / on (endpoint) (rate(mlops_endpoint_requests_total[1h]) * 3600) * 1000" in readme
 
 
