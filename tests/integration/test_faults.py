@@ -129,9 +129,9 @@ def test_mlflow_restarted_on_another_database_totals_fall_honestly(own_mlflow_se
     source = MlflowSource(*connected(config_from_dict({"mlflow": {"tracking_uri": server.url, "timeout": "5s"}})))
     families, _ = source.poll()
     assert value(samples(render(families)), "mlops_experiment_cost", experiment="swap", status="FINISHED") == pytest.approx(9.18)
+    first = client.get_experiment(exp).creation_time
     server.kill()
     server.db.unlink()  # a new, empty database behind the same URL
-    first = client.get_experiment(exp).creation_time
     wait_for(lambda: int(time.time() * 1000) > first)  # the new experiment's creation time must differ
     server.start()
     client = server.client()
