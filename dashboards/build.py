@@ -145,10 +145,15 @@ def costs(money: str) -> dict:
         bars("Forecast vs budget", "mlops_budget_cost_forecast_month / on (budget) mlops_budget_monthly", "{{budget}}",
              "percentunit", "Month-end forecast as a share of each budget.", w=8),
         bars("Cost by status (failed-run waste)", f"sum by (status) (mlops_experiment_cost{{{EXP}}})", "{{status}}", money,
-             "Cumulative cost by run status: FAILED and KILLED are waste.", w=8),
+             "Cumulative cost by run status: FAILED, KILLED and STALE (crashed) are waste.", w=8),
         table("Top costly runs", f"topk(20, mlops_run_cost{{{EXP}}} * on (experiment) group_left (experiment_id) "
               "mlops_experiment_info)", money, "Running runs and the latest ended ones; click a row to open the run "
               "in MLflow.", links=[mlflow_run]),
+        table("Stale runs (to clean up)", f"mlops_run_cost{{status=\"STALE\",{EXP}}} * on (experiment) "
+              "group_left (experiment_id) mlops_experiment_info", money,
+              "Runs left RUNNING in MLflow with no sign of life for runs.stale_after (their process is gone), "
+              "costed to their last sign of life: end them in MLflow (runbook MLStaleRuns). Click a row to open "
+              "the run.", links=[mlflow_run]),
         bars("Run time per experiment (median and p90)",
              f"histogram_quantile(0.5, sum by (experiment, le) (mlops_completed_run_duration_seconds_bucket{{{EXP}}}))",
              "{{experiment}} p50", "s", "The chapter's run-time chart: how long completed runs take, per experiment.", w=12),

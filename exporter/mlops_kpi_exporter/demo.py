@@ -169,10 +169,41 @@ def seed(tracking_uri: str, artifact_root: Path | None, now_ms: int, rng_seed: i
         run_name="recsys-embeddings-nightly-retrain",
     )
     total += 1
+    total += _sweep_and_crash(client, now_ms)
     _register(client, "churn-classifier", sorted(finished["churn-training"])[-3:], {"champion": 2, "challenger": 3})
     _register(client, "fraud-detector", sorted(finished["fraud-detection"])[-2:], {"champion": 2})
     shutil.rmtree(scratch, ignore_errors=True)
     return total
+
+
+def _sweep_and_crash(client, now_ms: int) -> int:
+    """The two shapes of real data that cost figures must get right (README: "Runs as they really ran").
+
+    A hyper-parameter sweep two days ago: a parent on one c5.4xlarge for two hours and four 30-minute
+    trials as child runs, the launcher copying the parent's machine tag to each (costed once, 1.36).
+    A GPU run killed ten days ago an hour after its last metric, left RUNNING in MLflow: STALE,
+    costed to its last sign of life (one hour), not to now."""
+    tuning = client.get_experiment_by_name("churn-tuning").experiment_id
+    start = now_ms - 2 * DAY_MS
+    machine = {"instance_type": "c5.4xlarge", "team": "churn", "project": PROJECTS["churn"]}
+    parent = client.create_run(tuning, start_time=start, tags={**machine, "estimator": "XGBClassifier"},
+                               run_name="churn-tuning-sweep").info.run_id
+    for trial in range(4):
+        t0 = start + trial * HOUR_MS // 2
+        child = client.create_run(tuning, start_time=t0, run_name=f"churn-tuning-sweep-trial-{trial}",
+                                  tags={**machine, "estimator": "XGBClassifier"}).info.run_id
+        client.set_tag(child, "mlflow.parentRunId", parent)
+        _log(client, child, {"accuracy": 0.86 + trial / 100}, {"max_depth": str(4 + trial)}, t0 + HOUR_MS // 2)
+        client.set_terminated(child, "FINISHED", end_time=t0 + HOUR_MS // 2)
+    _log(client, parent, {"best_accuracy": 0.89}, {"trials": "4"}, start + 2 * HOUR_MS)
+    client.set_terminated(parent, "FINISHED", end_time=start + 2 * HOUR_MS)
+    recsys = client.get_experiment_by_name("recsys-embeddings").experiment_id
+    crashed_at = now_ms - 10 * DAY_MS
+    crashed = client.create_run(recsys, start_time=crashed_at - HOUR_MS, run_name="recsys-embeddings-crashed",
+                                tags={"estimator": "TwoTowerTransformer", "instance_type": "p3.2xlarge",
+                                      "team": "recsys", "project": PROJECTS["recsys"]}).info.run_id
+    _log(client, crashed, {"loss": 0.42}, {"epochs": "50"}, crashed_at)
+    return 6
 
 
 def _log(client, run_id: str, metrics: dict[str, float], params: dict[str, str], at_ms: int) -> None:

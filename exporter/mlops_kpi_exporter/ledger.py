@@ -13,7 +13,17 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from mlops_kpi_exporter.runs import ACCRUING_STATUS, MS_PER_HOUR, NANO, RunFacts, RunRules, cost_nano
+from mlops_kpi_exporter.runs import (
+    ACCRUING_STATUS,
+    MS_PER_HOUR,
+    NANO,
+    STALE,
+    RunFacts,
+    RunRules,
+    cost_nano,
+    on_parents_machine,
+    shares,
+)
 
 
 @dataclass
@@ -61,9 +71,17 @@ class Totals:
 
 
 class RunLedger:
-    """Every known run of the watched experiments, and the totals over them."""
+    """Every known run of the watched experiments, and the totals over them.
 
-    def __init__(self, duration_buckets: tuple[float, ...], cost_buckets: tuple[float, ...]):
+    Each machine-hour is counted once: a child run on its parent's machine (runs.nested) counts in
+    the activity figures (runs, start hours, estimators, run times) but its cost and machine time
+    are its parent's; per run it shows its share of the parent's cost (`cost_of`).
+    """
+
+    def __init__(self, duration_buckets: tuple[float, ...], cost_buckets: tuple[float, ...], nested: str = "auto"):
+        self.nested = nested
+        self.children: dict[str, set[str]] = {}  # parent run id -> ids of the known runs naming it
+        self.within: set[str] = set()  # runs on their parent's machine, as they were accounted
         self.duration_buckets = duration_buckets
         self.cost_buckets = cost_buckets
         self.runs: dict[str, RunFacts] = {}
@@ -94,6 +112,7 @@ class RunLedger:
             self._account(old, -1)
         self.runs[facts.run_id] = facts
         self._account(facts, +1)
+        self._reconsider_children(facts.run_id)
         return True
 
     def skip(self, run_id: str, experiment_id: str, reason: str) -> bool:
@@ -110,7 +129,20 @@ class RunLedger:
         if old is None:
             return False
         self._account(old, -1)
+        self._reconsider_children(run_id)
         return True
+
+    def on_parents_machine(self, run: RunFacts) -> bool:
+        parent = self.runs.get(run.parent_run_id) if run.parent_run_id else None
+        return parent is not None and parent.run_id != run.run_id and on_parents_machine(run, parent, self.nested)
+
+    def _reconsider_children(self, parent_id: str) -> None:
+        """A parent came, changed or went: its children are accounted anew where that moves them."""
+        for child_id in list(self.children.get(parent_id, ())):
+            child = self.runs.get(child_id)
+            if child is not None and self.on_parents_machine(child) != (child_id in self.within):
+                self._account(child, -1)
+                self._account(child, +1)
 
     def remove_experiment(self, experiment_id: str) -> None:
         for run_id in [r.run_id for r in self.runs.values() if r.experiment_id == experiment_id]:
@@ -120,6 +152,19 @@ class RunLedger:
 
     def _account(self, run: RunFacts, sign: int) -> None:
         exp = run.experiment_id
+        if sign > 0:
+            within = self.on_parents_machine(run)
+            if within:
+                self.within.add(run.run_id)
+            if run.parent_run_id:
+                self.children.setdefault(run.parent_run_id, set()).add(run.run_id)
+        else:
+            within = run.run_id in self.within
+            self.within.discard(run.run_id)
+            if run.parent_run_id and run.parent_run_id in self.children:
+                self.children[run.parent_run_id].discard(run.run_id)
+                if not self.children[run.parent_run_id]:
+                    del self.children[run.parent_run_id]
         totals = self.totals.setdefault((exp, run.status), Totals())
         totals.runs += sign
         _bump(self.estimators, (exp, run.estimator), sign)
@@ -132,15 +177,16 @@ class RunLedger:
                 self.open_runs.pop(run.run_id, None)
         else:
             duration = run.duration_ms(0)
-            cost = run.cost_nano(0)
-            totals.run_ms += sign * duration
-            totals.cost_nano += sign * cost
             self._hist(self.duration_hist, exp, self.duration_buckets).add(duration / 1000, duration, sign)
-            self._hist(self.cost_hist, exp, self.cost_buckets).add(cost / NANO, cost, sign)
-            for month, piece in run.month_costs:
-                _bump(self.month_cost, (exp, month), sign * piece)
-            for index, tag_value in enumerate(run.allocation):
-                _bump(self.tag_cost, (index, tag_value), sign * cost)
+            if not within:  # a child on its parent's machine: its hours and cost are the parent's
+                cost = run.cost_nano(0)
+                totals.run_ms += sign * duration
+                totals.cost_nano += sign * cost
+                self._hist(self.cost_hist, exp, self.cost_buckets).add(cost / NANO, cost, sign)
+                for month, piece in run.month_costs:
+                    _bump(self.month_cost, (exp, month), sign * piece)
+                for index, tag_value in enumerate(run.allocation):
+                    _bump(self.tag_cost, (index, tag_value), sign * cost)
             key = (run.end_ms or 0, run.run_id)
             if sign > 0:
                 # Appended, sorted lazily: a full sync brings runs newest first, and inserting each
@@ -167,7 +213,7 @@ class RunLedger:
     def status_totals(self, now_ms: int) -> dict[tuple[str, str], Totals]:
         """Per (experiment, status): runs, run time and cost, open runs accrued up to now."""
         out = {key: Totals(t.runs, t.run_ms, t.cost_nano) for key, t in self.totals.items()}
-        for run in self.open_runs.values():
+        for run in self._costed_open():
             totals = out[(run.experiment_id, run.status)]
             totals.run_ms += run.duration_ms(now_ms)
             totals.cost_nano += run.cost_nano(now_ms)
@@ -175,7 +221,7 @@ class RunLedger:
 
     def running_hourly(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for run in sorted(self.open_runs.values(), key=lambda r: r.run_id):  # fixed order: exact sums
+        for run in sorted(self._costed_open(), key=lambda r: r.run_id):  # fixed order: exact sums
             if run.status == ACCRUING_STATUS:
                 out[run.experiment_id] = out.get(run.experiment_id, 0.0) + run.hourly
         return out
@@ -221,20 +267,38 @@ class RunLedger:
         for (exp, month), nano in self.month_cost.items():
             if month == key:
                 out[exp] = out.get(exp, 0) + nano
-        for run in self.open_runs.values():
+        for run in self._costed_open():
             if run.status == ACCRUING_STATUS:
                 piece = cost_nano(run.hourly, max(0, now_ms - max(run.start_ms, first)))
-                out[run.experiment_id] = out.get(run.experiment_id, 0) + piece
+            else:  # STALE: costed to its last sign of life, split by month like a completed run
+                piece = sum(nano for month, nano in run.month_costs if month == key)
+            out[run.experiment_id] = out.get(run.experiment_id, 0) + piece
         return out, first, following - first
 
     def cost_by_tag(self, now_ms: int) -> Counter[tuple[int, str]]:
         """Cost in nano by (allocation tag index, value), running runs up to now."""
         out = Counter(self.tag_cost)
-        for run in self.open_runs.values():
+        for run in self._costed_open():
             accrued = run.cost_nano(now_ms)
             for index, tag_value in enumerate(run.allocation):
                 out[(index, tag_value)] += accrued
         return out
+
+    def _costed_open(self):
+        """Open runs that cost on their own (not on a parent's machine)."""
+        return (run for run in self.open_runs.values() if run.run_id not in self.within)
+
+    def cost_of(self, run: RunFacts, now_ms: int) -> int:
+        """A run's cost in nano: its own, or its share of its parent's (see runs.shares)."""
+        if run.run_id not in self.within:
+            return run.cost_nano(now_ms)
+        parent = self.runs[run.parent_run_id]  # type: ignore[index]
+        siblings = [self.runs[c] for c in self.children[parent.run_id] if c in self.within]
+        return shares(parent, siblings, now_ms)[run.run_id]
+
+    def stale_counts(self) -> Counter[str]:
+        """Runs left RUNNING with no sign of life, per experiment."""
+        return Counter(run.experiment_id for run in self.open_runs.values() if run.status == STALE)
 
     def skip_counts(self) -> Counter[str]:
         return Counter(reason for _, reason in self.skipped.values())

@@ -12,8 +12,6 @@ from __future__ import annotations
 import csv
 import fnmatch
 import heapq
-import html
-import io
 import json
 import random
 import time
@@ -25,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from mlops_kpi_exporter.config import Config
 from mlops_kpi_exporter.mlflow_client import MlflowConnection
 from mlops_kpi_exporter.pricing import BadRunData, money
-from mlops_kpi_exporter.runs import MS_PER_HOUR, NANO, UNTAGGED, cost_nano, facts_of
+from mlops_kpi_exporter.runs import MS_PER_HOUR, NANO, UNTAGGED, RunFacts, cost_nano, facts_of, on_parents_machine
 
 if TYPE_CHECKING:
     from mlops_kpi_exporter.sources.run_sync import RunSync
@@ -74,9 +72,13 @@ class Figures:
     top: list = field(default_factory=list)  # heap of (cost, run_id, row)
 
     def add(self, row: dict[str, Any], cost: int, tags: dict[str, str], rng: random.Random) -> None:
+        """A run of the period; a child on its parent's machine (row machine == "parent") counts as a
+        run, and its cost (a share of its parent's) is in its row, but not a second time in the totals."""
         exp = row["experiment"]
-        self.total += cost
         self.runs += 1
+        if row["machine"] == "parent":
+            cost = 0
+        self.total += cost
         self.by_experiment[exp] += cost
         self.by_status[row["status"]] += cost
         for tag, value in tags.items():
@@ -93,6 +95,8 @@ class Figures:
             if slot < STRIP_POINTS:
                 sample[slot] = row["hours"]
         entry = (cost, row["run_id"], row)
+        if not cost:
+            return
         if len(self.top) < TOP_RUNS:
             heapq.heappush(self.top, entry)
         elif entry > self.top[0]:
@@ -107,36 +111,85 @@ def period_cost(facts, period: Period, now_ms: int) -> tuple[int, float]:
 
 
 def collect(runs: RunSync, period: Period, now_ms: int, rows_out=None, seed: int = 1) -> Figures:
-    """Stream every run of the watched experiments that ran inside the period into Figures."""
+    """Stream every run of the watched experiments that ran inside the period into Figures.
+
+    Child runs wait for the end of the stream (their cost depends on their parent's machine, and
+    parents come after their children, newest first); only they and their parents are kept."""
     experiments = runs.matching_experiments()
     figures = Figures(period)
     rng = random.Random(seed)
-    tags_wanted = list(runs.rules.allocation_tags)
+    children: list[RunFacts] = []
+    parents: dict[str, RunFacts] = {}
+    wanted: set[str] = set()  # parents of the children seen so far
+
+    def add(facts: RunFacts, machine: str = "own", cost_hours: tuple[int, float] | None = None) -> None:
+        cost, hours = cost_hours or period_cost(facts, period, now_ms)
+        if hours <= 0 and not (period.start_ms <= facts.start_ms < period.end_ms):
+            return  # ran entirely outside the period
+        row = _row(facts, experiments, hours, cost, machine)
+        figures.add(row, cost, dict(zip(runs.rules.allocation_tags, facts.allocation)), rng)
+        if rows_out is not None:
+            rows_out.writerow({k: row[k] for k in CSV_FIELDS})
+
     for run in runs.search(experiments, f"attributes.start_time < {period.end_ms}"):
         try:
             facts = facts_of(runs.rules, run, now_ms)
         except BadRunData as exc:
             figures.skipped[exc.reason] += 1
             continue
-        cost, hours = period_cost(facts, period, now_ms)
-        if hours <= 0 and not (period.start_ms <= facts.start_ms < period.end_ms):
-            continue  # ran entirely outside the period
-        row = {
-            "run_id": facts.run_id, "run_name": facts.run_name, "experiment": experiments.get(facts.experiment_id, facts.experiment_id),
-            "experiment_id": facts.experiment_id, "status": facts.status, "start": _utc(facts.start_ms).isoformat(),
-            "end": _utc(facts.end_ms).isoformat() if facts.end_ms else "", "hours": round(hours, 6),
-            "hourly": facts.hourly, "cost": cost / NANO, "instance_type": facts.instance_type or "",
-            "estimator": facts.estimator, "price_source": facts.price_source, "start_hour": facts.start_local_hour,
-        }
-        tags = dict(zip(tags_wanted, facts.allocation)) if tags_wanted else {}
-        figures.add(row, cost, tags, rng)
-        if rows_out is not None:
-            rows_out.writerow({k: row[k] for k in CSV_FIELDS})
+        if facts.run_id in wanted:
+            parents[facts.run_id] = facts
+        if facts.parent_run_id:
+            children.append(facts)
+            wanted.add(facts.parent_run_id)
+        else:
+            add(facts)
+    for facts in children:  # a child may be a parent too (nested sweeps)
+        parents.setdefault(facts.run_id, facts)
+    by_parent: dict[str, list[RunFacts]] = {}
+    for child in children:
+        parent = parents.get(child.parent_run_id) or _watched_run(runs, child.parent_run_id, experiments, now_ms)
+        if parent is not None:
+            parents[parent.run_id] = parent
+        if parent is None or not on_parents_machine(child, parent, runs.nested):
+            add(child)
+        else:
+            by_parent.setdefault(parent.run_id, []).append(child)
+    for parent_id, within in by_parent.items():
+        parent = parents[parent_id]
+        own, busy = parent.duration_ms(now_ms), sum(c.duration_ms(now_ms) for c in within)
+        for child in within:
+            _, hours = period_cost(child, period, now_ms)
+            ms = int(hours * MS_PER_HOUR)
+            add(child, "parent", (cost_nano(parent.hourly, ms if busy <= own else ms * own // busy), hours))
     return figures
 
 
+def _watched_run(runs: RunSync, run_id: str | None, experiments: dict[str, str], now_ms: int) -> RunFacts | None:
+    """A parent run the stream did not bring (it ran before the period): looked up by id."""
+    run = runs.refetch(run_id) if run_id else None
+    if run is None or run.info.experiment_id not in experiments:
+        return None
+    try:
+        return facts_of(runs.rules, run, now_ms)
+    except BadRunData:
+        return None
+
+
+def _row(facts: RunFacts, experiments: dict[str, str], hours: float, cost: int, machine: str) -> dict[str, Any]:
+    return {
+        "run_id": facts.run_id, "run_name": facts.run_name,
+        "experiment": experiments.get(facts.experiment_id, facts.experiment_id),
+        "experiment_id": facts.experiment_id, "status": facts.status, "start": _utc(facts.start_ms).isoformat(),
+        "end": _utc(facts.end_ms).isoformat() if facts.end_ms else "", "hours": round(hours, 6),
+        "hourly": facts.hourly, "cost": cost / NANO, "instance_type": facts.instance_type or "",
+        "estimator": facts.estimator, "price_source": facts.price_source, "start_hour": facts.start_local_hour,
+        "parent_run_id": facts.parent_run_id or "", "machine": machine,
+    }
+
+
 CSV_FIELDS = ["run_id", "run_name", "experiment", "status", "start", "end", "hours", "hourly", "cost",
-              "instance_type", "estimator", "price_source"]
+              "instance_type", "estimator", "price_source", "parent_run_id", "machine"]
 
 
 def figures_dict(config: Config, figures: Figures, previous: Figures, kpis: list, ui_url: str | None) -> dict:
@@ -212,121 +265,6 @@ def insights(data: dict) -> list[str]:
 
 
 # --- HTML -------------------------------------------------------------------------------------------
-def _svg(fig) -> str:
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]
-
-
-def _bar_chart(title: str, values: dict[str, float], xlabel: str = "", horizontal: bool = True, limit: int = 15) -> str:
-    import logging
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "categorical units" chatter
-    items = list(values.items())[:limit]
-    fig, ax = plt.subplots(figsize=(6, max(1.6, 0.3 * len(items) + 0.8) if horizontal else 2.4), dpi=72)
-    if horizontal:
-        ax.barh([k for k, _ in items][::-1], [v for _, v in items][::-1], color="#3b73b9")
-    else:
-        ax.bar([k for k, _ in items], [v for _, v in items], color="#3b73b9")
-    ax.set_title(title, fontsize=10, loc="left")
-    ax.set_xlabel(xlabel, fontsize=8)
-    ax.tick_params(labelsize=7)
-    return _svg(fig)
-
-
-def _strip_chart(samples: dict[str, list[float]]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rng = random.Random(0)
-    names = sorted(samples)
-    fig, ax = plt.subplots(figsize=(6, 0.45 * len(names) + 1), dpi=72)
-    for i, name in enumerate(names):
-        ax.scatter(samples[name], [i + rng.uniform(-0.25, 0.25) for _ in samples[name]], s=6, alpha=0.6)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.set_xlabel("run time (hours)", fontsize=8)
-    ax.set_title("Run time per experiment", fontsize=10, loc="left")
-    ax.tick_params(labelsize=7)
-    return _svg(fig)
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def render_html(data: dict) -> str:
-    cur = data["currency"]
-    m = lambda v: html.escape(money(v, cur))  # noqa: E731
-    parts = [f"<h1>ML cost and KPI report</h1><p class=sub>{html.escape(data['period']['from'][:16])} to "
-             f"{html.escape(data['period']['to'][:16])} (UTC), {data['period']['days']:g} days, {data['runs']} runs</p>"]
-    change = data["change_vs_previous"]
-    change_text = "n/a" if change is None else f"{change:+.0%}"
-    parts.append("<div class=cards>" + "".join(
-        f"<div class=card><div class=k>{k}</div><div class=v>{v}</div></div>" for k, v in [
-            ("Compute spend", m(data["total_compute"])), ("vs previous period", change_text),
-            ("Runs", str(data["runs"])), ("Skipped runs", str(sum(data["skipped_runs"].values())))]) + "</div>")
-    parts.append("<h2>What to look at</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in insights(data)) + "</ul>")
-    if not data["runs"]:
-        parts.append("<p class=empty>No runs in this period, so there are no charts to draw.</p>")
-    else:
-        parts.append("<h2>Where the money went</h2><div class=grid>")
-        parts.append(f"<figure>{_bar_chart('Cost by experiment', data['by_experiment'], cur)}</figure>")
-        parts.append(f"<figure>{_bar_chart('Cost by run status (failed-run waste)', data['by_status'], cur)}</figure>")
-        for tag, values in data["by_tag"].items():
-            parts.append(f"<figure>{_bar_chart(f'Cost by {tag} tag', values, cur)}</figure>")
-        if not data["by_tag"]:
-            parts.append("<p class=empty>No allocation tags are configured (allocation.tags), so cost cannot be "
-                         "shown by team or project.</p>")
-        parts.append("</div><h2>How the team works</h2><div class=grid>")
-        parts.append(f"<figure>{_strip_chart(data['run_hours_sample'])}</figure>")
-        hours_title = f"Runs by start hour ({data['timezone']})"
-        parts.append(f"<figure>{_bar_chart(hours_title, data['runs_by_start_hour'], horizontal=False, limit=24)}</figure>")
-        parts.append(f"<figure>{_bar_chart('Estimator distribution', data['estimators'], 'runs')}</figure></div>")
-        rows = []
-        for r in data["top_runs"]:
-            name = html.escape(r["run_name"])
-            link = f"<a href=\"{html.escape(r['url'])}\">{name}</a>" if r["url"] else name
-            rows.append([link, html.escape(r["experiment"]), html.escape(r["status"]), f"{r['hours']:.2f}",
-                         html.escape(r["instance_type"]), m(r["cost"])])
-        parts.append("<h2>Costliest runs</h2>" + _table(["run", "experiment", "status", "hours", "machine", "cost"], rows))
-    if data["kpis"]:
-        rows = [[html.escape(k["kpi"]), "-" if k["value"] is None else f"{k['value']:.4g}",
-                 "-" if k["target"] is None else f"{k['target']:.4g}", html.escape(k["direction"]),
-                 {True: "<span class=ok>met</span>", False: "<span class=bad>missed</span>"}.get(k["met"],
-                                                                                               html.escape(k["missing"] or "-"))]
-                for k in data["kpis"]]
-        parts.append("<h2>KPIs against targets</h2>" + _table(["KPI", "value", "target", "direction", "status"], rows))
-    if data["budgets"]:
-        rows = [[html.escape(b["budget"]), m(b["monthly"]), m(b["period_budget"]), m(b["spent"]),
-                 "<span class=bad>over</span>" if b["spent"] > b["period_budget"] else "<span class=ok>within</span>"]
-                for b in data["budgets"]]
-        parts.append("<h2>Budgets</h2>" + _table(["budget", "monthly", "for this period", "spent", ""], rows))
-    tco = data["tco"]
-    parts.append("<h2>Total cost of ownership for the period</h2>" + _table(
-        ["category", "cost"], [[html.escape(k), m(v)] for k, v in tco.items()] + [["<b>total</b>", f"<b>{m(sum(tco.values()))}</b>"]]))
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}h2{margin-top:1.6em}"
-             ".sub{color:#666}.cards{display:flex;gap:1em}.card{border:1px solid #ddd;border-radius:6px;padding:.6em 1em}"
-             ".k{color:#666;font-size:.85em}.v{font-size:1.5em}.grid{display:grid;grid-template-columns:1fr 1fr;gap:1em}"
-             "figure{margin:0}svg{max-width:100%;height:auto}table{border-collapse:collapse}td,th{border-bottom:1px solid #eee;"
-             "padding:.25em .8em;text-align:left}.ok{color:#1a7f37}.bad{color:#c62828}.empty{color:#666;font-style:italic}")
-    return (f"<!doctype html><html><head><meta charset=utf-8><title>ML cost and KPI report</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}"
-            f"<p class=sub>Made by mlops-kpi-exporter at {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p></body></html>\n")
-
-
 def write_report(config: Config, mlflow: MlflowConnection, period: Period, fmt: str, out,
                  now_ms: int | None = None) -> None:
     """Write the report to the open text file `out`; CSV rows are written as the runs stream in.
@@ -348,4 +286,9 @@ def write_report(config: Config, mlflow: MlflowConnection, period: Period, fmt: 
     kpis = [kpi_source.read_or_skip(k) for k in config.kpis]
     data = figures_dict(config, figures, previous, kpis, config.mlflow.ui_url)
     data["what_to_look_at"] = insights(data)
-    out.write(json.dumps(data, indent=2) + "\n" if fmt == "json" else render_html(data))
+    if fmt == "json":
+        out.write(json.dumps(data, indent=2) + "\n")
+    else:
+        from mlops_kpi_exporter.report_html import render_html
+
+        out.write(render_html(data))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -18,8 +18,11 @@ from typing import Any
 from mlops_kpi_exporter.pricing import BadRunData, Pricer, first_of
 
 TERMINAL_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
-OPEN_STATUSES = frozenset({"RUNNING", "SCHEDULED"})
+STALE = "STALE"  # RUNNING in MLflow, but no sign of life for runs.stale_after: its process is gone
+OPEN_STATUSES = frozenset({"RUNNING", "SCHEDULED", STALE})  # not ended in MLflow
 ACCRUING_STATUS = "RUNNING"  # only a running run is using its machine
+CLEANED_UP = frozenset({"FAILED", "KILLED"})  # what a clean-up script marks a crashed run
+PARENT_TAG = "mlflow.parentRunId"  # set by MLflow on nested runs (tuning sweeps: one child per trial)
 NANO = 1_000_000_000
 MS_PER_HOUR = 3_600_000
 EARLIEST_MS = 946_684_800_000  # 2000-01-01 UTC: no MLflow run is older; an earlier time is a unit mistake
@@ -60,7 +63,9 @@ class RunFacts:
     estimator: str
     start_local_hour: int  # hour of day of the start, in the configured time zone
     allocation: tuple[str, ...] = ()  # values of the allocation tags, in config order
-    month_costs: tuple[tuple[str, int], ...] = ()  # completed runs: (YYYY-MM, cost in nano) per month spanned
+    month_costs: tuple[tuple[str, int], ...] = ()  # runs with an end: (YYYY-MM, cost in nano) per month spanned
+    parent_run_id: str | None = None
+    last_alive_ms: int = 0  # the latest time it logged anything (its start when it logged nothing)
 
     @property
     def open(self) -> bool:
@@ -90,6 +95,7 @@ class RunRules:
     estimator_keys: tuple[str, ...]
     timezone: str = "UTC"
     allocation_tags: tuple[str, ...] = ()
+    stale_after_ms: int = 86_400_000  # runs.stale_after
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_tz", zoneinfo.ZoneInfo(self.timezone))
@@ -160,8 +166,14 @@ def make_facts(
     tags: Mapping[str, str],
     params: Mapping[str, str],
     now_ms: int,
+    logged_at: Iterable[object] = (),
 ) -> RunFacts:
-    """Facts of one run, or BadRunData naming why the run cannot be counted."""
+    """Facts of one run, or BadRunData naming why the run cannot be counted.
+
+    `logged_at`: times the run logged something (its latest metrics, system metrics included); the
+    latest is its last sign of life. A RUNNING run silent for longer than stale_after is STALE and
+    costed to its last sign of life; so is a run a clean-up marked FAILED or KILLED long after it.
+    """
     status = (status or "").upper()
     if status not in TERMINAL_STATUSES and status not in OPEN_STATUSES:
         raise BadRunData("unknown_status", f"status {status!r}")
@@ -182,6 +194,12 @@ def make_facts(
             raise BadRunData("end_in_future", f"end_time {end_ms}")
         if end_ms < start_ms:
             raise BadRunData("end_before_start")
+    alive = [t for t in (_as_ms(v) for v in logged_at) if t is not None and start_ms <= t <= latest]
+    last_alive = max(alive, default=start_ms)
+    if status == ACCRUING_STATUS and now_ms - last_alive > rules.stale_after_ms:
+        status, end_ms = STALE, last_alive
+    elif status in CLEANED_UP and end_ms is not None and end_ms - last_alive > rules.stale_after_ms:
+        end_ms = last_alive  # crashed long before the clean-up: costed to its last sign of life
     rate = rules.pricer.rate(tags, params)
     months = rules.month_costs(rate.hourly, start_ms, end_ms) if end_ms is not None else ()
     return RunFacts(
@@ -198,6 +216,8 @@ def make_facts(
         start_local_hour=rules.local_hour(start_ms),
         allocation=rules.allocation(tags),
         month_costs=months,
+        parent_run_id=str(tags.get(PARENT_TAG) or "").strip()[:64] or None,
+        last_alive_ms=last_alive,
     )
 
 
@@ -217,8 +237,41 @@ def facts_of(rules: RunRules, run: Any, now_ms: int) -> RunFacts:
             tags=data.tags or {},
             params=data.params or {},
             now_ms=now_ms,
+            # the latest value of each metric comes with its time in what search_runs returns
+            # already: no request per run (RunData keeps them as Metric objects)
+            logged_at=[m.timestamp for m in getattr(data, "_metric_objs", None) or ()],
         )
     except BadRunData:
         raise
     except Exception as exc:  # noqa: BLE001 - a check we did not foresee: skip the run, say why
         raise BadRunData("invalid_data", f"{type(exc).__name__}: {exc}") from exc
+
+
+NESTED_RULES = ("auto", "within_parent", "separate")
+
+
+def on_parents_machine(child: RunFacts, parent: RunFacts, rule: str = "auto") -> bool:
+    """Whether a child run ran on its parent's machine, so that its cost is a share of the parent's.
+
+    auto: unless it names a machine of its own: another instance type, or another hourly price
+    (launchers copy the parent's instance_type to every trial, and pricing.default_hourly_cost
+    prices untagged trials: neither makes a machine of its own)."""
+    if rule == "separate":
+        return False
+    if rule == "within_parent":
+        return True
+    other_type = child.instance_type is not None and child.instance_type != parent.instance_type
+    other_price = child.price_source != "default" and child.hourly != parent.hourly
+    return not (other_type or other_price)
+
+
+def shares(parent: RunFacts, children: list[RunFacts], now_ms: int) -> dict[str, int]:
+    """Cost in nano of each child run on its parent's machine: its running time at the parent's rate,
+    scaled down where children overlap so that together they never exceed the parent's hours."""
+    busy = sum(child.duration_ms(now_ms) for child in children)
+    own = parent.duration_ms(now_ms)
+    out = {}
+    for child in children:
+        ms = child.duration_ms(now_ms)
+        out[child.run_id] = cost_nano(parent.hourly, ms if busy <= own else ms * own // busy)
+    return out

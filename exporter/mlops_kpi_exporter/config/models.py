@@ -132,6 +132,17 @@ class RunsConfig(_Strict):
     cost_buckets: list[float] = Field(
         default_factory=lambda: [float(b) for b in DEFAULT_COST_BUCKETS], min_length=1, max_length=30
     )
+    # Child runs (mlflow.parentRunId: tuning trials): auto = on the parent's machine unless they name
+    # another; within_parent = always; separate = each on its own machine (SageMaker tuning, Katib, Ray).
+    nested: Literal["auto", "within_parent", "separate"] = "auto"
+    stale_after: Duration = 86400.0  # a RUNNING run silent this long is STALE: its process is gone
+
+    @field_validator("stale_after")
+    @classmethod
+    def _stale_after(cls, value: float) -> float:
+        if value < 600:
+            raise ValueError("must be at least 10m (system metrics are logged every ~10 s, metrics far less often)")
+        return value
 
     @field_validator("timezone")
     @classmethod

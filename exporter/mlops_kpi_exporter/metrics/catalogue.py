@@ -62,31 +62,41 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     # -- costs: metrics/costs.py ------------------------------------------------------------------
     _spec("mlops_experiment_cost", "gauge", ("experiment", "status"),
           "Cumulative compute cost in {currency} of the experiment's runs by run status; running runs accrue "
-          "up to the poll. Recomputed from MLflow, so it only falls when runs are deleted. {polled}",
+          "up to the poll, STALE runs stopped at their last sign of life; each machine-hour once (child runs "
+          "on their parent's machine are in the parent's cost). Recomputed from MLflow, so it only falls when "
+          "runs are deleted. {polled}",
           "cumulative compute cost of the experiment's runs by run status (FINISHED, FAILED, KILLED, RUNNING, "
-          "SCHEDULED); running runs accrue to the poll", "costs"),
+          "STALE, SCHEDULED); running runs accrue to the poll, STALE ones stop at their last sign of life; each "
+          "machine-hour once: child runs on their parent's machine count in the parent", "costs"),
     _spec("mlops_experiment_run_seconds", "gauge", ("experiment", "status"),
-          "Cumulative run time of the experiment's runs by run status. {polled}", "cumulative run time", "costs"),
+          "Cumulative machine time of the experiment's runs by run status, each machine-hour once (child runs on "
+          "their parent's machine are in the parent's). {polled}",
+          "cumulative machine time, each machine-hour once (as the cost)", "costs"),
     _spec("mlops_runs", "gauge", ("experiment", "status"),
-          "Runs of the experiment by run status. {polled}", "number of runs", "costs"),
+          "Runs of the experiment by run status, child runs (tuning trials) included. {polled}",
+          "number of runs, child runs included", "costs"),
     _spec("mlops_running_hourly_cost", "gauge", ("experiment",),
           "Summed hourly rate in {currency} of the experiment's runs RUNNING now: the current burn rate. {polled}",
           "summed hourly rate of the runs RUNNING now: the burn rate (0 for every watched experiment with none)",
           "costs"),
     _spec("mlops_experiment_info", "info", ("experiment", "experiment_id"),
           "Watched MLflow experiments, for joins and links.", "watched experiments, for joins and links", "costs"),
-    _spec("mlops_run_cost", "gauge", RUN, "Compute cost in {currency} of one run. " + RUN_SERIES_NOTE,
-          "cost of one run: running runs first, then the most recently ended, at most `runs.max_run_series` "
-          "series", "costs"),
+    _spec("mlops_run_cost", "gauge", RUN,
+          "Compute cost in {currency} of one run (a child on its parent's machine: its share of the parent's). "
+          + RUN_SERIES_NOTE,
+          "cost of one run (a child on its parent's machine: its share): open runs first (RUNNING, STALE), then the "
+          "most recently ended, at most `runs.max_run_series` series", "costs"),
     _spec("mlops_run_seconds", "gauge", RUN, "Run time of one run. " + RUN_SERIES_NOTE, "run time of one run",
           "costs"),
     _spec("mlops_run_hourly_cost", "gauge", RUN, "Hourly rate in {currency} of one run's machines. " + RUN_SERIES_NOTE,
           "hourly rate of one run's machines", "costs"),
     _spec("mlops_run_start_timestamp_seconds", "gauge", RUN, "Start time of one run. " + RUN_SERIES_NOTE,
           "start time of one run", "costs"),
-    _spec("mlops_run_info", "info", (*RUN, "instance_type", "estimator", "price_source"),
-          "Machine, estimator and price source of one run. " + RUN_SERIES_NOTE,
-          "what the run ran on and how it was priced", "costs"),
+    _spec("mlops_run_info", "info", (*RUN, "instance_type", "estimator", "price_source", "parent_run_id", "machine"),
+          "Machine, estimator and price source of one run; its parent run, and machine=parent when it ran on "
+          "its parent's machine (its cost is then a share of the parent's). " + RUN_SERIES_NOTE,
+          "what the run ran on and how it was priced; `parent_run_id` and `machine` (`own`, or `parent` for a "
+          "child costed as a share of its parent's machine)", "costs"),
     _spec("mlops_runs_skipped", "gauge", ("reason",),
           "Runs left out of every figure because their data cannot be costed, by reason. {polled}",
           'runs left out because their data cannot be costed (see "Skipped runs"): `missing_start_time`, '
@@ -97,6 +107,11 @@ CATALOGUE: tuple[MetricSpec, ...] = (
           "runs priced by `tag`, `config`, `catalog` or `default`", "costs"),
     _spec("mlops_mlflow_runs_tracked", "gauge", (), "Runs held by the exporter's ledger.",
           "runs held by the exporter", "costs"),
+    _spec("mlops_runs_stale", "gauge", ("experiment",),
+          "Runs left RUNNING in MLflow with no sign of life (no metric logged) for runs.stale_after: their process "
+          "is gone; costed to their last sign of life, shown with status STALE. {polled}",
+          "runs left `RUNNING` with no sign of life for `runs.stale_after` (crashed, killed, evicted): end them in "
+          "MLflow (runbook `MLStaleRuns`)", "costs"),
     _spec("mlops_mlflow_last_full_sync_timestamp_seconds", "gauge", (),
           "Unix time of the last full reconciliation with MLflow.", "time of the last full reconciliation", "costs"),
     _spec("mlops_cost_by_tag", "gauge", ("tag", "value"),
@@ -120,19 +135,21 @@ CATALOGUE: tuple[MetricSpec, ...] = (
           "fixed monthly costs from the config", "costs"),
     # -- activity: metrics/activity.py ------------------------------------------------------------
     _spec("mlops_runs_by_start_hour", "gauge", ("experiment", "hour"),
-          "Runs started within runs.activity_window, by hour of day (0-23, {timezone}). {polled}",
+          "Runs started within runs.activity_window, by hour of day (0-23, {timezone}), child runs included. {polled}",
           "runs started within `runs.activity_window`, by hour of day 0-23 in `runs.timezone` (the chapter's "
           '"run start times" chart)', "activity"),
     _spec("mlops_runs_by_estimator", "gauge", ("experiment", "estimator"),
-          "Runs by estimator (the first of runs.estimator_keys found in tags, then params); beyond "
-          "runs.max_estimators per experiment they count as 'other'. {polled}",
+          "Runs by estimator (the first of runs.estimator_keys found in tags, then params), child runs included; "
+          "beyond runs.max_estimators per experiment they count as 'other'. {polled}",
           "runs by estimator, top `runs.max_estimators` per experiment, the rest as `other`; `unknown` when no "
           "key is set (the chapter's estimator distribution)", "activity"),
     _spec("mlops_completed_run_duration_seconds", "histogram", ("experiment",),
-          "Run time of the experiment's completed runs (FINISHED, FAILED, KILLED). {polled}",
+          "Run time of the experiment's completed runs (FINISHED, FAILED, KILLED), child runs included. {polled}",
           "run time of completed runs (the chapter's run-time strip chart)", "activity"),
     _spec("mlops_completed_run_cost", "histogram", ("experiment",),
-          "Compute cost in {currency} of the experiment's completed runs. {polled}", "cost of completed runs",
+          "Compute cost in {currency} of the experiment's completed runs that cost on their own machine (child runs "
+          "on their parent's machine are in the parent's). {polled}",
+          "cost of completed runs on their own machine (children on their parent's are in the parent's)",
           "activity"),
     # -- budgets: metrics/budgets.py --------------------------------------------------------------
     _spec("mlops_experiment_cost_month_to_date", "gauge", ("experiment",),

@@ -53,13 +53,19 @@ def run_series(view: RunsView) -> list[Metric]:
     run_rate = family("mlops_run_hourly_cost", currency=cur)
     run_start = family("mlops_run_start_timestamp_seconds")
     run_info = family("mlops_run_info")
-    for run in view.ledger.run_series(view.max_run_series):
+    ledger = view.ledger
+    for run in ledger.run_series(view.max_run_series):
         values = [view.name(run.experiment_id), run.run_id, run.run_name, run.status]
-        run_cost.add_metric(values, run.cost_nano(view.now_ms) / NANO)
-        run_seconds.add_metric(values, run.duration_ms(view.now_ms) / 1000)
-        run_rate.add_metric(values, run.hourly)
+        cost = ledger.cost_of(run, view.now_ms)
+        seconds = run.duration_ms(view.now_ms) / 1000
+        within = run.run_id in ledger.within
+        run_cost.add_metric(values, cost / NANO)
+        run_seconds.add_metric(values, seconds)
+        # a child on its parent's machine: its share of the parent's rate while it ran
+        run_rate.add_metric(values, (cost / NANO / (seconds / 3600) if seconds else 0.0) if within else run.hourly)
         run_start.add_metric(values, run.start_ms / 1000)
-        run_info.add_metric([*values, run.instance_type or "", run.estimator, run.price_source], {})
+        run_info.add_metric([*values, run.instance_type or "", run.estimator, run.price_source,
+                             run.parent_run_id or "", "parent" if within else "own"], {})
     return [run_cost, run_seconds, run_rate, run_start, run_info]
 
 
@@ -74,7 +80,11 @@ def bookkeeping(view: RunsView) -> list[Metric]:
         priced.add_metric([view.name(exp_id), source], n)
     tracked = family("mlops_mlflow_runs_tracked")
     tracked.add_metric([], len(view.ledger))
-    return [skipped, priced, tracked]
+    stale = family("mlops_runs_stale")
+    stale_counts = view.ledger.stale_counts()
+    for exp_id in sorted(view.experiments):
+        stale.add_metric([view.experiments[exp_id]], stale_counts.get(exp_id, 0))
+    return [skipped, priced, tracked, stale]
 
 
 def allocation(view: RunsView) -> list[Metric]:

@@ -39,6 +39,7 @@ def run_rules(config: Config) -> RunRules:
         estimator_keys=tuple(config.runs.estimator_keys),
         timezone=config.runs.timezone,
         allocation_tags=tuple(config.allocation.tags),
+        stale_after_ms=int(config.runs.stale_after * 1000),
     )
 
 

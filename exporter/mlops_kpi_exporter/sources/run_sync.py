@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mlflow.entities import ViewType
@@ -38,12 +38,13 @@ class PollReport:
     runs: int
     skipped: int
     experiments: int
+    stale: int = 0  # runs left RUNNING with no sign of life
 
     def summary(self) -> str:
         kind = "full sync" if self.full_sync else "incremental"
         return (
             f"{kind}: {self.fetched} runs fetched, {self.changed} changed; "
-            f"{self.runs} runs ({self.skipped} skipped) in {self.experiments} experiments"
+            f"{self.runs} runs ({self.skipped} skipped, {self.stale} stale) in {self.experiments} experiments"
         )
 
 
@@ -63,6 +64,7 @@ class RunSync(MlflowReader):
         super().__init__(config, mlflow)
         self.cfg = config.mlflow
         self.buckets = (tuple(config.runs.duration_buckets), tuple(config.runs.cost_buckets))
+        self.nested = config.runs.nested
         self.rules = rules
         self.on_costed = on_costed or (lambda facts: None)
         self.on_experiment_gone = on_experiment_gone or (lambda experiment_id: None)
@@ -102,7 +104,7 @@ class RunSync(MlflowReader):
                 max_results=self.cfg.page_size,
             )
 
-    def _refetch(self, run_id: str) -> Any | None:
+    def refetch(self, run_id: str) -> Any | None:
         """A run looked up by id; None when it is gone (deleted or purged)."""
         try:
             run = self.client.get_run(run_id)
@@ -114,7 +116,7 @@ class RunSync(MlflowReader):
 
     # -- syncing -----------------------------------------------------------------------------------
     def new_ledger(self) -> RunLedger:
-        return RunLedger(*self.buckets)
+        return RunLedger(*self.buckets, nested=self.nested)
 
     def sync(self, now: float) -> PollReport:
         now_ms = int(now * 1000)
@@ -128,7 +130,8 @@ class RunSync(MlflowReader):
         self.experiments = experiments
         self._created_before = dict(self._created)
         self.watermark_ms = now_ms
-        return report
+        assert self.ledger is not None
+        return replace(report, stale=sum(self.ledger.stale_counts().values()))
 
     def _full_sync(self, experiments: dict[str, str], now_ms: int) -> PollReport:
         ledger = self.new_ledger()  # built aside and swapped in whole: a failed sync changes nothing
@@ -170,7 +173,7 @@ class RunSync(MlflowReader):
         for run in self.search(e for e in experiments if e not in known):  # new (or replaced): all of it
             changes.fetched[run.info.run_id] = run
         for run_id in [r for r in ledger.open_runs if r not in changes.fetched]:
-            run = self._refetch(run_id)
+            run = self.refetch(run_id)
             if run is None or run.info.experiment_id not in experiments:
                 changes.vanished.append(run_id)
             else:

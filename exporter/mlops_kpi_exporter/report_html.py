@@ -1,0 +1,127 @@
+"""The report as one self-contained HTML page: charts inlined as SVG (matplotlib), no script, nothing
+fetched, so it opens anywhere and can be mailed."""
+
+from __future__ import annotations
+
+import html
+import io
+import random
+from datetime import datetime, timezone
+
+from mlops_kpi_exporter.pricing import money
+
+def _svg(fig) -> str:
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _bar_chart(title: str, values: dict[str, float], xlabel: str = "", horizontal: bool = True, limit: int = 15) -> str:
+    import logging
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "categorical units" chatter
+    items = list(values.items())[:limit]
+    fig, ax = plt.subplots(figsize=(6, max(1.6, 0.3 * len(items) + 0.8) if horizontal else 2.4), dpi=72)
+    if horizontal:
+        ax.barh([k for k, _ in items][::-1], [v for _, v in items][::-1], color="#3b73b9")
+    else:
+        ax.bar([k for k, _ in items], [v for _, v in items], color="#3b73b9")
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    return _svg(fig)
+
+
+def _strip_chart(samples: dict[str, list[float]]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = random.Random(0)
+    names = sorted(samples)
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(names) + 1), dpi=72)
+    for i, name in enumerate(names):
+        ax.scatter(samples[name], [i + rng.uniform(-0.25, 0.25) for _ in samples[name]], s=6, alpha=0.6)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("run time (hours)", fontsize=8)
+    ax.set_title("Run time per experiment", fontsize=10, loc="left")
+    ax.tick_params(labelsize=7)
+    return _svg(fig)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(data: dict) -> str:
+    cur = data["currency"]
+    m = lambda v: html.escape(money(v, cur))  # noqa: E731
+    parts = [f"<h1>ML cost and KPI report</h1><p class=sub>{html.escape(data['period']['from'][:16])} to "
+             f"{html.escape(data['period']['to'][:16])} (UTC), {data['period']['days']:g} days, {data['runs']} runs</p>"]
+    change = data["change_vs_previous"]
+    change_text = "n/a" if change is None else f"{change:+.0%}"
+    parts.append("<div class=cards>" + "".join(
+        f"<div class=card><div class=k>{k}</div><div class=v>{v}</div></div>" for k, v in [
+            ("Compute spend", m(data["total_compute"])), ("vs previous period", change_text),
+            ("Runs", str(data["runs"])), ("Skipped runs", str(sum(data["skipped_runs"].values())))]) + "</div>")
+    parts.append("<h2>What to look at</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in data['what_to_look_at']) + "</ul>")
+    if not data["runs"]:
+        parts.append("<p class=empty>No runs in this period, so there are no charts to draw.</p>")
+    else:
+        parts.append("<h2>Where the money went</h2><div class=grid>")
+        parts.append(f"<figure>{_bar_chart('Cost by experiment', data['by_experiment'], cur)}</figure>")
+        parts.append(f"<figure>{_bar_chart('Cost by run status (failed-run waste)', data['by_status'], cur)}</figure>")
+        for tag, values in data["by_tag"].items():
+            parts.append(f"<figure>{_bar_chart(f'Cost by {tag} tag', values, cur)}</figure>")
+        if not data["by_tag"]:
+            parts.append("<p class=empty>No allocation tags are configured (allocation.tags), so cost cannot be "
+                         "shown by team or project.</p>")
+        parts.append("</div><h2>How the team works</h2><div class=grid>")
+        parts.append(f"<figure>{_strip_chart(data['run_hours_sample'])}</figure>")
+        hours_title = f"Runs by start hour ({data['timezone']})"
+        parts.append(f"<figure>{_bar_chart(hours_title, data['runs_by_start_hour'], horizontal=False, limit=24)}</figure>")
+        parts.append(f"<figure>{_bar_chart('Estimator distribution', data['estimators'], 'runs')}</figure></div>")
+        rows = []
+        for r in data["top_runs"]:
+            name = html.escape(r["run_name"])
+            link = f"<a href=\"{html.escape(r['url'])}\">{name}</a>" if r["url"] else name
+            rows.append([link, html.escape(r["experiment"]), html.escape(r["status"]), f"{r['hours']:.2f}",
+                         html.escape(r["instance_type"]), m(r["cost"])])
+        parts.append("<h2>Costliest runs</h2>" + _table(["run", "experiment", "status", "hours", "machine", "cost"], rows))
+    if data["kpis"]:
+        rows = [[html.escape(k["kpi"]), "-" if k["value"] is None else f"{k['value']:.4g}",
+                 "-" if k["target"] is None else f"{k['target']:.4g}", html.escape(k["direction"]),
+                 {True: "<span class=ok>met</span>", False: "<span class=bad>missed</span>"}.get(k["met"],
+                                                                                               html.escape(k["missing"] or "-"))]
+                for k in data["kpis"]]
+        parts.append("<h2>KPIs against targets</h2>" + _table(["KPI", "value", "target", "direction", "status"], rows))
+    if data["budgets"]:
+        rows = [[html.escape(b["budget"]), m(b["monthly"]), m(b["period_budget"]), m(b["spent"]),
+                 "<span class=bad>over</span>" if b["spent"] > b["period_budget"] else "<span class=ok>within</span>"]
+                for b in data["budgets"]]
+        parts.append("<h2>Budgets</h2>" + _table(["budget", "monthly", "for this period", "spent", ""], rows))
+    tco = data["tco"]
+    parts.append("<h2>Total cost of ownership for the period</h2>" + _table(
+        ["category", "cost"], [[html.escape(k), m(v)] for k, v in tco.items()] + [["<b>total</b>", f"<b>{m(sum(tco.values()))}</b>"]]))
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}h2{margin-top:1.6em}"
+             ".sub{color:#666}.cards{display:flex;gap:1em}.card{border:1px solid #ddd;border-radius:6px;padding:.6em 1em}"
+             ".k{color:#666;font-size:.85em}.v{font-size:1.5em}.grid{display:grid;grid-template-columns:1fr 1fr;gap:1em}"
+             "figure{margin:0}svg{max-width:100%;height:auto}table{border-collapse:collapse}td,th{border-bottom:1px solid #eee;"
+             "padding:.25em .8em;text-align:left}.ok{color:#1a7f37}.bad{color:#c62828}.empty{color:#666;font-style:italic}")
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>ML cost and KPI report</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}"
+            f"<p class=sub>Made by mlops-kpi-exporter at {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p></body></html>\n")
+
+
