@@ -179,7 +179,7 @@ def seed(tracking_uri: str, artifact_root: Path | None, now_ms: int, rng_seed: i
 def _sweep_and_crash(client, now_ms: int) -> int:
     """The two shapes of real data that cost figures must get right (README: "Runs as they really ran").
 
-    A hyper-parameter sweep two days ago: a parent on one c5.4xlarge for two hours and four 30-minute
+    A hyper-parameter sweep two days ago: a parent on one c5.4xlarge for two hours and four 29-minute
     trials as child runs, the launcher copying the parent's machine tag to each (costed once, 1.36).
     A GPU run killed ten days ago an hour after its last metric, left RUNNING in MLflow: STALE,
     costed to its last sign of life (one hour), not to now."""
@@ -193,8 +193,9 @@ def _sweep_and_crash(client, now_ms: int) -> int:
         child = client.create_run(tuning, start_time=t0, run_name=f"churn-tuning-sweep-trial-{trial}",
                                   tags={**machine, "estimator": "XGBClassifier"}).info.run_id
         client.set_tag(child, "mlflow.parentRunId", parent)
-        _log(client, child, {"accuracy": 0.86 + trial / 100}, {"max_depth": str(4 + trial)}, t0 + HOUR_MS // 2)
-        client.set_terminated(child, "FINISHED", end_time=t0 + HOUR_MS // 2)
+        t1 = t0 + 29 * 60_000  # ends before the parent does: no two runs end at the same moment
+        _log(client, child, {"accuracy": 0.86 + trial / 100}, {"max_depth": str(4 + trial)}, t1)
+        client.set_terminated(child, "FINISHED", end_time=t1)
     _log(client, parent, {"best_accuracy": 0.89}, {"trials": "4"}, start + 2 * HOUR_MS)
     client.set_terminated(parent, "FINISHED", end_time=start + 2 * HOUR_MS)
     recsys = client.get_experiment_by_name("recsys-embeddings").experiment_id

@@ -132,7 +132,8 @@ def test_month_to_date_splits_runs_at_the_month_boundary(mlflow_server, prefix):
     add_run(client, exp, month_start - 2 * HOUR_MS, month_start + HOUR_MS, tags={"instance_type": "p3.2xlarge"})
     add_run(client, exp, month_start - 30 * 24 * HOUR_MS, month_start - 29 * 24 * HOUR_MS, tags={"instance_type": "p3.2xlarge"})
     # Running since 3 h before the month started: 10 days x 24 h of it fall in this month.
-    add_run(client, other, month_start - 3 * HOUR_MS, None, tags={"instance_type": "m5.large"})
+    alive = add_run(client, other, month_start - 3 * HOUR_MS, None, tags={"instance_type": "m5.large"})
+    client.log_metric(alive, "loss", 0.1, timestamp=clock_ms - HOUR_MS)  # alive: it logged an hour ago
     budgets = [{"name": "monthly", "experiments": f"{prefix}-monthly", "monthly": 100},
                {"name": "everything", "experiments": [f"{prefix}-*"], "monthly": 500}]
     source = MlflowSource(*connected(config(mlflow_server.url, prefix, budgets=budgets)), clock=lambda: clock_ms / 1000)

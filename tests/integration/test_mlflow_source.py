@@ -124,7 +124,8 @@ def test_costs_counts_hours_and_estimators_are_exact(mlflow_server, prefix, seed
     assert list(series) == [ids["R"], ids["D"], ids["C"]]
     assert series[ids["C"]] == pytest.approx(0.75)
     assert value(m, "mlops_run_info", experiment=train, run_id=ids["D"], run_name="run-d", status="FINISHED",
-                 instance_type="mystery-box", estimator="unknown", price_source="default") == 1
+                 instance_type="mystery-box", estimator="unknown", price_source="default", parent_run_id="",
+                 machine="own") == 1
 
 
 def test_running_run_cost_grows_between_polls(mlflow_server, prefix, seeded):

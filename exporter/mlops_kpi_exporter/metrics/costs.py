@@ -62,7 +62,7 @@ def run_series(view: RunsView) -> list[Metric]:
         run_cost.add_metric(values, cost / NANO)
         run_seconds.add_metric(values, seconds)
         # a child on its parent's machine: its share of the parent's rate while it ran
-        run_rate.add_metric(values, (cost / NANO / (seconds / 3600) if seconds else 0.0) if within else run.hourly)
+        run_rate.add_metric(values, (round(cost / NANO / (seconds / 3600), 9) if seconds else 0.0) if within else run.hourly)
         run_start.add_metric(values, run.start_ms / 1000)
         run_info.add_metric([*values, run.instance_type or "", run.estimator, run.price_source,
                              run.parent_run_id or "", "parent" if within else "own"], {})
