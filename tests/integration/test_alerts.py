@@ -84,7 +84,7 @@ def test_every_alert_is_routable_and_has_a_runbook():
     runbooks = "\n" + RUNBOOKS.read_text()
     exporter_url = yaml.safe_load((ALERTS.parent / "deploy" / "monitoring.yml").read_text())["exporter_url"]
     for rule in rules():
-        assert rule["labels"]["severity"] in ("page", "ticket"), rule["alert"]
+        assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]
         annotations = rule["annotations"]
         assert set(annotations) == {"summary", "description", "runbook_url", "dashboard_url"}, rule["alert"]
         page, anchor = annotations["runbook_url"].split("#")
@@ -111,8 +111,9 @@ def test_alertmanager_config_and_routes():
     config = str(ALERTS / "alertmanager.yml")
     check = subprocess.run([amtool, "check-config", config], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    for labels, receiver in ((["severity=page", "alertname=MLCostSpike"], "pager"),
-                             (["severity=ticket", "alertname=MLBudgetExceeded"], "tickets"),
+    for labels, receiver in ((["severity=critical", "alertname=MLCostSpike"], "pager"),
+                             (["severity=warning", "alertname=MLBudgetExceeded"], "tickets"),
+                             (["severity=info", "alertname=MLBudgetExceeded"], "tickets"),
                              (["alertname=SomethingElse"], "tickets")):
         route = subprocess.run([amtool, "config", "routes", "test", "--config.file", config,
                                 f"--verify.receivers={receiver}", *labels], capture_output=True, text=True)
@@ -204,9 +205,10 @@ def test_cost_spike_reaches_alertmanager_and_a_webhook(tmp_path, mlflow_server, 
     finally:
         webhook.close()
     path, payload, alert = delivered[0]
-    assert path == "/pager" and payload["receiver"] == "pager"  # severity page routes to the pager
-    assert alert["labels"] == {"alertname": "MLCostSpike", "experiment": experiment, "severity": "page"}
-    assert alert["annotations"]["summary"] == f"Experiment {experiment} is spending far above its usual rate."
+    assert path == "/pager" and payload["receiver"] == "pager"  # severity critical routes to the pager
+    assert alert["labels"] == {"alertname": "MLCostSpike", "experiment": experiment, "job": "mlops-kpi-exporter",
+                               "severity": "critical"}
+    assert alert["annotations"]["summary"] == "An experiment is spending far above its usual rate."
     assert alert["annotations"]["description"].startswith(f"Experiment {experiment} spent USD ")
     assert alert["annotations"]["runbook_url"].endswith("/runbooks#mlcostspike")
     assert alert["annotations"]["dashboard_url"].endswith(f"/d/mlops-costs?var-experiment={experiment}")
