@@ -1,155 +1,187 @@
-"""Writes the Grafana dashboards (dashboards/json/*.json) from the panel lists below.
+"""Writes the Grafana dashboards (dashboards/json/*.json) with Grafana's own as-code library,
+grafana-foundation-sdk (typed builders for dashboards, panels, Prometheus queries and variables).
 
     python dashboards/build.py                    # the committed dashboards (a test checks they match)
-    python dashboards/build.py --ops my.yml       # your job name, datasource, links and currency
+    python dashboards/build.py --ops my.yml       # your job name, datasource, links, selectors, currency
 
-The deployment settings (job, datasource uid, exporter, Grafana and MLflow URLs, currency) come from
-deploy/monitoring.yml, the same file alerts/generate.py reads.
-
-Plain dictionaries in Grafana's dashboard JSON model (schemaVersion 39): stable uids, no ids, every
-panel on the provisioned datasource by uid, `$__rate_interval` in every rate, units on every panel.
-The uids are the ones alerts/src/thresholds.yml links to.
+The deployment settings come from deploy/monitoring.yml, the same file alerts/generate.py reads.
+Portable: every panel and query uses the `datasource` variable (Grafana picks its default Prometheus,
+in the compose stack the provisioned one); every selector filters on the `job` variable and the
+settings' extra `selectors`; the classic JSON model that file provisioning reads on Grafana 11, 12 and
+later. The SDK is a build-time dependency only (`pip install -e '.[dashboards]'`), pinned exactly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import warnings
 from pathlib import Path
 
 import yaml
 
+warnings.filterwarnings("ignore", category=DeprecationWarning)  # the SDK prefers its v2 schema; we ship classic JSON
+from grafana_foundation_sdk.builders import (  # noqa: E402
+    barchart,
+    dashboard,
+    piechart,
+    prometheus,
+    stat,
+    table,
+    timeseries,
+)
+from grafana_foundation_sdk.builders.common import ReduceDataOptions, VizLegendOptions  # noqa: E402
+from grafana_foundation_sdk.cog.encoder import JSONEncoder  # noqa: E402
+from grafana_foundation_sdk.models.common import BigValueColorMode, BigValueGraphMode, LegendDisplayMode, LegendPlacement  # noqa: E402
+from grafana_foundation_sdk.models.dashboard import (  # noqa: E402
+    DataSourceRef,
+    DataTransformerConfig,
+    DashboardLinkType,
+    ValueMap,
+    ValueMappingResult,
+    VariableRefresh,
+    VariableSort,
+)
+
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent / "exporter"))  # a checkout works without the package installed
+from mlops_kpi_exporter.metrics.selectors import matchers_text, scoped  # noqa: E402
+
 OPS_FILE = HERE.parent / "deploy" / "monitoring.yml"
-
-
-def use_settings(path: Path) -> dict:
-    """Read the deployment settings into the module's constants (the panels below use them)."""
-    global OPS, DATASOURCE, EXPORTER_URL, MLFLOW_URL, JOB
-    OPS = yaml.safe_load(path.read_text())
-    DATASOURCE = {"type": "prometheus", "uid": OPS["datasource_uid"]}  # dashboards/provisioning/datasources
-    EXPORTER_URL = OPS["exporter_url"]  # the exporter serves the alert runbooks at /runbooks
-    MLFLOW_URL = OPS["mlflow_url"]
-    JOB = OPS["job"]
-    return OPS
-
-
-use_settings(OPS_FILE)
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 EXP = 'experiment=~"$experiment"'
 EP = 'endpoint=~"$endpoint"'
 
 
-def target(expr: str, legend: str = "", instant: bool = False, ref: str = "A") -> dict:
-    return {"refId": ref, "datasource": DATASOURCE, "expr": expr, "legendFormat": legend or "__auto",
-            "instant": instant, "range": not instant}
+def use_settings(path: Path) -> dict:
+    """Read the deployment settings into the module's constants (the panels below use them)."""
+    global OPS, EXPORTER_URL, MLFLOW_URL, SCOPE
+    OPS = yaml.safe_load(path.read_text())
+    EXPORTER_URL = OPS["exporter_url"]  # the exporter serves the alert runbooks at /runbooks
+    MLFLOW_URL = OPS["mlflow_url"]
+    # every selector of the exporter's series: the job variable, then the deployment's own matchers
+    SCOPE = ",".join(filter(None, ['job=~"$job"', matchers_text(OPS.get("selectors") or {})]))
+    return OPS
 
 
-def panel(kind: str, title: str, targets: list[dict], unit: str, description: str = "", w: int = 12, h: int = 8,
-          options: dict | None = None, links: list[dict] | None = None, extra: dict | None = None) -> dict:
-    p = {
-        "type": kind, "title": title, "description": description, "datasource": DATASOURCE, "targets": targets,
-        "fieldConfig": {"defaults": {"unit": unit, "noValue": "no data yet", "links": links or []}, "overrides": []},
-        "options": options or {}, "gridPos": {"w": w, "h": h},
-    }
-    p.update(extra or {})
-    return p
+use_settings(OPS_FILE)
 
 
-def stat(title: str, expr: str, unit: str, description: str = "", w: int = 4, thresholds: list | None = None) -> dict:
-    p = panel("stat", title, [target(expr, instant=True)], unit, description, w=w, h=4,
-              options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "value", "graphMode": "none"})
-    if thresholds:
-        p["fieldConfig"]["defaults"]["thresholds"] = {"mode": "absolute", "steps": thresholds}
-    return p
+def target(expr: str, legend: str = "", instant: bool = False, ref: str = "A") -> prometheus.Dataquery:
+    query = (prometheus.Dataquery().expr(scoped(expr, SCOPE)).legend_format(legend or "__auto").ref_id(ref)
+             .datasource(DATASOURCE))
+    return query.instant() if instant else query.range()
 
 
-def series(title: str, targets: list[dict], unit: str, description: str = "", w: int = 12) -> dict:
-    return panel("timeseries", title, targets, unit, description, w=w,
-                 options={"legend": {"displayMode": "table", "placement": "right", "calcs": ["lastNotNull"]}})
+def _common(builder, title: str, targets: list, unit: str, description: str, w: int, h: int):
+    builder = builder.title(title).description(description).datasource(DATASOURCE).span(w).height(h).no_value("no data yet")
+    if unit:
+        builder = builder.unit(unit)
+    for t in targets:
+        builder = builder.with_target(t)
+    return builder
 
 
-def bars(title: str, expr: str, legend: str, unit: str, description: str = "", w: int = 12) -> dict:
-    return panel("barchart", title, [target(expr, legend, instant=True)], unit, description, w=w,
-                 options={"xTickLabelRotation": -45, "legend": {"showLegend": False}},
-                 extra={"transformations": [{"id": "reduce", "options": {"reducers": ["lastNotNull"]}}]})
+def mapped(options: dict[str, tuple[str, str]]) -> list:
+    return [ValueMap({value: ValueMappingResult(text=text, color=color) for value, (text, color) in options.items()})]
 
 
-def table(title: str, expr: str, unit: str, description: str = "", links: list[dict] | None = None, w: int = 24) -> dict:
-    p = panel("table", title, [target(expr, instant=True)], unit, description, w=w, links=links)
-    p["transformations"] = [{"id": "labelsToFields", "options": {}},
-                            {"id": "organize", "options": {"excludeByName": {"Time": True, "job": True, "instance": True,
-                                                                            "__name__": True}}}]
-    return p
+def stat_panel(title: str, targets: list, unit: str, description: str, w: int = 4, h: int = 4, mappings=None,
+               background: bool = False) -> stat.Panel:
+    p = _common(stat.Panel(), title, targets, unit, description, w, h).reduce_options(
+        ReduceDataOptions().calcs(["lastNotNull"])).graph_mode(BigValueGraphMode.NONE)
+    p = p.color_mode(BigValueColorMode.BACKGROUND if background else BigValueColorMode.VALUE)
+    return p.mappings(mappings) if mappings else p
 
 
-def layout(panels: list[dict]) -> list[dict]:
-    """Ids and positions, left to right, top to bottom."""
-    x = y = row_h = 0
-    for number, p in enumerate(panels, start=1):
-        w, h = p["gridPos"]["w"], p["gridPos"]["h"]
-        if x + w > 24:
-            x, y, row_h = 0, y + row_h, 0
-        p["id"] = number
-        p["gridPos"] = {"x": x, "y": y, "w": w, "h": h}
-        x += w
-        row_h = max(row_h, h)
-    return panels
+def stat_(title: str, expr: str, unit: str, description: str, w: int = 4) -> stat.Panel:
+    return stat_panel(title, [target(expr, instant=True)], unit, description, w=w)
 
 
-def query_var(name: str, metric: str, label: str) -> dict:
-    return {"name": name, "label": label.capitalize(), "type": "query", "datasource": DATASOURCE,
-            "query": {"query": f"label_values({metric}, {label})", "refId": f"{name}-values"},
-            "definition": f"label_values({metric}, {label})", "refresh": 2, "multi": True, "includeAll": True,
-            "allValue": ".*", "current": {"text": "All", "value": "$__all"}, "sort": 1}
+def series(title: str, targets: list, unit: str, description: str, w: int = 12) -> timeseries.Panel:
+    legend = VizLegendOptions().display_mode(LegendDisplayMode.TABLE).placement(LegendPlacement.RIGHT).calcs(
+        ["lastNotNull"]).show_legend(True)
+    return _common(timeseries.Panel(), title, targets, unit, description, w, 8).legend(legend)
 
 
-def dashboard(uid: str, title: str, panels: list[dict], variables: list[dict], description: str) -> dict:
-    return {
-        "uid": uid, "title": title, "description": description, "tags": ["mlops", "mlops-kpi-exporter"],
-        "timezone": "browser", "refresh": "1m", "time": {"from": "now-24h", "to": "now"}, "schemaVersion": 39,
-        "version": 1, "editable": True, "graphTooltip": 1,
-        "templating": {"list": variables},
-        "annotations": {"list": [{
-            "name": "ML alerts", "datasource": DATASOURCE, "enable": True, "iconColor": "red",
-            "expr": 'ALERTS{alertstate="firing", alertname=~"ML.*"}', "titleFormat": "{{alertname}}",
-            "textFormat": "{{experiment}}{{endpoint}}{{budget}}{{kpi}} ({{severity}})", "useValueForTime": False,
-            "step": "1m"}]},
-        "links": [
-            {"title": "ML dashboards", "type": "dashboards", "tags": ["mlops"], "asDropdown": True, "includeVars": True,
-             "keepTime": True},
-            {"title": "Alert runbooks", "type": "link", "url": f"{EXPORTER_URL}/runbooks", "targetBlank": True, "icon": "doc"},
-        ],
-        "panels": layout(panels),
-    }
+def bars(title: str, expr: str, legend: str, unit: str, description: str, w: int = 12) -> barchart.Panel:
+    p = _common(barchart.Panel(), title, [target(expr, legend, instant=True)], unit, description, w, 8)
+    return p.x_tick_label_rotation(-45).legend(VizLegendOptions().show_legend(False)).with_transformation(
+        DataTransformerConfig(id_val="reduce", options={"reducers": ["lastNotNull"]}))
+
+
+def table_(title: str, expr: str, unit: str, description: str, links: list | None = None, w: int = 24) -> table.Panel:
+    p = _common(table.Panel(), title, [target(expr, instant=True)], unit, description, w, 8)
+    p = p.with_transformation(DataTransformerConfig(id_val="labelsToFields", options={})).with_transformation(
+        DataTransformerConfig(id_val="organize", options={"excludeByName": {
+            "Time": True, "job": True, "instance": True, "__name__": True}}))
+    return p.data_links(links) if links else p
+
+
+def pie(title: str, targets: list, unit: str, description: str, w: int = 12) -> piechart.Panel:
+    return _common(piechart.Panel(), title, targets, unit, description, w, 8).reduce_options(
+        ReduceDataOptions().calcs(["lastNotNull"]))
+
+
+def query_var(name: str, metric: str, label: str, all_value: str = ".+") -> dashboard.QueryVariable:
+    scope = matchers_text(OPS.get("selectors") or {}) if name == "job" else SCOPE  # job: all of this deployment's
+    query = f"label_values({scoped(metric, scope)}, {label})"
+    return (dashboard.QueryVariable(name).label(label.capitalize()).datasource(DATASOURCE).query(query)
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True).all_value(all_value)
+            .sort(VariableSort.ALPHABETICAL_ASC))
+
+
+def board(uid: str, title: str, panels: list, variables: list, description: str) -> dict:
+    datasource = (dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+    job = query_var("job", "mlops_exporter_info", "job")
+    b = (dashboard.Dashboard(title).uid(uid).description(description).tags(["mlops", "mlops-kpi-exporter"])
+         .timezone("browser").refresh("1m").time("now-24h", "now").readonly()
+         .with_variable(datasource).with_variable(job))
+    for variable in variables:
+        b = b.with_variable(variable)
+    b = b.annotation(dashboard.AnnotationQuery().name("ML alerts").datasource(DATASOURCE).enable(True).icon_color("red")
+                     .expr(f'ALERTS{{alertstate="firing",alertname=~"ML.*",{SCOPE}}}')
+                     .title_format("{{alertname}}")
+                     .text_format("{{experiment}}{{endpoint}}{{budget}}{{kpi}} ({{severity}})"))
+    b = b.link(dashboard.DashboardLink("ML dashboards").type(DashboardLinkType.DASHBOARDS).tags(["mlops"])
+               .as_dropdown(True).include_vars(True).keep_time(True))
+    b = b.link(dashboard.DashboardLink("Alert runbooks").type(DashboardLinkType.LINK).url(f"{EXPORTER_URL}/runbooks")
+               .target_blank(True).icon("doc"))
+    for panel in panels:
+        b = b.with_panel(panel)
+    return json.loads(JSONEncoder(sort_keys=True, indent=2).encode(b.build()))
 
 
 def costs(money: str) -> dict:
-    mlflow_run = {"title": "Open the run in MLflow", "targetBlank": True,
-                  "url": "${mlflow_url}/#/experiments/${__data.fields.experiment_id}/runs/${__data.fields.run_id}"}
+    mlflow_run = (dashboard.DashboardLink("Open the run in MLflow").type(DashboardLinkType.LINK).target_blank(True)
+                  .url("${mlflow_url}/#/experiments/${__data.fields.experiment_id}/runs/${__data.fields.run_id}"))
     panels = [
-        stat("Spend, last 24 h", f"sum(mlops:experiment_spend:1d{{{EXP}}})", money,
+        stat_("Spend, last 24 h", f"sum(mlops:experiment_spend:1d{{{EXP}}})", money,
              "Compute spend of the selected experiments over the last 24 hours (from the cumulative cost gauges)."),
-        stat("Spend, last 7 days", f"sum(clamp_min(delta(mlops:experiment_cost:sum{{{EXP}}}[7d]), 0))", money),
-        stat("Month to date", f"sum(mlops_experiment_cost_month_to_date{{{EXP}}})", money),
-        stat("Month-end forecast", f"sum(mlops_experiment_cost_forecast_month{{{EXP}}})", money,
+        stat_("Spend, last 7 days", f"sum(clamp_min(delta(mlops:experiment_cost:sum{{{EXP}}}[7d]), 0))", money,
+              "Compute spend of the selected experiments over the last 7 days."),
+        stat_("Month to date", f"sum(mlops_experiment_cost_month_to_date{{{EXP}}})", money,
+              "Compute cost of the selected experiments in the current calendar month."),
+        stat_("Month-end forecast", f"sum(mlops_experiment_cost_forecast_month{{{EXP}}})", money,
              "Straight line: month to date stretched to the whole month."),
-        stat("Budgets", "sum(mlops_budget_monthly)", money, "Sum of the configured monthly budgets."),
-        stat("Burning now", f"sum(mlops_running_hourly_cost{{{EXP}}})", money,
+        stat_("Budgets", "sum(mlops_budget_monthly)", money, "Sum of the configured monthly budgets."),
+        stat_("Burning now", f"sum(mlops_running_hourly_cost{{{EXP}}})", money,
              "Summed hourly rate of the runs RUNNING now, per hour."),
         series("Spend rate by experiment (per hour)", [target(f"mlops:experiment_spend:hourly{{{EXP}}}", "{{experiment}}")],
                money, "Spend over the last hour, per hour, by experiment (recording rule mlops:experiment_spend:hourly)."),
         series("Burn rate now (per hour)", [target(f"sum by (experiment) (mlops_running_hourly_cost{{{EXP}}})", "{{experiment}}")],
                money, "Hourly rate of the machines of RUNNING runs."),
-        bars("Month to date vs budget", "mlops_budget_cost_month_to_date / on (budget) mlops_budget_monthly", "{{budget}}",
+        bars("Month to date vs budget", "mlops_budget_cost_month_to_date / on (job, budget) mlops_budget_monthly", "{{budget}}",
              "percentunit", "Share of each monthly budget spent so far; over 1 is overspent.", w=8),
-        bars("Forecast vs budget", "mlops_budget_cost_forecast_month / on (budget) mlops_budget_monthly", "{{budget}}",
+        bars("Forecast vs budget", "mlops_budget_cost_forecast_month / on (job, budget) mlops_budget_monthly", "{{budget}}",
              "percentunit", "Month-end forecast as a share of each budget.", w=8),
         bars("Cost by status (failed-run waste)", f"sum by (status) (mlops_experiment_cost{{{EXP}}})", "{{status}}", money,
              "Cumulative cost by run status: FAILED, KILLED and STALE (crashed) are waste.", w=8),
-        table("Top costly runs", f"topk(20, mlops_run_cost{{{EXP}}} * on (experiment) group_left (experiment_id) "
+        table_("Top costly runs", f"topk(20, mlops_run_cost{{{EXP}}} * on (job, experiment) group_left (experiment_id) "
               "mlops_experiment_info)", money, "Running runs and the latest ended ones; click a row to open the run "
               "in MLflow.", links=[mlflow_run]),
-        table("Stale runs (to clean up)", f"mlops_run_cost{{status=\"STALE\",{EXP}}} * on (experiment) "
+        table_("Stale runs (to clean up)", f"mlops_run_cost{{status=\"STALE\",{EXP}}} * on (job, experiment) "
               "group_left (experiment_id) mlops_experiment_info", money,
               "Runs left RUNNING in MLflow with no sign of life for runs.stale_after (their process is gone), "
               "costed to their last sign of life: end them in MLflow (runbook MLStaleRuns). Click a row to open "
@@ -165,92 +197,91 @@ def costs(money: str) -> dict:
              "Showback: cumulative cost by the value of the team tag; untagged spend is shown as such.", w=12),
         bars("Fixed monthly costs by category", "sum by (category) (mlops_fixed_cost_monthly)", "{{category}}", money,
              "The chapter's cost categories beyond compute, from the config.", w=12),
-        panel("piechart", "Total cost of ownership this month", [
+        pie("Total cost of ownership this month", [
             target('label_replace(sum(mlops_experiment_cost_month_to_date), "category", "compute (MTD)", "", "")',
                    "{{category}}", instant=True, ref="A"),
             target('label_replace(sum(mlops_experiment_storage_monthly_cost), "category", "storage", "", "")',
                    "{{category}}", instant=True, ref="B"),
             target("sum by (category) (mlops_fixed_cost_monthly)", "{{category}}", instant=True, ref="C"),
-        ], money, "Compute month to date, artifact storage and fixed costs.", w=12,
-            options={"reduceOptions": {"calcs": ["lastNotNull"]}, "legend": {"displayMode": "table", "placement": "right",
-                                                                              "values": ["value", "percent"]}}),
+        ], money, "Compute month to date, artifact storage and fixed costs.", w=12),
     ]
     variables = [query_var("experiment", "mlops_experiment_info", "experiment"),
-                 {"name": "mlflow_url", "label": "MLflow UI", "type": "textbox", "query": MLFLOW_URL,
-                  "current": {"text": MLFLOW_URL, "value": MLFLOW_URL}}]
-    return dashboard("mlops-costs", "ML costs overview", panels, variables,
+                 dashboard.TextBoxVariable("mlflow_url").label("MLflow UI").default_value(MLFLOW_URL)]
+    return board("mlops-costs", "ML costs overview", panels, variables,
                      "What ML training costs, where the money goes and how fast it burns, from MLflow runs.")
 
 
 def serving(money: str) -> dict:
     quantile = "histogram_quantile({q}, sum by (endpoint, le) (rate(mlops_endpoint_request_duration_seconds_bucket{{{ep}}}[$__rate_interval])))"
     panels = [
-        panel("stat", "Up (probe)", [target(f"mlops_endpoint_up{{{EP}}}", "{{endpoint}}", instant=True)], "none",
-              "1 when the last synthetic probe succeeded.", w=8, h=4,
-              options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"},
-              extra={"fieldConfig": {"defaults": {"unit": "none", "noValue": "no data yet", "links": [],
-                                                  "mappings": [{"type": "value", "options": {"0": {"text": "DOWN", "color": "red"},
-                                                                                            "1": {"text": "UP", "color": "green"}}}]},
-                                     "overrides": []}}),
-        stat("Hourly cost of serving", f"sum(mlops_endpoint_hourly_cost{{{EP}}})", money, w=8),
-        stat("Cost per 1,000 predictions", f"avg(mlops:endpoint_cost_per_1k_predictions:1h{{{EP}}})", money,
+        stat_panel("Up (probe)", [target(f"mlops_endpoint_up{{{EP}}}", "{{endpoint}}", instant=True)], "none",
+                   "1 when the last synthetic probe succeeded.", w=8,
+                   mappings=mapped({"0": ("DOWN", "red"), "1": ("UP", "green")}), background=True),
+        stat_("Hourly cost of serving", f"sum(mlops_endpoint_hourly_cost{{{EP}}})", money,
+              "What the selected endpoints' machines cost per hour, all replicas.", w=8),
+        stat_("Cost per 1,000 predictions", f"avg(mlops:endpoint_cost_per_1k_predictions:1h{{{EP}}})", money,
              "Hourly cost / predictions per hour x 1,000, over the last hour.", w=8),
         series("Request rate", [target(f"sum by (endpoint) (rate(mlops_endpoint_requests_total{{{EP}}}[$__rate_interval]))",
-                                       "{{endpoint}}")], "reqps"),
+                                       "{{endpoint}}")], "reqps", "Requests per second, as the servers count them."),
         series("Error ratio", [target(f"sum by (endpoint) (rate(mlops_endpoint_errors_total{{{EP}}}[$__rate_interval])) / "
                                       f"sum by (endpoint) (rate(mlops_endpoint_requests_total{{{EP}}}[$__rate_interval]))",
-                                      "{{endpoint}}")], "percentunit"),
+                                      "{{endpoint}}")], "percentunit", "Failed requests as a share of all requests."),
         series("Latency p50 / p95 / p99", [target(quantile.format(q=q, ep=EP), f"{{{{endpoint}}}} p{int(q * 100)}", ref=r)
-                                          for q, r in ((0.5, "A"), (0.95, "B"), (0.99, "C"))], "s"),
+                                          for q, r in ((0.5, "A"), (0.95, "B"), (0.99, "C"))], "s",
+               "Request latency percentiles as the servers report them (sum-and-count servers: no percentiles)."),
         series("Probe latency p95", [target(f"histogram_quantile(0.95, sum by (endpoint, le) (rate(mlops_endpoint_probe_duration_seconds_bucket{{{EP}}}[$__rate_interval])))",
-                                            "{{endpoint}}")], "s"),
+                                            "{{endpoint}}")], "s", "95th percentile of the synthetic probes' wall time."),
         series("Utilization", [target(f"mlops_endpoint_utilization_ratio{{{EP}}}", "{{endpoint}} {{resource}}")],
                "percentunit", "What the servers report (gpu, cpu, memory, kv_cache) and capacity = throughput / capacity_rps."),
         series("SLO burn rate (99.9 %)", [target(f"mlops:endpoint_error_ratio:rate1h{{{EP}}} / 0.001", "{{endpoint}} 1h", ref="A"),
                                           target(f"mlops:endpoint_error_ratio:rate5m{{{EP}}} / 0.001", "{{endpoint}} 5m", ref="B")],
                "short", "Error ratio over the error budget of a 99.9 % SLO: 14.4 over 1h and 5m pages."),
-        series("Cost per hour", [target(f"sum by (endpoint) (mlops_endpoint_hourly_cost{{{EP}}})", "{{endpoint}}")], money),
+        series("Cost per hour", [target(f"sum by (endpoint) (mlops_endpoint_hourly_cost{{{EP}}})", "{{endpoint}}")], money,
+               "Hourly cost of each endpoint's machines, all replicas."),
     ]
-    return dashboard("mlops-serving", "Model serving", panels, [query_var("endpoint", "mlops_endpoint_up", "endpoint")],
+    return board("mlops-serving", "Model serving", panels, [query_var("endpoint", "mlops_endpoint_up", "endpoint")],
                      "Per endpoint: up, traffic, errors, latency, utilization and the cost of each prediction.")
 
 
 def kpis() -> dict:
-    met_colors = [{"type": "value", "options": {"0": {"text": "MISSED", "color": "red"}, "1": {"text": "MET", "color": "green"}}}]
+    met_colors = mapped({"0": ("MISSED", "red"), "1": ("MET", "green")})
     panels = [
-        table("KPIs against targets", "mlops_kpi * on (kpi) group_left (metric, source, direction, run_id, version) "
+        table_("KPIs against targets", "mlops_kpi * on (job, kpi) group_left (metric, source, direction, run_id, version) "
               "mlops_kpi_source_info", "short", "Each KPI's current value, where it comes from, and its target below."),
-        panel("stat", "Target met", [target("mlops_kpi_target_met", "{{kpi}}", instant=True)], "none",
-              "Green when the KPI meets its target in its direction.", w=12, h=6,
-              options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"},
-              extra={"fieldConfig": {"defaults": {"unit": "none", "noValue": "no data yet", "links": [], "mappings": met_colors},
-                                     "overrides": []}}),
-        bars("KPI value vs target", "mlops_kpi / on (kpi) group_left mlops_kpi_target", "{{kpi}}", "percentunit",
+        stat_panel("Target met", [target("mlops_kpi_target_met", "{{kpi}}", instant=True)], "none",
+                   "Green when the KPI meets its target in its direction.", w=12, h=6, mappings=met_colors,
+                   background=True),
+        bars("KPI value vs target", "mlops_kpi / on (job, kpi) group_left mlops_kpi_target", "{{kpi}}", "percentunit",
              "Value as a share of the target (for lower-is-better KPIs, under 1 is good).", w=12),
         bars("Model deployment lead time", "mlops_model_deploy_lead_time_seconds", "{{model}}", "dtdurations",
              "From the end of the source run to the creation of the version holding the deploy alias.", w=12),
-        bars("Registered versions", "mlops_model_versions", "{{model}}", "short", w=12),
-        table("Aliases", "mlops_model_version_info", "short", "Which version holds which alias, and its source run."),
+        bars("Registered versions", "mlops_model_versions", "{{model}}", "short",
+             "How many versions each registered model has.", w=12),
+        table_("Aliases", "mlops_model_version_info", "short", "Which version holds which alias, and its source run."),
     ]
-    return dashboard("mlops-kpis", "KPI scorecard", panels, [],
+    return board("mlops-kpis", "KPI scorecard", panels, [],
                      "Business and quality KPIs against their targets, and the model registry.")
 
 
 def exporter() -> dict:
     panels = [
-        panel("stat", "Sources up", [target("mlops_source_up", "{{source}}", instant=True)], "none", w=24, h=4,
-              options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"}),
-        series("Poll duration", [target("mlops_source_poll_duration_seconds", "{{source}}")], "s"),
+        stat_panel("Sources up", [target("mlops_source_up", "{{source}}", instant=True)], "none",
+                   "Each source of the exporter: UP when its last poll succeeded.", w=24,
+                   mappings=mapped({"0": ("DOWN", "red"), "1": ("UP", "green")}), background=True),
+        series("Poll duration", [target("mlops_source_poll_duration_seconds", "{{source}}")], "s",
+               "Wall time of each source's last poll."),
         series("Poll errors", [target("sum by (source) (increase(mlops_source_errors_total[$__rate_interval]))", "{{source}}")],
-               "short"),
-        series("Time since last successful poll", [target("time() - mlops_source_last_success_timestamp_seconds", "{{source}}")], "s"),
+               "short", "Failed polls per interval, by source."),
+        series("Time since last successful poll", [target("time() - mlops_source_last_success_timestamp_seconds", "{{source}}")], "s",
+               "How old each source's figures are; MLExporterPollStale fires past 15 minutes."),
         bars("Skipped runs by reason", "mlops_runs_skipped", "{{reason}}", "short",
              "Runs left out because their data cannot be costed.", w=12),
-        series("Scrape size", [target(f'scrape_samples_scraped{{job="{JOB}"}}', "samples")], "short",
+        series("Scrape size", [target("scrape_samples_scraped", "{{instance}}")], "short",
                "Series per scrape: bounded whatever the number of runs."),
-        series("Runs tracked", [target("mlops_mlflow_runs_tracked", "runs")], "short"),
+        series("Runs tracked", [target("mlops_mlflow_runs_tracked", "{{instance}}")], "short",
+               "Runs held in the exporter's ledger."),
     ]
-    return dashboard("mlops-exporter", "mlops-kpi-exporter health", panels, [],
+    return board("mlops-exporter", "mlops-kpi-exporter health", panels, [],
                      "Is the exporter itself healthy: sources, polls, errors, skipped runs, scrape size.")
 
 
@@ -267,8 +298,8 @@ def main() -> None:
     args = parser.parse_args()
     use_settings(args.ops)
     args.out.mkdir(parents=True, exist_ok=True)
-    for uid, board in build(args.currency).items():
-        (args.out / f"{uid}.json").write_text(json.dumps(board, indent=2, sort_keys=True) + "\n")
+    for uid, data in build(args.currency).items():
+        (args.out / f"{uid}.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

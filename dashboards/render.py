@@ -2,7 +2,7 @@
 
     python dashboards/render.py --prometheus http://127.0.0.1:9090 --out dashboards/img
 
-Every panel runs its own queries (template variables as "All"), drawn with matplotlib at its place
+Every panel runs its own queries (template variables as "All", as Grafana sends them), drawn with matplotlib at its place
 in the dashboard grid: time series as lines, stats as numbers, bar charts, pies and tables as such.
 It is a faithful picture of what the dashboards query, not a pixel copy of Grafana.
 """
@@ -21,18 +21,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 import requests  # noqa: E402
 
 HERE = Path(__file__).parent
-SUBSTITUTIONS = {"$experiment": ".*", "$endpoint": ".*", "$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
+# Grafana sends a multi-value variable set to "All" as its allValue (.+ in these dashboards)
+SUBSTITUTIONS = {"$experiment": ".+", "$endpoint": ".+", "$job": ".+", "$instance": ".+", "$__rate_interval": "1m",
+                 "$__interval": "15s", "$__range": "1h"}
 
 
-def expand(expr: str, rate_interval: str = "1m") -> str:
-    for key, value in sorted(SUBSTITUTIONS.items(), key=lambda kv: -len(kv[0])):
-        expr = expr.replace(key, rate_interval if key == "$__rate_interval" else value)
+def expand(expr: str, rate_interval: str = "1m", variables: dict[str, str] | None = None) -> str:
+    values = SUBSTITUTIONS | {"$__rate_interval": rate_interval} | {f"${k}": v for k, v in (variables or {}).items()}
+    for key, value in sorted(values.items(), key=lambda kv: -len(kv[0])):
+        expr = expr.replace(key, value)
     return expr
 
 
-def run(prometheus: str, target: dict, window: float, rate_interval: str = "1m") -> list[dict]:
-    """The target's result: an instant vector, or a range over the last `window` seconds. Raises on bad PromQL."""
-    expr = expand(target["expr"], rate_interval)
+def run(prometheus: str, target: dict, window: float, rate_interval: str = "1m",
+        variables: dict[str, str] | None = None) -> list[dict]:
+    """The target's result: an instant vector, or a range over the last `window` seconds. Raises on bad PromQL.
+    `variables`: template variables as Grafana would set them (name -> regex), else "All"."""
+    expr = expand(target["expr"], rate_interval, variables)
     now = time.time()
     if target.get("instant"):
         reply = requests.get(f"{prometheus}/api/v1/query", params={"query": expr, "time": now}, timeout=30)

@@ -13,6 +13,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+from prometheus_client.utils import floatToGoString
+
 from mlops_kpi_exporter.runs import (
     ACCRUING_STATUS,
     MS_PER_HOUR,
@@ -50,16 +52,17 @@ class Histogram:
 
 
 def le_text(bound: float) -> str:
-    """A bucket bound as the `le` label shows it: 60, 0.5."""
-    return str(int(bound)) if bound == int(bound) else repr(bound)
+    """A bucket bound as the `le` label shows it, in the float form Prometheus 3 normalises every
+    classic histogram's `le` to (60.0, 0.5), so a query matching on `le` reads the same on 2.x and 3.x."""
+    return floatToGoString(bound)
 
 
-def cumulative_buckets(bounds, counts, label=le_text) -> list[tuple[str, int]]:
+def cumulative_buckets(bounds, counts) -> list[tuple[str, int]]:
     """Per-bucket counts (the last one +Inf) as the cumulative (le, count) pairs of an exposition."""
     out, running = [], 0
     for bound, count in zip((*bounds, math.inf), counts):
         running += count
-        out.append(("+Inf" if bound == math.inf else label(bound), running))
+        out.append(("+Inf" if bound == math.inf else le_text(bound), running))
     return out
 
 

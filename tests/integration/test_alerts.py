@@ -60,7 +60,8 @@ def test_thresholds_are_overridden_without_touching_the_rules(tmp_path):
 
 def test_promtool_checks_and_unit_tests():
     promtool = tool("promtool")
-    check = subprocess.run([promtool, "check", "rules", "--lint=all", str(ALERTS / "rules.yml")], capture_output=True, text=True)
+    check = subprocess.run([promtool, "check", "rules", "--lint=all", "--lint-fatal", str(ALERTS / "rules.yml")],
+                           capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     unit = subprocess.run([promtool, "test", "rules", *map(str, UNIT_TESTS)], capture_output=True, text=True)
     assert unit.returncode == 0, unit.stdout + unit.stderr
@@ -212,3 +213,25 @@ def test_cost_spike_reaches_alertmanager_and_a_webhook(tmp_path, mlflow_server, 
     assert alert["annotations"]["description"].startswith(f"Experiment {experiment} spent USD ")
     assert alert["annotations"]["runbook_url"].endswith("/runbooks#mlcostspike")
     assert alert["annotations"]["dashboard_url"].endswith(f"/d/mlops-costs?var-experiment={experiment}")
+
+
+def test_extra_selectors_reach_every_rule_and_keep_promtool_clean(tmp_path):
+    """deploy/monitoring.yml `selectors` (a mixin's _config): every selector of the exporter's series gets
+    them, every aggregation keeps their labels, and the rules stay valid."""
+    import promql_parser
+
+    from monitoring_lint import selectors
+
+    ops = yaml.safe_load((ROOT / "deploy" / "monitoring.yml").read_text()) | {"selectors": {"cluster": "prod"}}
+    (tmp_path / "ops.yml").write_text(yaml.safe_dump(ops))
+    subprocess.run([*GENERATE, "--ops", str(tmp_path / "ops.yml"), "--out", str(tmp_path / "rules.yml")], check=True)
+    check = subprocess.run([tool("promtool"), "check", "rules", "--lint=all", "--lint-fatal", str(tmp_path / "rules.yml")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    for group in yaml.safe_load((tmp_path / "rules.yml").read_text())["groups"]:
+        for rule in group["rules"]:
+            for selector, _ in selectors(promql_parser.parse(rule["expr"])):
+                if selector.name.startswith("mlops") or selector.name == "up":
+                    assert ("cluster", "prod") in {(m.name, m.value) for m in selector.matchers.matchers}, rule["expr"]
+            if " by (" in rule["expr"]:
+                assert "by (job, cluster" in rule["expr"], rule["expr"]

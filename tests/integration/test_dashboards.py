@@ -48,29 +48,21 @@ def test_committed_json_is_what_the_generator_builds():
         "run: python dashboards/build.py"
 
 
-def test_structure_uids_datasources_units_links():
+def test_provisioning_opens_the_stacks_own_prometheus_with_no_clicks():
+    """The datasource variable picks Grafana's default Prometheus: in the compose stack, the provisioned one."""
     provisioned = yaml.safe_load((BOARDS / "provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
+    assert provisioned["isDefault"] is True and provisioned["type"] == "prometheus"
+    ops = yaml.safe_load((ROOT / "deploy" / "monitoring.yml").read_text())
+    assert provisioned["uid"] == ops["datasource_uid"]
     boards = dashboards()
     assert set(boards) == {"mlops-costs", "mlops-serving", "mlops-kpis", "mlops-exporter"}  # alerts link to these
     for uid, board in boards.items():
         assert board["uid"] == uid and "id" not in board and "__inputs" not in board
-        ids = [p["id"] for p in board["panels"]]
-        assert len(ids) == len(set(ids)), uid
-        for panel in board["panels"]:
-            assert panel["datasource"] == {"type": "prometheus", "uid": provisioned["uid"]}, panel["title"]
-            assert panel["targets"], panel["title"]
-            assert panel["fieldConfig"]["defaults"]["unit"], panel["title"]
-            assert panel["fieldConfig"]["defaults"]["noValue"], panel["title"]
-            for target in panel["targets"]:
-                assert target["datasource"]["uid"] == provisioned["uid"]
-                assert "[5m]" not in target["expr"] and "[1m]" not in target["expr"]  # $__rate_interval instead
-        for variable in board["templating"]["list"]:
-            if variable["type"] == "query":
-                assert variable["datasource"]["uid"] == provisioned["uid"]
         assert any(link.get("tags") == ["mlops"] for link in board["links"])  # links between the dashboards
         assert any("runbooks" in link.get("url", "") for link in board["links"])
     provider = yaml.safe_load((BOARDS / "provisioning/dashboards/mlops.yml").read_text())["providers"][0]
     assert provider["type"] == "file" and provider["options"]["path"]
+    assert provider.get("allowUiUpdates") is False  # edits in the UI would be lost at the next restart
 
 
 @pytest.fixture(scope="module")
@@ -142,19 +134,33 @@ def test_variables_resolve(prometheus):
         for variable in board["templating"]["list"]:
             if variable["type"] != "query":
                 continue
-            metric, label = variable["definition"].removeprefix("label_values(").rstrip(")").split(", ")
+            metric, label = variable["query"].removeprefix("label_values(").removesuffix(")").rsplit(", ", 1)
+            metric = render.expand(metric)
             values = requests.get(f"{prometheus}/api/v1/label/{label}/values", params={"match[]": metric}, timeout=5).json()
             assert values["data"], f"variable {variable['name']} of {board['uid']} has no values"
 
 
-def test_every_panel_query_is_valid_and_returns_data(prometheus):
+@pytest.mark.parametrize("job", [".+", "mlops-kpi-exporter"], ids=["job=All", "job=the demo's"])
+def test_every_panel_query_is_valid_and_returns_data(prometheus, job):
+    """Each query with its variables set the way Grafana sets them: the datasource chosen (the one
+    Prometheus), job = All (its allValue) or the demo's job, the other variables All."""
     empty = []
     for uid, board in dashboards().items():
         for panel, target in targets(board):
-            result = render.run(prometheus, target, window=60, rate_interval="15s")  # raises on invalid PromQL
+            result = render.run(prometheus, target, window=60, rate_interval="15s", variables={"job": job})
             if not result:
                 empty.append(f"{uid} / {panel['title']} / {target['refId']}: {target['expr']}")
     assert empty == [], "panels without data:\n" + "\n".join(empty)
+
+
+def test_another_job_sees_nothing_of_this_one(prometheus):
+    """The job variable really selects: a job that does not exist returns no data on any panel."""
+    for uid, board in dashboards().items():
+        for panel, target in targets(board):
+            if "time()" in target["expr"] and "-" not in target["expr"]:
+                continue
+            assert not render.run(prometheus, target, window=60, rate_interval="15s", variables={"job": "staging"}), \
+                f"{uid} / {panel['title']}"
 
 
 def test_pictures_render(prometheus, tmp_path):

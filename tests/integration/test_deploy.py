@@ -168,3 +168,17 @@ def test_the_stack_as_local_processes(tmp_path, processes):
         assert up["data"]["result"][0]["value"][1] == "1"  # the model answers the exporter's probe
     finally:
         mlflow.kill()
+
+
+def test_the_stack_pins_current_releases_to_exact_tags():
+    """Prometheus 3, a current Alertmanager and Grafana 12 or later, each on an exact version tag."""
+    import re
+
+    images = {name: service["image"] for name, service in SERVICES.items() if "image" in service}
+    versions = {}
+    for name in ("prometheus", "alertmanager", "grafana"):
+        match = re.fullmatch(r"[a-z/]+:v?(\d+)\.(\d+)\.(\d+)", images[name])
+        assert match, f"{name}: {images[name]} is not pinned to an exact version"
+        versions[name] = tuple(int(part) for part in match.groups())
+    assert versions["prometheus"] >= (3, 0, 0) and versions["grafana"] >= (12, 0, 0)
+    assert versions["alertmanager"] >= (0, 28, 0)

@@ -114,7 +114,7 @@ def test_costs_counts_hours_and_estimators_are_exact(mlflow_server, prefix, seed
 
     # completed-run histograms: durations 9000, 3600, 1800, 3600, 900 s
     bucket = lambda le: value(m, "mlops_completed_run_duration_seconds_bucket", experiment=train, le=le)  # noqa: E731
-    assert [bucket(le) for le in ("900", "1800", "3600", "7200", "14400", "+Inf")] == [1, 2, 4, 4, 5, 5]
+    assert [bucket(le) for le in ("900.0", "1800.0", "3600.0", "7200.0", "14400.0", "+Inf")] == [1, 2, 4, 4, 5, 5]
     assert value(m, "mlops_completed_run_duration_seconds_sum", experiment=train) == 18900
     assert value(m, "mlops_completed_run_cost_count", experiment=train) == 5
 

@@ -119,3 +119,26 @@ def test_exporter_health_figures():
     assert value(m, "mlops_exporter_config_last_reload_successful") == 0
     assert not any(name == "mlops_source_last_success_timestamp_seconds" and ("source", "kpis") in labels
                    for name, labels in m)  # absent before the first success
+
+
+@pytest.mark.parametrize("accept, expected", [
+    # Prometheus 3 (scrape_protocols default): it fails a scrape whose Content-Type it does not know
+    ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;"
+     "version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+     "application/openmetrics-text; version=1.0.0"),
+    # Prometheus 2.x
+    ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1", "application/openmetrics-text; version=1.0.0"),
+    ("", "text/plain; version=0.0.4"),  # curl
+])
+def test_the_scrape_content_type_is_one_prometheus_2_and_3_accept(accept, expected):
+    from prometheus_client.registry import CollectorRegistry
+
+    from mlops_kpi_exporter.server import ExporterApp
+    from mlops_kpi_exporter.snapshot import ExporterCollector, SnapshotStore
+
+    store = SnapshotStore()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ExporterCollector(store, "1.0", "USD"))
+    body, content_type = ExporterApp(registry, store, "t", {}).render(accept)
+    assert content_type.startswith(expected) and body

@@ -25,7 +25,7 @@ def families(r: EndpointReadings) -> list[Metric]:
         for outcome, n in r.probes.items():
             probes.add_metric([r.name, outcome], n)
         duration = family("mlops_endpoint_probe_duration_seconds")
-        duration.add_metric([r.name], cumulative_buckets(r.probe_bounds, r.probe_buckets, label=str), r.probe_sum)
+        duration.add_metric([r.name], cumulative_buckets(r.probe_bounds, r.probe_buckets), r.probe_sum)
         out += [up, probes, duration]
     if r.hourly_cost is not None:
         cost = family("mlops_endpoint_hourly_cost", currency=r.currency)
