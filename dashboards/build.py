@@ -264,24 +264,28 @@ def kpis() -> dict:
 
 
 def exporter() -> dict:
+    def per_instance(expr: str) -> str:  # shards of one job: the instance variable picks among them
+        return scoped(expr, 'instance=~"$instance"')
+
     panels = [
-        stat_panel("Sources up", [target("mlops_source_up", "{{source}}", instant=True)], "none",
+        stat_panel("Sources up", [target(per_instance("mlops_source_up"), "{{source}}", instant=True)], "none",
                    "Each source of the exporter: UP when its last poll succeeded.", w=24,
                    mappings=mapped({"0": ("DOWN", "red"), "1": ("UP", "green")}), background=True),
-        series("Poll duration", [target("mlops_source_poll_duration_seconds", "{{source}}")], "s",
+        series("Poll duration", [target(per_instance("mlops_source_poll_duration_seconds"), "{{source}}")], "s",
                "Wall time of each source's last poll."),
-        series("Poll errors", [target("sum by (source) (increase(mlops_source_errors_total[$__rate_interval]))", "{{source}}")],
+        series("Poll errors", [target(per_instance("sum by (source) (increase(mlops_source_errors_total[$__rate_interval]))"), "{{source}}")],
                "short", "Failed polls per interval, by source."),
-        series("Time since last successful poll", [target("time() - mlops_source_last_success_timestamp_seconds", "{{source}}")], "s",
+        series("Time since last successful poll", [target(per_instance("time() - mlops_source_last_success_timestamp_seconds"), "{{source}}")], "s",
                "How old each source's figures are; MLExporterPollStale fires past 15 minutes."),
-        bars("Skipped runs by reason", "mlops_runs_skipped", "{{reason}}", "short",
+        bars("Skipped runs by reason", per_instance("mlops_runs_skipped"), "{{reason}}", "short",
              "Runs left out because their data cannot be costed.", w=12),
-        series("Scrape size", [target("scrape_samples_scraped", "{{instance}}")], "short",
+        series("Scrape size", [target(per_instance("scrape_samples_scraped"), "{{instance}}")], "short",
                "Series per scrape: bounded whatever the number of runs."),
-        series("Runs tracked", [target("mlops_mlflow_runs_tracked", "{{instance}}")], "short",
+        series("Runs tracked", [target(per_instance("mlops_mlflow_runs_tracked"), "{{instance}}")], "short",
                "Runs held in the exporter's ledger."),
     ]
-    return board("mlops-exporter", "mlops-kpi-exporter health", panels, [],
+    instance = query_var("instance", "mlops_exporter_info", "instance")
+    return board("mlops-exporter", "mlops-kpi-exporter health", panels, [instance],
                      "Is the exporter itself healthy: sources, polls, errors, skipped runs, scrape size.")
 
 
