@@ -289,9 +289,51 @@ def exporter() -> dict:
                      "Is the exporter itself healthy: sources, polls, errors, skipped runs, scrape size.")
 
 
+def bill(money: str) -> dict:
+    month = 'month=~"$month"'
+    panels = [
+        stat_("Bill, latest month", 'sum(mlops_cloud_cost_latest_month{cost_basis="billed"})', money,
+              "What the invoices of the latest billing month charge so far, all exports (credits included).", w=6),
+        stat_("Budget used", "sum(mlops:cloud_cost_latest_month:sum) / sum(mlops_cloud_budget_monthly)", "percentunit",
+              "The latest month's bill as a share of billing.monthly_budget.", w=6),
+        stat_("Billed / list price", 'sum(mlops_cloud_cost_latest_month{cost_basis="billed"}) / '
+              'sum(mlops_cloud_cost_latest_month{cost_basis="list"})', "percentunit",
+              "What the company pays of the list price, discounts and credits included.", w=6),
+        stat_("Newest charge, age", "time() - max(mlops_cloud_cost_last_charge_timestamp_seconds)", "s",
+              "How old the newest charge on the bills is: exports arrive a day or two late.", w=6),
+        bars("Bill by provider and service", f'sum by (provider, service) (mlops_cloud_cost{{cost_basis="billed",{month}}})',
+             "{{provider}} {{service}}", money, "The month's bill by provider and service (the largest, the rest as other)."),
+        bars("Bill by team", f'sum by (value) (mlops_cloud_cost_by_tag{{tag="team",cost_basis="billed",{month}}})',
+             "{{value}}", money, "The month's bill by the team tag (after tag_aliases); untagged spend shown as such."),
+        panel_bars_two("Compute: MLflow estimate vs bill, by team", [
+            target(f'sum by (value) (mlops_cost_by_tag_month{{tag="team",{month}}})', "{{value}} estimate", instant=True),
+            target(f'sum by (value) (mlops_cloud_compute_cost_by_tag{{tag="team",cost_basis="billed",{month}}})',
+                   "{{value}} bill", instant=True, ref="B")], money,
+            "MLflow's list-price estimate of the runs beside the compute part of the bill, by team."),
+        bars("Compute: bill over estimate, by team", f'mlops:cloud_compute_bill_over_estimate:ratio{{tag="team",{month}}}',
+             "{{value}}", "percentunit", "Billed compute as a share of MLflow's estimate: under 100 % is discounts, "
+             "over it is spend no run shows (or runs without a price)."),
+        bars("Untagged share of the latest month", "max by (bill, tag) (mlops_cloud_untagged_ratio)", "{{bill}} {{tag}}",
+             "percentunit", "Spend no team can be shown back; MLCloudUntaggedSpend fires over 20 %."),
+        series("Latest month so far", [target('sum by (bill) (mlops_cloud_cost_latest_month{cost_basis="billed"})',
+                                              "{{bill}}")], money, "How each bill's latest month grows as the exports arrive."),
+    ]
+    month_var = (dashboard.QueryVariable("month").label("Month").datasource(DATASOURCE)
+                 .query(f"label_values({scoped('mlops_cloud_cost', SCOPE)}, month)")
+                 .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_DESC))
+    return board("mlops-bill", "Cloud bill", panels, [month_var],
+                 "The cloud bill (FOCUS exports) by month, provider, service and team, beside MLflow's estimates.")
+
+
+def panel_bars_two(title: str, targets: list, unit: str, description: str, w: int = 12) -> barchart.Panel:
+    p = _common(barchart.Panel(), title, targets, unit, description, w, 8)
+    return p.x_tick_label_rotation(-45).with_transformation(
+        DataTransformerConfig(id_val="reduce", options={"reducers": ["lastNotNull"]}))
+
+
 def build(currency: str | None = None) -> dict[str, dict]:
     money = f"currency{currency or OPS['currency']}"
-    return {d["uid"]: d for d in (costs(money), serving(money), kpis(), exporter())}
+    return {d["uid"]: d for d in (costs(money), serving(money), kpis(), exporter(), bill(money))}
 
 
 def main() -> None:

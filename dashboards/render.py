@@ -22,7 +22,7 @@ import requests  # noqa: E402
 
 HERE = Path(__file__).parent
 # Grafana sends a multi-value variable set to "All" as its allValue (.+ in these dashboards)
-SUBSTITUTIONS = {"$experiment": ".+", "$endpoint": ".+", "$job": ".+", "$instance": ".+", "$__rate_interval": "1m",
+SUBSTITUTIONS = {"$experiment": ".+", "$endpoint": ".+", "$job": ".+", "$instance": ".+", "$month": ".+", "$__rate_interval": "1m",
                  "$__interval": "15s", "$__range": "1h"}
 
 

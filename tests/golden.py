@@ -31,6 +31,9 @@ def demo_exposition(workdir: Path) -> str:
 
     db = workdir / "mlflow.db"
     demo.seed(f"sqlite:///{db.resolve()}", workdir / "artifacts", now_ms=NOW_MS)
+    from mlops_kpi_exporter.demo_bill import write_bill
+
+    write_bill(db, NOW_MS)
     config = config_from_dict(demo.demo_config_dict(db))
     mlflow, sources = prepare(config)
     mlflow.apply()
@@ -41,11 +44,13 @@ def demo_exposition(workdir: Path) -> str:
     poller = Poller(sources, store)
     for source in sources:
         assert poller.poll_once(source), source.name
-    return mask(generate_latest(build_registry(store, config)).decode())
+    return mask(generate_latest(build_registry(store, config)).decode(), str(workdir))
 
 
-def mask(text: str) -> str:
+def mask(text: str, workdir: str = "") -> str:
     text = re.sub(r'"[0-9a-f]{32}"', '"<run id>"', text)
+    if workdir:
+        text = text.replace(workdir, "<workdir>")
     lines = []
     for line in text.splitlines():
         if line.startswith(MASKED_VALUES):

@@ -29,6 +29,7 @@ from mlops_kpi_exporter.config import (
 )
 from mlops_kpi_exporter.mlflow_client import MlflowConnection
 from mlops_kpi_exporter.poller import Poller, Source, describe_error
+from mlops_kpi_exporter.metrics import billing
 from mlops_kpi_exporter.metrics.costs import fixed_costs
 from mlops_kpi_exporter.server import BasicAuth, ExporterApp, start_http_server
 from mlops_kpi_exporter.snapshot import ExporterCollector, SnapshotStore
@@ -75,6 +76,10 @@ def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
         sources.append(KpiSource(config, mlflow))
     if config.registry.enabled:
         sources.append(RegistrySource(config, mlflow))
+    if config.billing.sources:
+        from mlops_kpi_exporter.sources.billing import BillingSource
+
+        sources += [BillingSource(source, config) for source in config.billing.sources]
     if config.endpoints:
         from mlops_kpi_exporter.sources.endpoints import EndpointSource
         from mlops_kpi_exporter.pricing import Pricer
@@ -87,7 +92,7 @@ def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
 def build_registry(store: SnapshotStore, config: Config) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
-        ExporterCollector(store, __version__, config.pricing.currency, fixed_costs(config))
+        ExporterCollector(store, __version__, config.pricing.currency, fixed_costs(config) + billing.budget(config))
     )
     return registry
 

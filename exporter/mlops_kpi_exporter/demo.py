@@ -77,7 +77,12 @@ def demo_config_dict(db: Path) -> dict:
             {"category": "software", "monthly": 150, "description": "monitoring SaaS"},
             {"category": "operational", "monthly": 300, "description": "network, security, on-call"},
         ],
-        "allocation": {"tags": ["team", "project"], "max_values": 10},
+        "allocation": {"tags": ["team", "project"], "max_values": 10,
+                       # each cloud writes the tag keys its own way on the bill
+                       "tag_aliases": {"team": ["team", "Team", "user:team"], "project": ["project", "Project", "user:project"]}},
+        "billing": {"poll_interval": "10m", "months": 3, "monthly_budget": 900,
+                    "sources": [{"name": cloud, "focus": str(db.parent.resolve() / "bill" / cloud)}
+                                for cloud in ("aws", "gcp", "azure")]},
         "artifacts": {"enabled": True},
         "registry": {"deploy_alias": "champion"},
     }
@@ -102,7 +107,11 @@ def prepare(data_dir: Path, reset: bool = False) -> Config:
         data_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         log.info("creating demo MLflow store at %s (once; takes a few seconds)", db)
-        runs = seed(f"sqlite:///{db.resolve()}", data_dir / "artifacts", now_ms=int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        runs = seed(f"sqlite:///{db.resolve()}", data_dir / "artifacts", now_ms=now_ms)
+        from mlops_kpi_exporter.demo_bill import write_bill
+
+        write_bill(db, now_ms)
         (data_dir / MARKER).write_text("ok\n")
         log.info("demo store ready: %d runs in %.1fs", runs, time.monotonic() - started)
     return config_from_dict(demo_config_dict(db), source="<demo config>")

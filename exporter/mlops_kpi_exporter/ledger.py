@@ -100,6 +100,7 @@ class RunLedger:
         self._closed_sorted = True
         self.month_cost: Counter[tuple[str, str]] = Counter()  # (exp, YYYY-MM) -> nano, completed runs
         self.tag_cost: Counter[tuple[int, str]] = Counter()  # (allocation tag index, value) -> nano, completed
+        self.month_tag_cost: Counter[tuple[str, int, str]] = Counter()  # (YYYY-MM, tag index, value) -> nano
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -188,6 +189,8 @@ class RunLedger:
                 self._hist(self.cost_hist, exp, self.cost_buckets).add(cost / NANO, cost, sign)
                 for month, piece in run.month_costs:
                     _bump(self.month_cost, (exp, month), sign * piece)
+                    for index, tag_value in enumerate(run.allocation):
+                        _bump(self.month_tag_cost, (month, index, tag_value), sign * piece)
                 for index, tag_value in enumerate(run.allocation):
                     _bump(self.tag_cost, (index, tag_value), sign * cost)
             key = (run.end_ms or 0, run.run_id)
@@ -287,6 +290,19 @@ class RunLedger:
                 out[(index, tag_value)] += accrued
         return out
 
+    def month_tag_costs(self, now_ms: int, rules: RunRules) -> Counter[tuple[str, int, str]]:
+        """Cost in nano by (month, allocation tag index, value), running runs up to now."""
+        out = Counter(self.month_tag_cost)
+        for run in self._costed_open():
+            if run.status == ACCRUING_STATUS:
+                pieces = rules.month_costs(run.hourly, run.start_ms, max(run.start_ms, now_ms))
+            else:
+                pieces = run.month_costs
+            for month, piece in pieces:
+                for index, tag_value in enumerate(run.allocation):
+                    out[(month, index, tag_value)] += piece
+        return out
+
     def _costed_open(self):
         """Open runs that cost on their own (not on a parent's machine)."""
         return (run for run in self.open_runs.values() if run.run_id not in self.within)
@@ -344,6 +360,7 @@ class RunsView:
     artifacts: ArtifactTotals | None = None  # None: artifacts.enabled is off
     storage_gb_month: float = 0.0
     last_full_sync: float | None = None
+    bill_months: int = 0  # > 0 when billing is configured: the estimate by month and tag, this many months
 
     def name(self, experiment_id: str) -> str:
         return self.experiments.get(experiment_id, experiment_id)

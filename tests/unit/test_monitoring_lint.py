@@ -29,12 +29,15 @@ PANELS = {
                       "SLO burn rate (99.9 %)", "Cost per hour"],
     "mlops-kpis": ["KPIs against targets", "Target met", "KPI value vs target", "Model deployment lead time",
                    "Registered versions", "Aliases"],
+    "mlops-bill": ["Bill, latest month", "Budget used", "Billed / list price", "Newest charge, age",
+                   "Bill by provider and service", "Bill by team", "Compute: MLflow estimate vs bill, by team",
+                   "Compute: bill over estimate, by team", "Untagged share of the latest month", "Latest month so far"],
     "mlops-exporter": ["Sources up", "Poll duration", "Poll errors", "Time since last successful poll",
                        "Skipped runs by reason", "Scrape size", "Runs tracked"],
 }
 ALERTS = {"MLCostSpike", "MLBudgetForecastExceeded", "MLBudgetExceeded", "MLRunawayRun", "MLStaleRuns",
           "MLFailedRunWaste", "MLEndpointDown", "MLEndpointHighErrorRate", "MLEndpointLatencyHigh",
-          "MLEndpointUnderutilized", "MLKPIBelowTarget", "MLExporterDown", "MLflowUnreachable", "MLExporterPollStale"}
+          "MLEndpointUnderutilized", "MLKPIBelowTarget", "MLCloudBillOverBudget", "MLCloudUntaggedSpend", "MLCloudBillStale", "MLExporterDown", "MLflowUnreachable", "MLExporterPollStale"}
 
 
 @pytest.mark.parametrize("uid", sorted(BOARDS))

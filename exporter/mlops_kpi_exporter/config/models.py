@@ -19,6 +19,7 @@ from mlops_kpi_exporter.config.common import (
     redact_uri,
 )
 from mlops_kpi_exporter.config.durations import parse_duration
+from mlops_kpi_exporter.config.billing import BillingConfig
 from mlops_kpi_exporter.config.endpoints import EndpointConfig
 from mlops_kpi_exporter.config.web import DEFAULT_PORT, parse_listen
 
@@ -228,6 +229,15 @@ class FixedCostConfig(_Strict):
 class AllocationConfig(_Strict):
     tags: list[str] = Field(default_factory=list, max_length=10)
     max_values: int = Field(20, ge=1, le=500)
+    # cloud tag keys that mean the same allocation tag on the bill: {team: [team, Team, "user:team"]}
+    tag_aliases: dict[str, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _aliases_of_tags(self) -> AllocationConfig:
+        unknown = sorted(set(self.tag_aliases) - set(self.tags))
+        if unknown:
+            raise ValueError(f"tag_aliases for {', '.join(unknown)}, which allocation.tags does not list")
+        return self
 
 
 class ArtifactsConfig(_Strict):
@@ -263,3 +273,4 @@ class Config(_Strict):
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     endpoints: Annotated[list[EndpointConfig], AfterValidator(_unique_names)] = Field(default_factory=list)
+    billing: BillingConfig = Field(default_factory=BillingConfig)

@@ -240,6 +240,42 @@ CATALOGUE: tuple[MetricSpec, ...] = (
           "throughput over the last poll / capacity_rps.",
           "0-1: `gpu`, `cpu`, `memory`, `kv_cache` as reported, and `capacity` = throughput over the last poll / "
           "`capacity_rps`", "serving"),
+    # -- the cloud bill: metrics/billing.py -------------------------------------------------------
+    _spec("mlops_cloud_cost", "gauge", ("bill", "month", "provider", "service", "cost_basis"),
+          "Cost in {currency} on the cloud bill (FOCUS export) by month of the charge period (UTC), provider and "
+          "service; cost_basis billed (the invoice, credits included), effective (amortized) or list. The latest "
+          "billing.months months; beyond billing.max_services services per provider the rest as 'other'. {polled}",
+          "the bill by `month` (`YYYY-MM`), `provider` and `service`; `cost_basis` `billed` (what the invoice "
+          "charges, credits and adjustments included), `effective` (amortized, after commitments) or `list`; "
+          "`bill` names the configured export", "billing"),
+    _spec("mlops_cloud_cost_by_tag", "gauge", ("bill", "month", "tag", "value", "cost_basis"),
+          "Cost in {currency} on the cloud bill by the value of each allocation tag (after allocation.tag_aliases); "
+          "'untagged' always shown, beyond allocation.max_values as 'other': each tag's values add up to the "
+          "month's total. {polled}",
+          "the bill by allocation tag value (after `allocation.tag_aliases`); `untagged` always shown, beyond "
+          "`max_values` as `other`; each tag's values add up to the month's total", "billing"),
+    _spec("mlops_cloud_compute_cost_by_tag", "gauge", ("bill", "month", "tag", "value", "cost_basis"),
+          "The same for the compute part of the bill only (ServiceCategory Compute or AI and Machine Learning): "
+          "what MLflow's run estimates price, for reconciliation with mlops_cost_by_tag_month. {polled}",
+          "the compute part of the bill (service categories Compute, AI and Machine Learning) by tag value: what "
+          "MLflow's estimates price (see `mlops:cloud_compute_bill_over_estimate:ratio`)", "billing"),
+    _spec("mlops_cloud_cost_last_charge_timestamp_seconds", "gauge", ("bill", "provider"),
+          "End of the latest charge period on the bill: bills arrive a day or two late. {polled}",
+          "end of the latest charge period seen: how fresh the bill is (it arrives a day or two late)", "billing"),
+    _spec("mlops_cloud_cost_latest_month", "gauge", ("bill", "month", "cost_basis"),
+          "Cost in {currency} of the latest month on the bill, all providers and services. {polled}",
+          "the whole bill of its latest month (`month` label)", "billing"),
+    _spec("mlops_cloud_untagged_ratio", "gauge", ("bill", "tag"),
+          "Share of the latest month's billed cost without the allocation tag (0-1). {polled}",
+          "share of the latest month's billed cost without the tag: unallocated spend", "billing"),
+    _spec("mlops_cloud_budget_monthly", "gauge", (), "Monthly budget in {currency} of the whole bill, all exports "
+          "(billing.monthly_budget).", "the configured monthly budget of the bill", "billing"),
+    _spec("mlops_cost_by_tag_month", "gauge", ("month", "tag", "value"),
+          "MLflow's estimated compute cost in {currency} by month (runs split at month boundaries, in "
+          "runs.timezone) and allocation tag value, the latest billing.months months: the estimate beside the "
+          "bill's compute. {polled}",
+          "MLflow's estimate by month and allocation tag value, beside `mlops_cloud_compute_cost_by_tag` (when "
+          "billing is configured)", "costs"),
     # -- exporter health: metrics/exporter.py -----------------------------------------------------
     _spec("mlops_exporter_info", "info", ("version", "currency"),
           "Exporter version and the currency of every cost metric.", "the exporter", "exporter"),

@@ -102,6 +102,23 @@ def allocation(view: RunsView) -> list[Metric]:
     return [by_tag]
 
 
+def allocation_by_month(view: RunsView) -> list[Metric]:
+    """MLflow's estimate by month and tag value, beside the cloud bill's compute (billing configured)."""
+    if not view.allocation_tags or not view.bill_months:
+        return []
+    by_month = family("mlops_cost_by_tag_month", currency=view.currency)
+    costs = view.ledger.month_tag_costs(view.now_ms, view.rules)
+    months = sorted({month for month, _, _ in costs})[-view.bill_months:]
+    for month in months:
+        for index, tag in enumerate(view.allocation_tags):
+            values = {v: n for (m, i, v), n in costs.items() if m == month and i == index and v != UNTAGGED}
+            kept = top_with_other(values, view.allocation_max_values)
+            kept[UNTAGGED] = costs.get((month, index, UNTAGGED), 0)
+            for tag_value, nano in sorted(kept.items()):
+                by_month.add_metric([month, tag, tag_value], nano / NANO)
+    return [by_month]
+
+
 def storage(view: RunsView) -> list[Metric]:
     if view.artifacts is None:
         return []

@@ -27,6 +27,7 @@ def render(view: RunsView) -> list[Metric]:
         *costs.bookkeeping(view),
         *budgets.families(view),
         *costs.allocation(view),
+        *costs.allocation_by_month(view),
         *costs.storage(view),
         *costs.sync(view),
     ]
@@ -103,4 +104,5 @@ class MlflowSource:
             artifacts=self.artifacts.view() if self.artifacts is not None else None,
             storage_gb_month=cfg.pricing.storage_gb_month,
             last_full_sync=self.runs.last_full_sync,
+            bill_months=cfg.billing.months if cfg.billing.sources else 0,
         )

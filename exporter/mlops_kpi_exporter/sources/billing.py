@@ -1,0 +1,261 @@
+"""The cloud bill: FOCUS exports (FinOps Open Cost and Usage Specification 1.0 to 1.3) of AWS, Azure
+and Google Cloud, read beside MLflow's estimates.
+
+Costs are summed by month of ChargePeriodStart (UTC), provider, service and service category, and by
+the value of each allocation tag, in integer nano-units (exact: a month's BilledCost equals the
+invoice, credits and adjustments included). Files are read incrementally: one already read and
+unchanged (size and mtime) is not read again, and the figures are the sum over the files there now,
+so a restated month (a file rewritten) replaces the old figures. Memory follows the number of
+groups, never the number of rows: CSV is streamed, Parquet read a batch at a time, a few columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from prometheus_client.metrics_core import Metric
+
+from mlops_kpi_exporter.config import Config, ConfigError
+from mlops_kpi_exporter.config.billing import BillingSource as BillingSourceConfig
+from mlops_kpi_exporter.config.billing import tag_keys
+from mlops_kpi_exporter.metrics import billing as billing_metrics
+from mlops_kpi_exporter.runs import NANO, UNTAGGED
+
+log = logging.getLogger(__name__)
+
+BASES = ("billed", "effective", "list")
+COST_COLUMNS = ("BilledCost", "EffectiveCost", "ListCost")
+REQUIRED = (*COST_COLUMNS, "ChargePeriodStart", "ChargePeriodEnd", "ServiceName")
+PROVIDER_COLUMNS = ("ServiceProviderName", "ProviderName")  # 1.3 renamed it; 1.0-1.2 have the second
+OPTIONAL = ("ServiceCategory", "Tags", "ChargeCategory")
+COMPUTE_CATEGORIES = {"Compute", "AI and Machine Learning"}  # what MLflow's run estimates price
+SUFFIXES = (".csv", ".csv.gz", ".parquet")
+MISSING = {"", "NULL", "null"}
+Costs = list[int]  # nano, in the order of BASES
+
+
+class NotFocus(ValueError):
+    """A file that is not a FOCUS export; the message names the file and what is wrong."""
+
+
+def _nano(text: object) -> int:
+    if text is None or (isinstance(text, str) and text.strip() in MISSING):
+        return 0
+    try:
+        value = Decimal(str(text).strip())
+    except InvalidOperation:
+        raise ValueError(f"not a number: {str(text)[:40]!r}") from None
+    if not value.is_finite():
+        raise ValueError(f"not a finite number: {text!r}")
+    return int((value * NANO).to_integral_value())
+
+
+def _utc(text: object) -> datetime | None:
+    """A FOCUS timestamp, with or without a zone (none means UTC), as an aware UTC datetime."""
+    if isinstance(text, datetime):
+        moment = text
+    elif text is None or (isinstance(text, str) and text.strip() in MISSING):
+        return None
+    else:
+        moment = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def _tags(text: object) -> dict[str, str]:
+    if text is None or (isinstance(text, str) and text.strip() in MISSING):
+        return {}
+    try:
+        data = json.loads(text) if isinstance(text, str) else dict(text)
+    except (ValueError, TypeError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    # a tag with no value is the boolean true; keys may carry odd spacing
+    return {str(k).strip(): ("true" if v is True else str(v).strip()) for k, v in data.items() if v not in (None, "")}
+
+
+@dataclass
+class FileTotals:
+    """What one file adds to the bill."""
+
+    costs: dict[tuple[str, str, str, str], Costs] = field(default_factory=dict)  # (month, provider, service, category)
+    by_tag: dict[tuple[str, str, str, bool], Costs] = field(default_factory=dict)  # (month, tag, value, compute)
+    last_charge: dict[str, float] = field(default_factory=dict)  # provider -> end of the latest charge period
+    rows: int = 0
+
+
+def _add(table: dict, key: tuple, costs: Costs) -> None:
+    current = table.get(key)
+    if current is None:
+        table[key] = list(costs)
+    else:
+        for i, value in enumerate(costs):
+            current[i] += value
+
+
+class FocusReader:
+    """Reads FOCUS files into FileTotals, grouping tags by the allocation tags (after aliases)."""
+
+    def __init__(self, tags: tuple[str, ...], aliases: dict[str, list[str]]):
+        self.tags = tags
+        self.keys = {tag: tag_keys(tag, aliases) for tag in tags}
+
+    def read(self, path: Path) -> FileTotals:
+        totals = FileTotals()
+        rows = self._parquet_rows(path) if path.name.endswith(".parquet") else self._csv_rows(path)
+        for number, row in enumerate(rows, start=2):
+            try:
+                self._add_row(totals, row)
+            except (ValueError, TypeError) as exc:
+                raise NotFocus(f"{path}: row {number}: {exc}") from None
+        return totals
+
+    def _add_row(self, totals: FileTotals, row: dict) -> None:
+        start, end = _utc(row.get("ChargePeriodStart")), _utc(row.get("ChargePeriodEnd"))
+        if start is None:
+            raise ValueError("ChargePeriodStart is empty")
+        month = f"{start.year:04d}-{start.month:02d}"
+        provider = next((str(row[c]).strip() for c in PROVIDER_COLUMNS if row.get(c) not in (None, *MISSING)), "unknown")
+        service = str(row.get("ServiceName") or "").strip() or "unknown"
+        if service in MISSING:
+            service = "unknown"
+        category = str(row.get("ServiceCategory") or "").strip()
+        category = "Other" if category in MISSING else category
+        costs = [_nano(row.get(column)) for column in COST_COLUMNS]
+        _add(totals.costs, (month, provider, service, category), costs)
+        tags = _tags(row.get("Tags"))
+        compute = category in COMPUTE_CATEGORIES
+        for tag, keys in self.keys.items():
+            value = next((tags[k] for k in keys if k in tags), UNTAGGED)[:100]
+            _add(totals.by_tag, (month, tag, value, compute), costs)
+        if end is not None:
+            totals.last_charge[provider] = max(totals.last_charge.get(provider, 0.0), end.timestamp())
+        totals.rows += 1
+
+    @staticmethod
+    def _check_columns(path: Path, columns: list[str]) -> None:
+        for column in REQUIRED:
+            if column not in columns:
+                raise NotFocus(f"{path}: not a FOCUS export: no {column} column")
+        if not any(c in columns for c in PROVIDER_COLUMNS):
+            raise NotFocus(f"{path}: not a FOCUS export: no ProviderName (or ServiceProviderName) column")
+
+    def _csv_rows(self, path: Path):
+        raw = gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+        with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+            reader = csv.DictReader(text)
+            self._check_columns(path, list(reader.fieldnames or []))
+            yield from reader
+
+    def _parquet_rows(self, path: Path):
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(path)
+        columns = table.schema_arrow.names
+        self._check_columns(path, columns)
+        wanted = [c for c in (*REQUIRED, *PROVIDER_COLUMNS, *OPTIONAL) if c in columns]
+        for batch in table.iter_batches(batch_size=50_000, columns=wanted):
+            data = batch.to_pydict()
+            for i in range(batch.num_rows):
+                yield {c: data[c][i] for c in wanted}
+
+
+def focus_files(where: str) -> list[Path]:
+    """The FOCUS files a source names: a folder (recursive), a file or a glob."""
+    path = Path(where)
+    if path.is_dir():
+        found = [p for p in path.rglob("*") if p.is_file()]
+    elif path.is_file():
+        found = [path]
+    else:
+        found = [Path(p) for p in glob.glob(where, recursive=True) if os.path.isfile(p)]
+    return sorted(p for p in found if p.name.endswith(SUFFIXES))
+
+
+@dataclass
+class Bill:
+    """The sum over a source's files: what the metric module renders."""
+
+    name: str
+    currency: str
+    months: int
+    max_services: int
+    max_values: int
+    tags: tuple[str, ...]
+    costs: dict[tuple[str, str, str, str], Costs] = field(default_factory=dict)
+    by_tag: dict[tuple[str, str, str, bool], Costs] = field(default_factory=dict)
+    last_charge: dict[str, float] = field(default_factory=dict)
+    files: int = 0
+    rows: int = 0
+
+    def add(self, part: FileTotals) -> None:
+        for key, costs in part.costs.items():
+            _add(self.costs, key, costs)
+        for key, costs in part.by_tag.items():
+            _add(self.by_tag, key, costs)
+        for provider, end in part.last_charge.items():
+            self.last_charge[provider] = max(self.last_charge.get(provider, 0.0), end)
+        self.files += 1
+        self.rows += part.rows
+
+    def shown_months(self) -> list[str]:
+        return sorted({month for month, *_ in self.costs})[-self.months:]
+
+
+class BillingSource:
+    """One configured export, polled on its own slow interval; a file that is not FOCUS fails the poll
+    (named in the error) and the last good figures stay."""
+
+    def __init__(self, source: BillingSourceConfig, config: Config):
+        if source.focus is None:
+            raise ConfigError(f"billing.sources[{source.name}]: only FOCUS files are read")
+        self.where = source.focus
+        self.name = f"billing:{source.name}"
+        self.label = source.name
+        self.interval = config.billing.poll_interval
+        self.retry_backoff = min(300.0, config.billing.poll_interval)
+        self.config = config
+        self.reader = FocusReader(tuple(config.allocation.tags), dict(config.allocation.tag_aliases))
+        self.cache: dict[Path, tuple[tuple[int, int], FileTotals]] = {}  # path -> ((size, mtime), totals)
+        self.last_read = 0
+
+    def check(self) -> str:
+        files = focus_files(self.where)
+        return f"{len(files)} FOCUS files under {self.where}"
+
+    def poll(self) -> tuple[list[Metric], str]:
+        bill = self.read()
+        return billing_metrics.families(bill), (
+            f"{bill.files} files ({self.last_read} read anew), {bill.rows:,} rows, months {', '.join(bill.shown_months())}")
+
+    def read(self) -> Bill:
+        files = focus_files(self.where)
+        fresh: dict[Path, tuple[tuple[int, int], FileTotals]] = {}
+        self.last_read = 0
+        for path in files:
+            stat = path.stat()
+            stamp = (stat.st_size, stat.st_mtime_ns)
+            cached = self.cache.get(path)
+            if cached is None or cached[0] != stamp:
+                fresh[path] = (stamp, self.reader.read(path))  # NotFocus: the poll fails, the cache stays
+                self.last_read += 1
+            else:
+                fresh[path] = cached
+        self.cache = fresh  # files that went are forgotten: their months are restated by the files there now
+        billing = self.config.billing
+        bill = Bill(self.label, self.config.pricing.currency, billing.months, billing.max_services,
+                    self.config.allocation.max_values, tuple(self.config.allocation.tags))
+        for _, totals in sorted(fresh.items()):
+            bill.add(totals[1])
+        return bill
+
