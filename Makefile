@@ -45,6 +45,7 @@ fuzz: install
 bench: install
 	$(BIN)/python bench/bench_mlflow.py
 	$(BIN)/python bench/bench_endpoints.py
+	$(BIN)/python bench/bench_billing.py
 	$(BIN)/python bench/soak.py --duration 120
 
 clean:
