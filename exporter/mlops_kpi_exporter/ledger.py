@@ -330,37 +330,3 @@ def _bump(counter: Counter, key: object, amount: int) -> None:  # type: ignore[t
     counter[key] += amount
     if counter[key] <= 0:
         del counter[key]
-
-
-@dataclass(frozen=True)
-class ArtifactTotals:
-    """Artifact bytes of completed runs per experiment, as listed so far, and the listing backlog."""
-
-    bytes_by_experiment: dict[str, int]
-    pending: int
-    errors: int
-
-
-@dataclass(frozen=True)
-class RunsView:
-    """What the MLflow source hands the metric modules after a poll: the ledger, the watched
-    experiments and the settings that shape the figures. Rendering only reads it."""
-
-    ledger: RunLedger
-    experiments: dict[str, str]  # id -> name of the watched experiments
-    now_ms: int
-    rules: RunRules  # the time zone of hours of day and calendar months
-    currency: str
-    max_run_series: int = 100
-    max_estimators: int = 20
-    activity_window_ms: int = 30 * 86_400_000
-    budgets: tuple = ()  # BudgetConfig
-    allocation_tags: tuple[str, ...] = ()
-    allocation_max_values: int = 20
-    artifacts: ArtifactTotals | None = None  # None: artifacts.enabled is off
-    storage_gb_month: float = 0.0
-    last_full_sync: float | None = None
-    bill_months: int = 0  # > 0 when billing is configured: the estimate by month and tag, this many months
-
-    def name(self, experiment_id: str) -> str:
-        return self.experiments.get(experiment_id, experiment_id)

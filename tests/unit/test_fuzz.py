@@ -64,7 +64,7 @@ def test_odd_run_data_is_costed_or_skipped_with_a_reason(status, start, end, tag
 @given(experiment=odd_text.filter(bool), run_name=odd_text, team=odd_text)
 def test_odd_names_survive_the_exposition(experiment, run_name, team):
     """Quotes, backslashes, newlines and unicode in names come back out of the parser unchanged."""
-    from mlops_kpi_exporter.ledger import RunsView
+    from mlops_kpi_exporter.views import RunsView
     from mlops_kpi_exporter.sources.mlflow_runs import render as render_runs
 
     facts = make_facts(RULES, run_id="abc", experiment_id="1", run_name=run_name, status="FINISHED",

@@ -6,7 +6,8 @@ import pytest
 
 from conftest import render, samples, value
 from mlops_kpi_exporter.config import BudgetConfig, KpiConfig, PricingConfig
-from mlops_kpi_exporter.ledger import ArtifactTotals, RunLedger, RunsView
+from mlops_kpi_exporter.ledger import RunLedger
+from mlops_kpi_exporter.views import ArtifactTotals, RunsView
 from mlops_kpi_exporter.metrics import exporter, kpis, registry, serving
 from mlops_kpi_exporter.metrics.catalogue import BY_NAME
 from mlops_kpi_exporter.pricing import Pricer

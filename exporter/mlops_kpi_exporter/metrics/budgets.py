@@ -6,7 +6,7 @@ import fnmatch
 
 from prometheus_client.metrics_core import Metric
 
-from mlops_kpi_exporter.ledger import RunsView
+from mlops_kpi_exporter.views import RunsView
 from mlops_kpi_exporter.metrics.catalogue import family
 from mlops_kpi_exporter.runs import NANO
 

@@ -7,7 +7,7 @@ from collections import Counter
 from prometheus_client.metrics_core import Metric
 
 from mlops_kpi_exporter.config import Config
-from mlops_kpi_exporter.ledger import RunsView
+from mlops_kpi_exporter.views import RunsView
 from mlops_kpi_exporter.metrics import OTHER
 from mlops_kpi_exporter.metrics.catalogue import family
 from mlops_kpi_exporter.runs import NANO, SKIP_REASONS, UNTAGGED

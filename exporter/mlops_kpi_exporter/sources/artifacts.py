@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mlops_kpi_exporter.config import ArtifactsConfig
-from mlops_kpi_exporter.ledger import ArtifactTotals, RunLedger
+from mlops_kpi_exporter.ledger import RunLedger
+from mlops_kpi_exporter.views import ArtifactTotals
 from mlops_kpi_exporter.runs import RunFacts
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,8 @@ import time
 from prometheus_client.metrics_core import Metric
 
 from mlops_kpi_exporter.config import Config
-from mlops_kpi_exporter.ledger import RunLedger, RunsView
+from mlops_kpi_exporter.ledger import RunLedger
+from mlops_kpi_exporter.views import RunsView
 from mlops_kpi_exporter.metrics import activity, budgets, costs
 from mlops_kpi_exporter.mlflow_client import MlflowConnection
 from mlops_kpi_exporter.pricing import Pricer
