@@ -28,6 +28,7 @@ ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import EXPORTER, HOUR_MS, MlflowServer, child_env, free_port, samples, wait_http  # noqa: E402
 from upstream import Reply, Upstream  # noqa: E402
+from mlops_kpi_exporter.mlflow_client import paged  # noqa: E402
 
 RATE = 0.096  # m5.large per hour, from the catalog
 
@@ -59,7 +60,6 @@ def soak(workdir: Path, duration: float = 60, scrapers: int = 2, max_scrapes: in
                                 stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"))
     url = f"http://127.0.0.1:{port}/metrics"
     stop = threading.Event()
-    created: list[float] = []  # expected cost of each finished run
     scrape_ok = scrape_failed = 0
     lock = threading.Lock()
     memory: list[float] = []
@@ -70,7 +70,6 @@ def soak(workdir: Path, duration: float = 60, scrapers: int = 2, max_scrapes: in
                 end = int(time.time() * 1000)
                 run = client.create_run(exp, start_time=end - 60_000, tags={"instance_type": "m5.large"})
                 client.set_terminated(run.info.run_id, "FINISHED", end_time=end)
-                created.append(RATE * 60_000 / HOUR_MS)
             except Exception:  # noqa: BLE001 - MLflow is being restarted; try again
                 time.sleep(0.5)
             time.sleep(0.1)
@@ -111,8 +110,16 @@ def soak(workdir: Path, duration: float = 60, scrapers: int = 2, max_scrapes: in
         stop.set()
         for t in threads:
             t.join(timeout=10)
-        time.sleep(4)  # the last runs reach a poll
-        text = requests.get(url, timeout=5).text
+        # What MLflow holds is the truth: a request cut by the restart may still have landed there.
+        finished = sum(1 for _ in paged(client.search_runs, experiment_ids=[exp], max_results=1000,
+                                        filter_string="attributes.status = 'FINISHED'"))
+        deadline = time.monotonic() + 60
+        while True:  # the last runs reach a poll: wait for it, never for a fixed time
+            text = requests.get(url, timeout=5).text
+            key = ("mlops_runs", (("experiment", "soak"), ("status", "FINISHED")))
+            if samples(text).get(key, 0) >= finished or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
     finally:
         stop.set()
         exporter.send_signal(signal.SIGTERM)
@@ -130,8 +137,8 @@ def soak(workdir: Path, duration: float = 60, scrapers: int = 2, max_scrapes: in
         overlaps += sum(1 for (_, a_end), (b_start, _) in zip(spans, spans[1:]) if b_start < a_end - 0.01)
     third = max(1, len(memory) // 3)
     return {
-        "duration_s": duration, "runs_finished": len(created), "runs_counted": counted,
-        "cost_expected": round(sum(created), 9), "cost_exported": round(cost, 9),
+        "duration_s": duration, "runs_finished": finished, "runs_counted": counted,
+        "cost_expected": round(finished * RATE * 60_000 / HOUR_MS, 9), "cost_exported": round(cost, 9),
         "scrapes_ok": scrape_ok, "scrapes_failed": scrape_failed, "polls": len(polls),
         "polls_failed": sum(1 for p in polls if not p["ok"]), "overlapping_polls": overlaps,
         "rss_mib_early": round(sum(memory[:third]) / third, 1), "rss_mib_late": round(sum(memory[-third:]) / third, 1),
