@@ -33,7 +33,7 @@ def demo_exposition(workdir: Path) -> str:
     demo.seed(f"sqlite:///{db.resolve()}", workdir / "artifacts", now_ms=NOW_MS)
     from mlops_kpi_exporter.demo_bill import write_bill
 
-    write_bill(db, NOW_MS)
+    write_bill(db, config_from_dict(demo.demo_config_dict(db)), NOW_MS)
     config = config_from_dict(demo.demo_config_dict(db))
     mlflow, sources = prepare(config)
     mlflow.apply()

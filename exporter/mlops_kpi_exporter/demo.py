@@ -111,7 +111,7 @@ def prepare(data_dir: Path, reset: bool = False) -> Config:
         runs = seed(f"sqlite:///{db.resolve()}", data_dir / "artifacts", now_ms=now_ms)
         from mlops_kpi_exporter.demo_bill import write_bill
 
-        write_bill(db, now_ms)
+        write_bill(db, config_from_dict(demo_config_dict(db)), now_ms)
         (data_dir / MARKER).write_text("ok\n")
         log.info("demo store ready: %d runs in %.1fs", runs, time.monotonic() - started)
     return config_from_dict(demo_config_dict(db), source="<demo config>")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import yaml
 
-from mlops_kpi_exporter.config import config_from_dict
-from mlops_kpi_exporter.demo import DAY_MS, HOUR_MS, demo_config_dict
+from mlops_kpi_exporter.config import Config
 from mlops_kpi_exporter.ledger import RunLedger
 from mlops_kpi_exporter.mlflow_client import paged
+from mlops_kpi_exporter.runs import MS_PER_HOUR as HOUR_MS
 from mlops_kpi_exporter.runs import facts_of
 from mlops_kpi_exporter.sources.mlflow_runs import run_rules
 
@@ -23,6 +23,7 @@ from mlops_kpi_exporter.sources.mlflow_runs import run_rules
 # FOCUS 1.2, tags as user:key), Google's FOCUS view exported as Parquet (FOCUS 1.3 columns), Azure
 # Cost Management (CSV, FOCUS 1.0, tags capitalised).
 BILLS = ("aws", "gcp", "azure")
+DAY_MS = 24 * HOUR_MS
 BILL_STYLE = {  # provider name, compute service, storage service, tag key prefix or case, file name
     "aws": ("AWS", "Amazon Elastic Compute Cloud", "Amazon Simple Storage Service", "user:{}"),
     "gcp": ("Google Cloud", "Compute Engine", "Cloud Storage", "{}"),
@@ -31,7 +32,7 @@ BILL_STYLE = {  # provider name, compute service, storage service, tag key prefi
 BILLED, EFFECTIVE = 0.80, 0.72  # what the demo's company pays of the list price: discounts, then commitments
 
 
-def write_bill(db: Path, now_ms: int) -> int:
+def write_bill(db: Path, config: Config, now_ms: int) -> int:
     """FOCUS files of what the demo's runs cost on each cloud, from the exporter's own run facts (a run on
     its parent's machine is on the bill once, as its parent), plus what no run shows: storage, a credit,
     an untagged notebook. The bill lags a day, as real ones do. Returns the rows written."""
@@ -39,7 +40,6 @@ def write_bill(db: Path, now_ms: int) -> int:
     import pyarrow.parquet as pq
     from mlflow.tracking import MlflowClient
 
-    config = config_from_dict(demo_config_dict(db))
     rules = run_rules(config)
     client = MlflowClient(tracking_uri=f"sqlite:///{db.resolve()}")
     ledger = RunLedger((1.0,), (1.0,))

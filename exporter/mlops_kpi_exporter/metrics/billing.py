@@ -5,16 +5,11 @@ values per tag (the rest summed as 'other', 'untagged' always shown)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from prometheus_client.metrics_core import Metric
 
 from mlops_kpi_exporter.metrics import OTHER
 from mlops_kpi_exporter.metrics.catalogue import family
 from mlops_kpi_exporter.runs import NANO, UNTAGGED
-
-if TYPE_CHECKING:
-    from mlops_kpi_exporter.sources.billing import Bill
 
 BASES = ("billed", "effective", "list")
 
@@ -35,7 +30,8 @@ def _add_costs(metric: Metric, labels: list[str], costs: list[int]) -> None:
         metric.add_metric([*labels, basis], nano / NANO)
 
 
-def families(bill: Bill) -> list[Metric]:
+def families(bill) -> list[Metric]:
+    """`bill`: a billing source's Bill, the sum over its files."""
     cur = bill.currency
     months = bill.shown_months()
     cost = family("mlops_cloud_cost", currency=cur)

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
 from prometheus_client.metrics_core import Metric
 
 from mlops_kpi_exporter.metrics.catalogue import family
 
-if TYPE_CHECKING:
-    from mlops_kpi_exporter.snapshot import SourceState
 
-
-def health(states: Iterable[SourceState], version: str, currency: str, reload_ok: bool | None) -> list[Metric]:
+def health(states: Iterable, version: str, currency: str, reload_ok: bool | None) -> list[Metric]:
+    """`states`: the snapshot store's SourceState of each source."""
     info = family("mlops_exporter_info")
     info.add_metric([], {"version": version, "currency": currency})
     up = family("mlops_source_up")

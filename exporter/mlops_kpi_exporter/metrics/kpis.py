@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from prometheus_client.metrics_core import Metric
 
 from mlops_kpi_exporter.metrics.catalogue import family
 
-if TYPE_CHECKING:
-    from mlops_kpi_exporter.sources.kpis import KpiReading
 
-
-def families(readings: list[KpiReading]) -> list[Metric]:
+def families(readings: list) -> list[Metric]:
+    """`readings`: the KPI source's KpiReading of each KPI."""
     value = family("mlops_kpi")
     target = family("mlops_kpi_target")
     met = family("mlops_kpi_target_met")

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from prometheus_client.metrics_core import Metric
 
 from mlops_kpi_exporter.metrics.catalogue import family
 
-if TYPE_CHECKING:
-    from mlops_kpi_exporter.sources.registry import ModelFacts
 
-
-def families(models: list[ModelFacts], deploy_alias: str) -> list[Metric]:
+def families(models: list, deploy_alias: str) -> list[Metric]:
+    """`models`: the registry source's ModelFacts of each watched model."""
     count = family("mlops_registered_models")
     count.add_metric([], len(models))
     versions = family("mlops_model_versions")

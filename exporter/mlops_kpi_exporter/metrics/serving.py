@@ -5,18 +5,14 @@ value is never presented as fresh."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 from prometheus_client.metrics_core import Metric
 
 from mlops_kpi_exporter.ledger import cumulative_buckets, le_text
 from mlops_kpi_exporter.metrics.catalogue import family
 
-if TYPE_CHECKING:
-    from mlops_kpi_exporter.sources.endpoints import EndpointReadings
 
-
-def families(r: EndpointReadings) -> list[Metric]:
+def families(r) -> list[Metric]:
+    """`r`: an endpoint source's EndpointReadings."""
     out: list[Metric] = []
     if r.probe_up is not None:
         up = family("mlops_endpoint_up")
@@ -40,7 +36,7 @@ def families(r: EndpointReadings) -> list[Metric]:
     return out
 
 
-def traffic(r: EndpointReadings) -> list[Metric]:
+def traffic(r) -> list[Metric]:
     up = family("mlops_endpoint_metrics_up")
     up.add_metric([r.name], 1 if r.metrics_up else 0)
     scrapes = family("mlops_endpoint_metrics_scrapes_total")
