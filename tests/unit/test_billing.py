@@ -180,3 +180,11 @@ def test_config_rules(tmp_path):
         config_from_dict(base | {"billing": {"sources": [{"name": "aws"}]}})
     relative = config_from_dict(base | {"billing": {"sources": [{"name": "aws", "focus": "bills/"}]}}, base_dir=tmp_path)
     assert relative.billing.sources[0].focus == str(tmp_path / "bills")
+
+
+def test_a_bill_in_another_currency_is_refused_not_summed_as_ours(tmp_path):
+    eur = row("10", "10", "10", *NOV)
+    eur["BillingCurrency"] = "EUR"
+    write_csv(tmp_path / "bill" / "eur.csv", [row("1", "1", "1", *NOV), eur])
+    with pytest.raises(NotFocus, match="row 3: BillingCurrency EUR, not pricing.currency USD"):
+        source(tmp_path / "bill").poll()

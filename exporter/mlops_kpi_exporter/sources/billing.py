@@ -37,7 +37,7 @@ BASES = ("billed", "effective", "list")
 COST_COLUMNS = ("BilledCost", "EffectiveCost", "ListCost")
 REQUIRED = (*COST_COLUMNS, "ChargePeriodStart", "ChargePeriodEnd", "ServiceName")
 PROVIDER_COLUMNS = ("ServiceProviderName", "ProviderName")  # 1.3 renamed it; 1.0-1.2 have the second
-OPTIONAL = ("ServiceCategory", "Tags", "ChargeCategory")
+OPTIONAL = ("ServiceCategory", "Tags", "ChargeCategory", "BillingCurrency")
 COMPUTE_CATEGORIES = {"Compute", "AI and Machine Learning"}  # what MLflow's run estimates price
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
 MISSING = {"", "NULL", "null"}
@@ -106,7 +106,8 @@ def _add(table: dict, key: tuple, costs: Costs) -> None:
 class FocusReader:
     """Reads FOCUS files into FileTotals, grouping tags by the allocation tags (after aliases)."""
 
-    def __init__(self, tags: tuple[str, ...], aliases: dict[str, list[str]]):
+    def __init__(self, tags: tuple[str, ...], aliases: dict[str, list[str]], currency: str = "USD"):
+        self.currency = currency  # the bill's amounts are summed as they are: never across currencies
         self.tags = tags
         self.keys = {tag: tag_keys(tag, aliases) for tag in tags}
 
@@ -131,6 +132,9 @@ class FocusReader:
             service = "unknown"
         category = str(row.get("ServiceCategory") or "").strip()
         category = "Other" if category in MISSING else category
+        billed_in = str(row.get("BillingCurrency") or "").strip()
+        if billed_in not in MISSING and billed_in != self.currency:
+            raise ValueError(f"BillingCurrency {billed_in}, not pricing.currency {self.currency}")
         costs = [_nano(row.get(column)) for column in COST_COLUMNS]
         _add(totals.costs, (month, provider, service, category), costs)
         tags = _tags(row.get("Tags"))
@@ -225,7 +229,8 @@ class BillingSource:
         self.interval = config.billing.poll_interval
         self.retry_backoff = min(300.0, config.billing.poll_interval)
         self.config = config
-        self.reader = FocusReader(tuple(config.allocation.tags), dict(config.allocation.tag_aliases))
+        self.reader = FocusReader(tuple(config.allocation.tags), dict(config.allocation.tag_aliases),
+                                  config.pricing.currency)
         self.cache: dict[Path, tuple[tuple[int, int], FileTotals]] = {}  # path -> ((size, mtime), totals)
         self.last_read = 0
 
