@@ -189,3 +189,24 @@ def processes():
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def moto_server(monkeypatch):
+    """A moto server on a free loopback port: the stand-in for AWS (S3, Cost Explorer), which cannot run
+    here. Fake credentials in the environment, as the usual AWS chain reads them; yields its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    requests.post(f"http://{host}:{port}/moto-api/reset", timeout=10)  # moto's state is per process, not per server
+    for key, val in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "moto-secret-key-do-not-log",
+                     "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, val)
+    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

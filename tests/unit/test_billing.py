@@ -2,53 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import gzip
-import json
 import os
 from pathlib import Path
 
 import pytest
 
 from conftest import render, samples, value
+from focus_rows import FOCUS_12, FOCUS_13, row, write_csv, write_parquet
 from mlops_kpi_exporter.config import config_from_dict
 from mlops_kpi_exporter.sources.billing import BillingSource, NotFocus
-
-FOCUS_12 = ["BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "BillingCurrency", "ChargeCategory",
-            "ChargePeriodStart", "ChargePeriodEnd", "ProviderName", "PublisherName", "ServiceName", "ServiceCategory",
-            "Tags", "x_Discounts"]
-FOCUS_13 = [c if c != "ProviderName" else "ServiceProviderName" for c in FOCUS_12]
-
-
-def row(billed, effective, listed, start, end, provider="AWS", service="Amazon EC2", category="Compute", tags=None,
-        charge="Usage"):
-    return {"BilledCost": billed, "EffectiveCost": effective, "ListCost": listed, "ContractedCost": listed,
-            "BillingCurrency": "USD", "ChargeCategory": charge, "ChargePeriodStart": start, "ChargePeriodEnd": end,
-            "ProviderName": provider, "ServiceProviderName": provider, "PublisherName": provider, "ServiceName": service,
-            "ServiceCategory": category, "Tags": "NULL" if tags is None else json.dumps(tags), "x_Discounts": "NULL"}
-
-
-def write_csv(path: Path, rows: list[dict], columns=FOCUS_12, gz: bool = False) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    opener = gzip.open(path, "wt", newline="") if gz else open(path, "w", newline="")
-    with opener as out:
-        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def write_parquet(path: Path, rows: list[dict], columns=FOCUS_13) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {c: [r[c] for r in rows] for c in columns}
-    for c in ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost"):
-        data[c] = [float(v) for v in data[c]]
-    pq.write_table(pa.table(data), path)
-    return path
-
 
 def source(folder: Path, **billing) -> BillingSource:
     config = config_from_dict({
@@ -172,8 +134,14 @@ def test_config_rules(tmp_path):
     from mlops_kpi_exporter.config import ConfigError
 
     base = {"mlflow": {"tracking_uri": "http://127.0.0.1:1"}}
-    with pytest.raises(ConfigError, match="s3:// exports are not read yet"):
-        config_from_dict(base | {"billing": {"sources": [{"name": "aws", "focus": "s3://bucket/x/"}]}})
+    with pytest.raises(ConfigError, match="s3:// needs a bucket"):
+        config_from_dict(base | {"billing": {"sources": [{"name": "aws", "focus": "s3:///x/"}]}})
+    with pytest.raises(ConfigError, match="s3: applies to an s3:// focus location only"):
+        config_from_dict(base | {"billing": {"sources": [{"name": "aws", "focus": "bills/", "s3": {}}]}})
+    with pytest.raises(ConfigError, match="endpoint_url"):
+        config_from_dict(base | {"billing": {"sources": [{"name": "aws", "focus": "s3://b/", "s3": {"endpoint_url": "ftp://x"}}]}})
+    on_s3 = config_from_dict(base | {"billing": {"sources": [{"name": "aws", "focus": "s3://bucket/x/"}]}})
+    assert on_s3.billing.sources[0].focus == "s3://bucket/x/"  # not made relative to the config folder
     with pytest.raises(ConfigError, match="tag_aliases for team, which allocation.tags does not list"):
         config_from_dict(base | {"allocation": {"tag_aliases": {"team": ["Team"]}}})
     with pytest.raises(ConfigError, match="set focus"):

@@ -8,9 +8,20 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from mlops_kpi_exporter.config.common import LABEL_SAFE, Duration, _Strict
 
 
-class CostExplorerConfig(_Strict):
-    region: str = "us-east-1"
-    max_calls_per_day: int = Field(24, ge=1, le=1000)  # every GetCostAndUsage request is billed
+class AwsAccess(_Strict):
+    """Where boto3 connects. Credentials always come from the usual AWS chain (environment, profile,
+    instance or pod role), never from this file."""
+
+    region: str | None = Field(None, pattern=r"^[a-z0-9-]{2,40}$")  # else the chain's (AWS_REGION, profile)
+    endpoint_url: str | None = Field(None, pattern=r"^https?://")  # an S3-compatible store; else AWS_ENDPOINT_URL*
+    profile: str | None = Field(None, pattern=LABEL_SAFE)  # a named profile of ~/.aws/config
+
+
+class CostExplorerConfig(AwsAccess):
+    region: str | None = Field("us-east-1", pattern=r"^[a-z0-9-]{2,40}$")  # Cost Explorer lives in us-east-1
+    # Every GetCostAndUsage request is billed (USD 0.01): a poll that would go over this budget of
+    # requests in a UTC day is put off, and the last figures stay.
+    max_calls_per_day: int = Field(48, ge=1, le=10_000)
 
 
 class BillingSource(_Strict):
@@ -18,6 +29,7 @@ class BillingSource(_Strict):
     # FOCUS files: a folder (read recursively), a file or a glob; .csv, .csv.gz, .parquet. Relative to
     # the config file's folder, as every path in the config.
     focus: str | None = None
+    s3: AwsAccess | None = None  # how to reach an s3:// focus location (optional)
     cost_explorer: CostExplorerConfig | None = None
 
     @field_validator("focus")
@@ -26,7 +38,9 @@ class BillingSource(_Strict):
         if value is None:
             return None
         if value.startswith("s3://"):
-            raise ValueError("s3:// exports are not read yet: sync them to a folder (aws s3 sync) and point here")
+            if not value[5:].split("/", 1)[0]:
+                raise ValueError("s3:// needs a bucket: s3://bucket/prefix/")
+            return value
         base = (info.context or {}).get("base_dir")
         path = Path(value)
         return str(path if path.is_absolute() or base is None else Path(base) / path)
@@ -35,8 +49,8 @@ class BillingSource(_Strict):
     def _one_kind(self) -> BillingSource:
         if (self.focus is None) == (self.cost_explorer is None):
             raise ValueError("set focus (FOCUS files) or cost_explorer, one of them")
-        if self.cost_explorer is not None:
-            raise ValueError("cost_explorer is not available yet: export the bill as FOCUS (AWS Data Exports) instead")
+        if self.s3 is not None and not (self.focus or "").startswith("s3://"):
+            raise ValueError("s3: applies to an s3:// focus location only")
         return self
 
 

@@ -3,21 +3,26 @@ and Google Cloud, read beside MLflow's estimates.
 
 Costs are summed by month of ChargePeriodStart (UTC), provider, service and service category, and by
 the value of each allocation tag, in integer nano-units (exact: a month's BilledCost equals the
-invoice, credits and adjustments included). Files are read incrementally: one already read and
-unchanged (size and mtime) is not read again, and the figures are the sum over the files there now,
-so a restated month (a file rewritten) replaces the old figures. Memory follows the number of
+invoice, credits and adjustments included). Files are local (a folder, a file, a glob) or objects
+on S3 (`s3://bucket/prefix/`, through boto3). They are read incrementally: one already read and
+unchanged (size and mtime; on S3 size and ETag) is not read again, and the figures are the sum over
+the files there now, so a restated month (a file rewritten) replaces the old figures. Memory follows the number of
 groups, never the number of rows: CSV is streamed, Parquet read a batch at a time, a few columns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fnmatch
 import glob
 import gzip
 import io
 import json
 import logging
 import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -111,14 +116,16 @@ class FocusReader:
         self.tags = tags
         self.keys = {tag: tag_keys(tag, aliases) for tag in tags}
 
-    def read(self, path: Path) -> FileTotals:
+    def read(self, path: Path, name: str | None = None) -> FileTotals:
+        """The totals of one file; `name` (default the path) is how errors name it, e.g. an s3:// URL."""
+        name = name or str(path)
         totals = FileTotals()
-        rows = self._parquet_rows(path) if path.name.endswith(".parquet") else self._csv_rows(path)
+        rows = self._parquet_rows(path, name) if name.endswith(".parquet") else self._csv_rows(path, name)
         for number, row in enumerate(rows, start=2):
             try:
                 self._add_row(totals, row)
             except (ValueError, TypeError) as exc:
-                raise NotFocus(f"{path}: row {number}: {exc}") from None
+                raise NotFocus(f"{name}: row {number}: {exc}") from None
         return totals
 
     def _add_row(self, totals: FileTotals, row: dict) -> None:
@@ -147,26 +154,29 @@ class FocusReader:
         totals.rows += 1
 
     @staticmethod
-    def _check_columns(path: Path, columns: list[str]) -> None:
+    def _check_columns(name: str, columns: list[str]) -> None:
         for column in REQUIRED:
             if column not in columns:
-                raise NotFocus(f"{path}: not a FOCUS export: no {column} column")
+                raise NotFocus(f"{name}: not a FOCUS export: no {column} column")
         if not any(c in columns for c in PROVIDER_COLUMNS):
-            raise NotFocus(f"{path}: not a FOCUS export: no ProviderName (or ServiceProviderName) column")
+            raise NotFocus(f"{name}: not a FOCUS export: no ProviderName (or ServiceProviderName) column")
 
-    def _csv_rows(self, path: Path):
-        raw = gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+    def _csv_rows(self, path: Path, name: str):
+        raw = gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")
         with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
             reader = csv.DictReader(text)
-            self._check_columns(path, list(reader.fieldnames or []))
+            self._check_columns(name, list(reader.fieldnames or []))
             yield from reader
 
-    def _parquet_rows(self, path: Path):
+    def _parquet_rows(self, path: Path, name: str):
         import pyarrow.parquet as pq
 
-        table = pq.ParquetFile(path)
+        try:
+            table = pq.ParquetFile(path)
+        except Exception as exc:  # pyarrow's ArrowInvalid: not a Parquet file at all
+            raise NotFocus(f"{name}: not a Parquet file: {str(exc)[:120]}") from None
         columns = table.schema_arrow.names
-        self._check_columns(path, columns)
+        self._check_columns(name, columns)
         wanted = [c for c in (*REQUIRED, *PROVIDER_COLUMNS, *OPTIONAL) if c in columns]
         for batch in table.iter_batches(batch_size=50_000, columns=wanted):
             data = batch.to_pydict()
@@ -174,16 +184,74 @@ class FocusReader:
                 yield {c: data[c][i] for c in wanted}
 
 
-def focus_files(where: str) -> list[Path]:
-    """The FOCUS files a source names: a folder (recursive), a file or a glob."""
-    path = Path(where)
-    if path.is_dir():
-        found = [p for p in path.rglob("*") if p.is_file()]
-    elif path.is_file():
-        found = [path]
-    else:
-        found = [Path(p) for p in glob.glob(where, recursive=True) if os.path.isfile(p)]
-    return sorted(p for p in found if p.name.endswith(SUFFIXES))
+Stamp = tuple  # what tells that a file changed: (size, mtime) on disk, (size, ETag) on S3
+
+
+class LocalFiles:
+    """FOCUS files on disk: a folder (recursive), a file or a glob."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def list(self) -> list[tuple[str, Stamp]]:
+        path = Path(self.where)
+        if path.is_dir():
+            found = [p for p in path.rglob("*") if p.is_file()]
+        elif path.is_file():
+            found = [path]
+        else:
+            found = [Path(p) for p in glob.glob(self.where, recursive=True) if os.path.isfile(p)]
+        out = []
+        for p in sorted(p for p in found if p.name.endswith(SUFFIXES)):
+            stat = p.stat()
+            out.append((str(p), (stat.st_size, stat.st_mtime_ns)))
+        return out
+
+    @contextlib.contextmanager
+    def opened(self, name: str) -> Iterator[Path]:
+        yield Path(name)
+
+
+class S3Objects:
+    """FOCUS files on S3: `s3://bucket/prefix/` (every object under it), one object, or a key with a
+    glob (`s3://bucket/exports/*/data/**`). An object is downloaded to a temporary file to be read
+    (Parquet needs to seek) and the file removed at once."""
+
+    def __init__(self, url: str, access, what: str):
+        from mlops_kpi_exporter.sources import aws
+
+        self.url = url
+        self.bucket, _, self.key = url[len("s3://"):].partition("/")
+        cut = min((i for i, c in enumerate(self.key) if c in "*?["), default=len(self.key))
+        self.prefix = self.key[:cut]
+        self.pattern = self.key if cut < len(self.key) else None
+        self.client = aws.client("s3", access, what)
+        self.describe = aws.describe_error
+
+    def list(self) -> list[tuple[str, Stamp]]:
+        out = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for item in page.get("Contents", []):
+                    key = item["Key"]
+                    if not key.endswith(SUFFIXES) or (self.pattern and not fnmatch.fnmatchcase(key, self.pattern)):
+                        continue
+                    out.append((f"s3://{self.bucket}/{key}", (item.get("Size"), item.get("ETag"))))
+        except Exception as exc:  # botocore's ClientError, EndpointConnectionError, NoCredentialsError
+            raise RuntimeError(f"{self.url}: cannot list: {self.describe(exc)}") from None
+        return sorted(out)
+
+    @contextlib.contextmanager
+    def opened(self, name: str) -> Iterator[Path]:
+        key = name[len(f"s3://{self.bucket}/"):]
+        suffix = next(s for s in SUFFIXES if key.endswith(s))
+        with tempfile.TemporaryDirectory(prefix="mlops-bill-") as folder:
+            path = Path(folder) / f"object{suffix}"
+            try:
+                self.client.download_file(self.bucket, key, str(path))
+            except Exception as exc:  # noqa: BLE001 - reported with the object's name
+                raise RuntimeError(f"{name}: cannot download: {self.describe(exc)}") from None
+            yield path
 
 
 @dataclass
@@ -222,8 +290,10 @@ class BillingSource:
 
     def __init__(self, source: BillingSourceConfig, config: Config):
         if source.focus is None:
-            raise ConfigError(f"billing.sources[{source.name}]: only FOCUS files are read")
+            raise ConfigError(f"billing.sources[{source.name}]: only FOCUS files are read here")
         self.where = source.focus
+        self.files = (S3Objects(source.focus, source.s3, f"billing.sources[{source.name}]")
+                      if source.focus.startswith("s3://") else LocalFiles(source.focus))
         self.name = f"billing:{source.name}"
         self.label = source.name
         self.interval = config.billing.poll_interval
@@ -231,12 +301,13 @@ class BillingSource:
         self.config = config
         self.reader = FocusReader(tuple(config.allocation.tags), dict(config.allocation.tag_aliases),
                                   config.pricing.currency)
-        self.cache: dict[Path, tuple[tuple[int, int], FileTotals]] = {}  # path -> ((size, mtime), totals)
+        self.cache: dict[str, tuple[Stamp, FileTotals]] = {}  # file -> (stamp, totals)
         self.last_read = 0
 
     def check(self) -> str:
-        files = focus_files(self.where)
-        return f"{len(files)} FOCUS files under {self.where}"
+        if isinstance(self.files, S3Objects):
+            return f"FOCUS objects under {self.where} (listed at the first poll)"
+        return f"{len(self.files.list())} FOCUS files under {self.where}"
 
     def poll(self) -> tuple[list[Metric], str]:
         bill = self.read()
@@ -244,18 +315,16 @@ class BillingSource:
             f"{bill.files} files ({self.last_read} read anew), {bill.rows:,} rows, months {', '.join(bill.shown_months())}")
 
     def read(self) -> Bill:
-        files = focus_files(self.where)
-        fresh: dict[Path, tuple[tuple[int, int], FileTotals]] = {}
+        fresh: dict[str, tuple[Stamp, FileTotals]] = {}
         self.last_read = 0
-        for path in files:
-            stat = path.stat()
-            stamp = (stat.st_size, stat.st_mtime_ns)
-            cached = self.cache.get(path)
+        for name, stamp in self.files.list():
+            cached = self.cache.get(name)
             if cached is None or cached[0] != stamp:
-                fresh[path] = (stamp, self.reader.read(path))  # NotFocus: the poll fails, the cache stays
+                with self.files.opened(name) as path:
+                    fresh[name] = (stamp, self.reader.read(path, name))  # NotFocus: the poll fails, the cache stays
                 self.last_read += 1
             else:
-                fresh[path] = cached
+                fresh[name] = cached
         self.cache = fresh  # files that went are forgotten: their months are restated by the files there now
         billing = self.config.billing
         bill = Bill(self.label, self.config.pricing.currency, billing.months, billing.max_services,
@@ -263,4 +332,3 @@ class BillingSource:
         for _, totals in sorted(fresh.items()):
             bill.add(totals[1])
         return bill
-

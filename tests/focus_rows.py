@@ -1,0 +1,44 @@
+"""FOCUS bill rows and files written to the spec (1.2 and 1.3 column sets, CSV, gzip CSV, Parquet), for
+the billing tests."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+FOCUS_12 = ["BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "BillingCurrency", "ChargeCategory",
+            "ChargePeriodStart", "ChargePeriodEnd", "ProviderName", "PublisherName", "ServiceName", "ServiceCategory",
+            "Tags", "x_Discounts"]
+FOCUS_13 = [c if c != "ProviderName" else "ServiceProviderName" for c in FOCUS_12]
+
+
+def row(billed, effective, listed, start, end, provider="AWS", service="Amazon EC2", category="Compute", tags=None,
+        charge="Usage"):
+    return {"BilledCost": billed, "EffectiveCost": effective, "ListCost": listed, "ContractedCost": listed,
+            "BillingCurrency": "USD", "ChargeCategory": charge, "ChargePeriodStart": start, "ChargePeriodEnd": end,
+            "ProviderName": provider, "ServiceProviderName": provider, "PublisherName": provider, "ServiceName": service,
+            "ServiceCategory": category, "Tags": "NULL" if tags is None else json.dumps(tags), "x_Discounts": "NULL"}
+
+
+def write_csv(path: Path, rows: list[dict], columns=FOCUS_12, gz: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open(path, "wt", newline="") if gz else open(path, "w", newline="")
+    with opener as out:
+        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_parquet(path: Path, rows: list[dict], columns=FOCUS_13) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {c: [r[c] for r in rows] for c in columns}
+    for c in ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost"):
+        data[c] = [float(v) for v in data[c]]
+    pq.write_table(pa.table(data), path)
+    return path
