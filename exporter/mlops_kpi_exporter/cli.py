@@ -77,9 +77,9 @@ def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
     if config.registry.enabled:
         sources.append(RegistrySource(config, mlflow))
     if config.billing.sources:
-        from mlops_kpi_exporter.sources.billing import BillingSource
+        from mlops_kpi_exporter.sources.billing import bill_sources
 
-        sources += [BillingSource(source, config) for source in config.billing.sources]
+        sources += bill_sources(config)
     if config.endpoints:
         from mlops_kpi_exporter.sources.endpoints import EndpointSource
         from mlops_kpi_exporter.pricing import Pricer

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from mlops_kpi_exporter.config import Config
 from mlops_kpi_exporter.mlflow_client import MlflowConnection
 from mlops_kpi_exporter.pricing import BadRunData, money
+from mlops_kpi_exporter.sources.billing import COMPUTE_CATEGORIES
 from mlops_kpi_exporter.runs import MS_PER_HOUR, NANO, UNTAGGED, RunFacts, cost_nano, facts_of, on_parents_machine
 
 if TYPE_CHECKING:
@@ -233,6 +234,72 @@ def figures_dict(config: Config, figures: Figures, previous: Figures, kpis: list
     }
 
 
+def _month_bounds(month: str) -> tuple[int, int]:
+    year, mon = int(month[:4]), int(month[5:7])
+    start = datetime(year, mon, 1, tzinfo=timezone.utc)
+    end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=timezone.utc)
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+def period_months(period: Period) -> list[str]:
+    """The UTC calendar months a period touches (the bill's months are UTC)."""
+    months, moment = [], _utc(period.start_ms).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    while int(moment.timestamp() * 1000) < period.end_ms:
+        months.append(f"{moment.year:04d}-{moment.month:02d}")
+        moment = moment.replace(year=moment.year + moment.month // 12, month=moment.month % 12 + 1)
+    return months
+
+
+def cloud_bill(config: Config, runs: RunSync, period: Period, now_ms: int, bills: list) -> dict | None:
+    """The bill of each month the period touches, beside MLflow's estimate for the same (whole, UTC)
+    month: per bill and provider, and compute per allocation tag value. `bills`: (name, Bill or the
+    error that stopped reading it)."""
+    if not bills:
+        return None
+    months = period_months(period)[-12:]
+    out: dict[str, Any] = {"months": months, "totals": [], "estimate": {}, "by_tag": [], "errors": {}, "last_charge": {}}
+    read = []
+    for name, bill in bills:
+        if isinstance(bill, str):
+            out["errors"][name] = bill
+            continue
+        read.append(bill)
+        for provider, end in sorted(bill.last_charge.items()):
+            out["last_charge"][f"{name}/{provider}"] = _utc(int(end * 1000)).isoformat()
+        for month in months:
+            providers: dict[str, list[int]] = {}
+            for (m, provider, _, category), costs in bill.costs.items():
+                if m == month:
+                    sums = providers.setdefault(provider, [0] * 6)
+                    compute = category in COMPUTE_CATEGORIES
+                    for i, value in enumerate(costs):
+                        sums[i] += value
+                        sums[3 + i] += value if compute else 0
+            for provider, sums in sorted(providers.items()):
+                out["totals"].append({"bill": name, "month": month, "provider": provider, **{
+                    key: round(v / NANO, 6) for key, v in zip(
+                        ("billed", "effective", "list", "compute_billed", "compute_effective", "compute_list"), sums)}})
+    for month in months:
+        if not any(m == month for bill in read for m, *_ in bill.costs):
+            continue  # no bill for that month (yet): nothing to set the estimate beside
+        start, end = _month_bounds(month)
+        estimate = collect(runs, Period(start, min(end, max(now_ms, start + 1))), now_ms)
+        out["estimate"][month] = round(estimate.total / NANO, 6)
+        for tag in config.allocation.tags:
+            billed: Counter = Counter()
+            for bill in read:
+                for (m, t, value, compute), costs in bill.by_tag.items():
+                    if m == month and t == tag and compute:
+                        billed[value] += costs[0]
+            estimated = estimate.by_tag.get(tag, Counter())
+            for value in sorted(set(billed) | set(estimated), key=lambda v: (-billed[v], -estimated[v], v))[:TOP_RUNS]:
+                out["by_tag"].append({
+                    "month": month, "tag": tag, "value": value, "estimate": round(estimated[value] / NANO, 6),
+                    "bill_compute": round(billed[value] / NANO, 6),
+                    "bill_over_estimate": round(billed[value] / estimated[value], 4) if estimated[value] else None})
+    return out
+
+
 def insights(data: dict) -> list[str]:
     """A few sentences naming the largest drivers."""
     cur, total = data["currency"], data["total_compute"]
@@ -261,6 +328,32 @@ def insights(data: dict) -> list[str]:
     over = [b["budget"] for b in data["budgets"] if b["spent"] > b["period_budget"]]
     if over:
         out.append(f"Over budget for the period: {', '.join(over)}.")
+    bill = data.get("cloud_bill") or {}
+    for month in bill.get("months", []):
+        rows = [r for r in bill["totals"] if r["month"] == month]
+        if rows:
+            billed, compute = sum(r["billed"] for r in rows), sum(r["compute_billed"] for r in rows)
+            estimate = bill["estimate"].get(month)
+            text = (f"The cloud bill for {month} is {money(billed, cur)} ({money(compute, cur)} of it compute, "
+                    f"{money(sum(r['effective'] for r in rows), cur)} effective after discounts)")
+            out.append(text + ("." if estimate is None else f"; MLflow's run estimate for the whole month is {money(estimate, cur)}."))
+    for name, error in bill.get("errors", {}).items():
+        out.append(f"The bill {name} could not be read: {error}")
+    return out
+
+
+def read_bills(config: Config) -> list:
+    """Each configured bill read now, as the exporter's billing sources read it: (name, Bill), or (name,
+    the error) so that a bill that cannot be read is said in the report, not fatal to it."""
+    from mlops_kpi_exporter.poller import describe_error
+    from mlops_kpi_exporter.sources.billing import bill_sources
+
+    out = []
+    for source in bill_sources(config):
+        try:
+            out.append((source.label, source.read()))
+        except Exception as exc:  # noqa: BLE001 - said in the report
+            out.append((source.label, describe_error(exc)))
     return out
 
 
@@ -285,6 +378,7 @@ def write_report(config: Config, mlflow: MlflowConnection, period: Period, fmt: 
     kpi_source = KpiSource(config, mlflow)
     kpis = [kpi_source.read_or_skip(k) for k in config.kpis]
     data = figures_dict(config, figures, previous, kpis, config.mlflow.ui_url)
+    data["cloud_bill"] = cloud_bill(config, runs, period, now_ms, read_bills(config))
     data["what_to_look_at"] = insights(data)
     if fmt == "json":
         out.write(json.dumps(data, indent=2) + "\n")

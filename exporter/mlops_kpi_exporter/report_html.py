@@ -112,6 +112,26 @@ def render_html(data: dict) -> str:
                  "<span class=bad>over</span>" if b["spent"] > b["period_budget"] else "<span class=ok>within</span>"]
                 for b in data["budgets"]]
         parts.append("<h2>Budgets</h2>" + _table(["budget", "monthly", "for this period", "spent", ""], rows))
+    bill = data.get("cloud_bill")
+    if bill:
+        parts.append("<h2>The cloud bill beside the estimate</h2><p class=sub>The bill is monthly (UTC) and arrives a "
+                     "day or two late; the estimate is MLflow's run time at catalog prices for the same whole month. "
+                     "Compute is the bill's Compute and AI and Machine Learning services.</p>")
+        rows = [[html.escape(r["bill"]), html.escape(r["month"]), html.escape(r["provider"]), m(r["billed"]),
+                 m(r["effective"]), m(r["list"]), m(r["compute_billed"]),
+                 m(bill["estimate"][r["month"]]) if r["month"] in bill["estimate"] else "-"] for r in bill["totals"]]
+        if rows:
+            parts.append(_table(["bill", "month", "provider", "billed", "effective", "list", "compute billed",
+                                 "estimate (all runs)"], rows))
+        rows = [[html.escape(r["month"]), html.escape(f"{r['tag']}={r['value']}"), m(r["estimate"]), m(r["bill_compute"]),
+                 "-" if r["bill_over_estimate"] is None else f"{r['bill_over_estimate']:.2f}x"] for r in bill["by_tag"]]
+        if rows:
+            parts.append(_table(["month", "allocation", "estimate", "bill (compute, billed)", "bill / estimate"], rows))
+        if bill["last_charge"]:
+            parts.append("<p class=sub>Latest charge on the bill: " + ", ".join(
+                f"{html.escape(k)} {html.escape(v[:16])}" for k, v in bill["last_charge"].items()) + " (UTC).</p>")
+        for name, error in bill["errors"].items():
+            parts.append(f"<p class=bad>The bill {html.escape(name)} could not be read: {html.escape(error)}</p>")
     tco = data["tco"]
     parts.append("<h2>Total cost of ownership for the period</h2>" + _table(
         ["category", "cost"], [[html.escape(k), m(v)] for k, v in tco.items()] + [["<b>total</b>", f"<b>{m(sum(tco.values()))}</b>"]]))

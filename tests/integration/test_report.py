@@ -108,3 +108,47 @@ def test_cli_errors(tmp_path, store):
     assert proc.returncode == 2 and "--from and --to go together" in proc.stderr
     proc = run_cli("report", "--config", str(path), "--out", str(tmp_path / "r.html"))
     assert proc.returncode == 1 and "cannot make the report" in proc.stderr
+
+
+def test_the_bill_stands_beside_the_estimate_for_the_months_of_the_period(mlflow_server, prefix, tmp_path):
+    from datetime import datetime, timezone
+
+    from focus_rows import row, write_csv
+
+    now = int(datetime(2026, 11, 20, 12, tzinfo=timezone.utc).timestamp() * 1000)
+    nov10, nov15 = now - 10 * 24 * HOUR_MS, now - 5 * 24 * HOUR_MS
+    client = mlflow_server.client()
+    exp = client.create_experiment(f"{prefix}-train")
+    add_run(client, exp, nov10, nov10 + 10 * HOUR_MS, tags={"instance_type": "p3.2xlarge", "team": "a"})  # 30.60
+    add_run(client, exp, nov15, nov15 + 2 * HOUR_MS, tags={"instance_type": "g4dn.xlarge", "team": "b"})  # 1.052
+    add_run(client, exp, now - 40 * 24 * HOUR_MS, now - 40 * 24 * HOUR_MS + HOUR_MS,
+            tags={"instance_type": "m5.large", "team": "a"})  # October: outside the period and the month
+    nov = ("2026-11-10T00:00:00Z", "2026-11-11T00:00:00Z")
+    write_csv(tmp_path / "bill" / "nov.csv", [
+        row("20", "18", "31", *nov, tags={"user:team": "a"}),
+        row("1.5", "1.5", "1.6", *nov, tags={"team": "b"}),
+        row("3", "3", "3", *nov, service="Amazon S3", category="Storage"),
+        row("0.5", "0.5", "0.5", "2026-10-09T00:00:00Z", "2026-10-10T00:00:00Z", tags={"team": "a"}),
+    ])
+    config = config_from_dict({
+        "mlflow": {"tracking_uri": mlflow_server.url, "experiments": [f"{prefix}-*"]},
+        "allocation": {"tags": ["team"], "tag_aliases": {"team": ["team", "user:team"]}},
+        "billing": {"sources": [{"name": "aws", "focus": str(tmp_path / "bill")},
+                                {"name": "broken", "focus": str(tmp_path / "nothing-here.csv")}]}})
+    (tmp_path / "nothing-here.csv").write_text("not,a,bill\n1,2,3\n")
+    period = Period(int(datetime(2026, 11, 1, tzinfo=timezone.utc).timestamp() * 1000), now)
+    data = json.loads(report(config, period, "json", now))
+    bill = data["cloud_bill"]
+    assert bill["months"] == ["2026-11"]
+    assert bill["totals"] == [{"bill": "aws", "month": "2026-11", "provider": "AWS", "billed": 24.5, "effective": 22.5,
+                               "list": 35.6, "compute_billed": 21.5, "compute_effective": 19.5, "compute_list": 32.6}]
+    assert bill["estimate"] == {"2026-11": pytest.approx(30.6 + 1.052)}
+    by_value = {r["value"]: r for r in bill["by_tag"]}
+    assert by_value["a"]["estimate"] == pytest.approx(30.6) and by_value["a"]["bill_compute"] == 20.0
+    assert by_value["a"]["bill_over_estimate"] == pytest.approx(20 / 30.6, abs=1e-4)
+    assert by_value["b"]["bill_compute"] == 1.5 and "untagged" not in by_value  # the untagged 3 is storage
+    assert "no ServiceName column" in bill["errors"]["broken"] or "not a FOCUS export" in bill["errors"]["broken"]
+    assert any(s.startswith("The cloud bill for 2026-11 is $24.50 ($21.50 of it compute") for s in data["what_to_look_at"])
+    page = report(config, period, "html", now)
+    assert "The cloud bill beside the estimate" in page and "team=a" in page and "0.65x" in page
+    assert "The bill broken could not be read" in page

@@ -332,3 +332,16 @@ class BillingSource:
         for _, totals in sorted(fresh.items()):
             bill.add(totals[1])
         return bill
+
+
+def bill_sources(config: Config) -> list:
+    """One source per configured bill: FOCUS files (local or s3://) or AWS Cost Explorer."""
+    out = []
+    for source in config.billing.sources:
+        if source.cost_explorer is not None:
+            from mlops_kpi_exporter.sources.cost_explorer import CostExplorerSource
+
+            out.append(CostExplorerSource(source, config))
+        else:
+            out.append(BillingSource(source, config))
+    return out
