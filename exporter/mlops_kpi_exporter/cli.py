@@ -67,11 +67,13 @@ def prepare(config: Config) -> tuple[MlflowConnection, list[Source]]:
 
 
 def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
+    from mlops_kpi_exporter.calibration import Calibration
     from mlops_kpi_exporter.sources.kpis import KpiSource
     from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource
     from mlops_kpi_exporter.sources.registry import RegistrySource
 
-    sources: list[Source] = [MlflowSource(config, mlflow)]
+    calibration = Calibration() if config.pricing.calibrate_from_bill else None
+    sources: list[Source] = [MlflowSource(config, mlflow, calibration=calibration)]
     if config.kpis:
         sources.append(KpiSource(config, mlflow))
     if config.registry.enabled:
@@ -79,7 +81,7 @@ def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
     if config.billing.sources:
         from mlops_kpi_exporter.sources.billing import bill_sources
 
-        sources += bill_sources(config)
+        sources += bill_sources(config, calibration)
     if config.endpoints:
         from mlops_kpi_exporter.sources.endpoints import EndpointSource
         from mlops_kpi_exporter.pricing import Pricer

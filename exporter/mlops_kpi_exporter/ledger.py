@@ -101,6 +101,9 @@ class RunLedger:
         self.month_cost: Counter[tuple[str, str]] = Counter()  # (exp, YYYY-MM) -> nano, completed runs
         self.tag_cost: Counter[tuple[int, str]] = Counter()  # (allocation tag index, value) -> nano, completed
         self.month_tag_cost: Counter[tuple[str, int, str]] = Counter()  # (YYYY-MM, tag index, value) -> nano
+        # the part of the above priced from the catalog, by its provider (pricing.calibrate_from_bill)
+        self.catalog_cost: Counter[tuple[str, str]] = Counter()  # (exp, provider) -> nano, completed
+        self.catalog_month_tag_cost: Counter[tuple[str, str, int, str]] = Counter()  # (provider, month, index, value)
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -191,6 +194,10 @@ class RunLedger:
                     _bump(self.month_cost, (exp, month), sign * piece)
                     for index, tag_value in enumerate(run.allocation):
                         _bump(self.month_tag_cost, (month, index, tag_value), sign * piece)
+                        if run.catalog_provider:
+                            _bump(self.catalog_month_tag_cost, (run.catalog_provider, month, index, tag_value), sign * piece)
+                if run.catalog_provider:
+                    _bump(self.catalog_cost, (exp, run.catalog_provider), sign * cost)
                 for index, tag_value in enumerate(run.allocation):
                     _bump(self.tag_cost, (index, tag_value), sign * cost)
             key = (run.end_ms or 0, run.run_id)
@@ -302,6 +309,24 @@ class RunLedger:
                 for index, tag_value in enumerate(run.allocation):
                     out[(month, index, tag_value)] += piece
         return out
+
+    def catalog_costs(self, now_ms: int, rules: RunRules) -> tuple[Counter, Counter]:
+        """The catalog-priced part of the cost, by provider: per (experiment, provider), and per
+        (provider, month, allocation tag index, value); running runs up to now."""
+        by_exp = Counter(self.catalog_cost)
+        by_month = Counter(self.catalog_month_tag_cost)
+        for run in self._costed_open():
+            if not run.catalog_provider:
+                continue
+            by_exp[(run.experiment_id, run.catalog_provider)] += run.cost_nano(now_ms)
+            if run.status == ACCRUING_STATUS:
+                pieces = rules.month_costs(run.hourly, run.start_ms, max(run.start_ms, now_ms))
+            else:
+                pieces = run.month_costs
+            for month, piece in pieces:
+                for index, tag_value in enumerate(run.allocation):
+                    by_month[(run.catalog_provider, month, index, tag_value)] += piece
+        return by_exp, by_month
 
     def _costed_open(self):
         """Open runs that cost on their own (not on a parent's machine)."""

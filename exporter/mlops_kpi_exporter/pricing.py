@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import yaml
@@ -26,6 +26,7 @@ class Catalog:
     as_of: str
     currency: str
     prices: Mapping[str, float]  # instance type -> hourly price
+    providers: Mapping[str, str] = field(default_factory=dict)  # instance type -> aws | gcp | azure
 
 
 def load_catalog() -> Catalog:
@@ -33,12 +34,15 @@ def load_catalog() -> Catalog:
     text = resources.files("mlops_kpi_exporter").joinpath("data/pricing_catalog.yaml").read_text("utf-8")
     raw = yaml.safe_load(text)
     prices: dict[str, float] = {}
+    providers: dict[str, str] = {}
     for provider, machines in raw["providers"].items():
         for name, price in machines.items():
             if name in prices:
                 raise ValueError(f"pricing catalog: {name} is listed twice (again under {provider})")
             prices[str(name)] = float(price)
-    return Catalog(source=raw["source"], as_of=str(raw["as_of"]), currency=raw["currency"], prices=prices)
+            providers[str(name)] = str(provider)
+    return Catalog(source=raw["source"], as_of=str(raw["as_of"]), currency=raw["currency"], prices=prices,
+                   providers=providers)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class Rate:
     hourly: float
     source: str  # tag | config | catalog | default: how the rate was found, for the price-source metric
     instance_type: str | None
+    provider: str | None = None  # a catalog (list) price: whose catalog, for calibration by the bill
 
 
 def first_of(keys, tags: Mapping[str, str], params: Mapping[str, str]) -> str | None:
@@ -76,6 +81,7 @@ class Pricer:
         catalog_prices = dict(self.catalog.prices) if self.catalog else {}
         self._catalog_prices = catalog_prices
         self._catalog_lower = {k.lower(): v for k, v in catalog_prices.items()}
+        self._catalog_providers = {k.lower(): v for k, v in (self.catalog.providers if self.catalog else {}).items()}
 
     def price_of(self, instance_type: str) -> tuple[float, str] | None:
         for exact, lower, source in (
@@ -100,7 +106,8 @@ class Pricer:
         if instance_type is not None:
             found = self.price_of(instance_type)
             if found is not None:
-                return Rate(found[0] * count, found[1], instance_type)
+                provider = self._catalog_providers.get(instance_type.lower()) if found[1] == "catalog" else None
+                return Rate(found[0] * count, found[1], instance_type, provider)
         return Rate(cfg.default_hourly_cost * count, "default", instance_type)
 
 

@@ -66,6 +66,7 @@ class RunFacts:
     month_costs: tuple[tuple[str, int], ...] = ()  # runs with an end: (YYYY-MM, cost in nano) per month spanned
     parent_run_id: str | None = None
     last_alive_ms: int = 0  # the latest time it logged anything (its start when it logged nothing)
+    catalog_provider: str | None = None  # priced from the catalog (list prices) of this provider
 
     @property
     def open(self) -> bool:
@@ -218,6 +219,7 @@ def make_facts(
         month_costs=months,
         parent_run_id=str(tags.get(PARENT_TAG) or "").strip()[:64] or None,
         last_alive_ms=last_alive,
+        catalog_provider=rate.provider,
     )
 
 

@@ -37,6 +37,7 @@ class RunsView:
     storage_gb_month: float = 0.0
     last_full_sync: float | None = None
     bill_months: int = 0  # > 0 when billing is configured: the estimate by month and tag, this many months
+    calibration: dict[str, float] | None = None  # pricing.calibrate_from_bill: factor per catalog provider
 
     def name(self, experiment_id: str) -> str:
         return self.experiments.get(experiment_id, experiment_id)

@@ -107,6 +107,9 @@ class PricingConfig(_Strict):
     instances: dict[str, Annotated[float, Field(ge=0, le=MAX_HOURLY_COST, allow_inf_nan=False)]] = Field(default_factory=dict)
     use_catalog: bool = True
     storage_gb_month: float = Field(0.023, ge=0, allow_inf_nan=False)  # S3 Standard list price, per GB-month
+    # Scale catalog (list) prices by what the bill says compute really costs against list
+    # (EffectiveCost / ListCost of its compute, per provider): shown as its own figures, beside the list-price ones.
+    calibrate_from_bill: bool = False
 
 
 DEFAULT_DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 259200)
@@ -274,3 +277,11 @@ class Config(_Strict):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     endpoints: Annotated[list[EndpointConfig], AfterValidator(_unique_names)] = Field(default_factory=list)
     billing: BillingConfig = Field(default_factory=BillingConfig)
+
+    @model_validator(mode="after")
+    def _calibration_needs_a_bill(self) -> Config:
+        if self.pricing.calibrate_from_bill and not self.billing.sources:
+            raise ValueError("pricing.calibrate_from_bill needs a bill to calibrate from: configure billing.sources")
+        if self.pricing.calibrate_from_bill and not self.pricing.use_catalog:
+            raise ValueError("pricing.calibrate_from_bill scales the catalog's list prices: it needs pricing.use_catalog")
+        return self

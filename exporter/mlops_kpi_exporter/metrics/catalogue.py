@@ -276,6 +276,19 @@ CATALOGUE: tuple[MetricSpec, ...] = (
           "bill's compute. {polled}",
           "MLflow's estimate by month and allocation tag value, beside `mlops_cloud_compute_cost_by_tag` (when "
           "billing is configured)", "costs"),
+    _spec("mlops_price_calibration_factor", "gauge", ("provider",),
+          "Effective over list cost of the bill's compute per catalog provider (aws, gcp, azure), all bills, the "
+          "months they show: what catalog list prices are scaled by (pricing.calibrate_from_bill). {polled}",
+          "what the bill's compute cost against its list price, per catalog provider (`aws`, `gcp`, `azure`): the "
+          "factor applied to catalog prices (`pricing.calibrate_from_bill`)", "costs"),
+    _spec("mlops_experiment_calibrated_cost", "gauge", ("experiment",),
+          "Cost in {currency} of the experiment's runs with catalog prices scaled by "
+          "mlops_price_calibration_factor (other prices as they are): the estimate calibrated by the bill. {polled}",
+          "the experiment's cost with catalog prices scaled by the bill's factor, beside the list-price "
+          "`mlops_experiment_cost` (`pricing.calibrate_from_bill`)", "costs"),
+    _spec("mlops_calibrated_cost_by_tag_month", "gauge", ("month", "tag", "value"),
+          "mlops_cost_by_tag_month with catalog prices scaled by mlops_price_calibration_factor. {polled}",
+          "`mlops_cost_by_tag_month` calibrated by the bill, the same values (`pricing.calibrate_from_bill`)", "costs"),
     # -- exporter health: metrics/exporter.py -----------------------------------------------------
     _spec("mlops_exporter_info", "info", ("version", "currency"),
           "Exporter version and the currency of every cost metric.", "the exporter", "exporter"),

@@ -119,6 +119,46 @@ def allocation_by_month(view: RunsView) -> list[Metric]:
     return [by_month]
 
 
+def calibrated(view: RunsView) -> list[Metric]:
+    """The estimate with catalog (list) prices scaled by the bill's effective/list factor per provider,
+    beside the list-price figures; nothing until a bill has given a factor."""
+    if view.calibration is None or not view.calibration:
+        return []
+    factors, cur = view.calibration, view.currency
+    factor = family("mlops_price_calibration_factor")
+    for provider, value in sorted(factors.items()):
+        factor.add_metric([provider], value)
+    by_exp, by_month = view.ledger.catalog_costs(view.now_ms, view.rules)
+    per_exp: dict[str, float] = {}
+    for (exp_id, _), totals in view.ledger.status_totals(view.now_ms).items():
+        per_exp[exp_id] = per_exp.get(exp_id, 0.0) + totals.cost_nano
+    for (exp_id, provider), nano in by_exp.items():
+        per_exp[exp_id] = per_exp.get(exp_id, 0.0) + nano * (factors.get(provider, 1.0) - 1)
+    experiment = family("mlops_experiment_calibrated_cost", currency=cur)
+    for exp_id, nano in sorted(per_exp.items(), key=lambda kv: view.name(kv[0])):
+        experiment.add_metric([view.name(exp_id)], nano / NANO)
+    out = [factor, experiment]
+    if view.allocation_tags and view.bill_months:
+        listed = view.ledger.month_tag_costs(view.now_ms, view.rules)
+        shifted: dict[tuple[str, int, str], float] = dict(listed)
+        for (provider, month, index, value), nano in by_month.items():
+            shifted[(month, index, value)] = shifted.get((month, index, value), 0) + nano * (factors.get(provider, 1.0) - 1)
+        by_tag = family("mlops_calibrated_cost_by_tag_month", currency=cur)
+        for month in sorted({month for month, _, _ in listed})[-view.bill_months:]:
+            for index, tag in enumerate(view.allocation_tags):
+                # the same values as mlops_cost_by_tag_month: the top by list-price estimate, the rest 'other'
+                values = {v: n for (m, i, v), n in listed.items() if m == month and i == index and v != UNTAGGED}
+                kept = top_with_other(values, view.allocation_max_values)
+                sums: dict[str, float] = {UNTAGGED: shifted.get((month, index, UNTAGGED), 0)}
+                for value in values:
+                    group = value if value in kept else OTHER
+                    sums[group] = sums.get(group, 0) + shifted[(month, index, value)]
+                for value, nano in sorted(sums.items()):
+                    by_tag.add_metric([month, tag, value], nano / NANO)
+        out.append(by_tag)
+    return out
+
+
 def storage(view: RunsView) -> list[Metric]:
     if view.artifacts is None:
         return []

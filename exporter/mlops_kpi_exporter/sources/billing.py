@@ -30,6 +30,7 @@ from pathlib import Path
 
 from prometheus_client.metrics_core import Metric
 
+from mlops_kpi_exporter.calibration import Calibration, catalog_provider
 from mlops_kpi_exporter.config import Config, ConfigError
 from mlops_kpi_exporter.config.billing import BillingSource as BillingSourceConfig
 from mlops_kpi_exporter.config.billing import tag_keys
@@ -303,6 +304,7 @@ class BillingSource:
                                   config.pricing.currency)
         self.cache: dict[str, tuple[Stamp, FileTotals]] = {}  # file -> (stamp, totals)
         self.last_read = 0
+        self.last_bill: Bill | None = None  # of the latest good poll
 
     def check(self) -> str:
         if isinstance(self.files, S3Objects):
@@ -310,7 +312,7 @@ class BillingSource:
         return f"{len(self.files.list())} FOCUS files under {self.where}"
 
     def poll(self) -> tuple[list[Metric], str]:
-        bill = self.read()
+        bill = self.last_bill = self.read()
         return billing_metrics.families(bill), (
             f"{bill.files} files ({self.last_read} read anew), {bill.rows:,} rows, months {', '.join(bill.shown_months())}")
 
@@ -334,14 +336,48 @@ class BillingSource:
         return bill
 
 
-def bill_sources(config: Config) -> list:
-    """One source per configured bill: FOCUS files (local or s3://) or AWS Cost Explorer."""
+def compute_sums(bill: Bill) -> dict[str, tuple[int, int]]:
+    """Effective and list cost (nano) of the bill's compute, per catalog provider: for calibration."""
+    sums: dict[str, tuple[int, int]] = {}
+    months = set(bill.shown_months())
+    for (month, provider, _, category), costs in bill.costs.items():
+        key = catalog_provider(provider)
+        if key is not None and month in months and category in COMPUTE_CATEGORIES:
+            eff, lst = sums.get(key, (0, 0))
+            sums[key] = (eff + costs[1], lst + costs[2])
+    return sums
+
+
+class Calibrating:
+    """A billing source that, after each good read, hands its compute sums to the calibration."""
+
+    def __init__(self, source, calibration: Calibration):
+        self.source, self.calibration = source, calibration
+        self.name, self.label = source.name, source.label
+        self.interval, self.retry_backoff = source.interval, source.retry_backoff
+
+    def check(self) -> str:
+        return self.source.check()
+
+    def read(self) -> Bill:
+        return self.source.read()
+
+    def poll(self) -> tuple[list[Metric], str]:
+        families, summary = self.source.poll()
+        self.calibration.update(self.label, compute_sums(self.source.last_bill))
+        return families, summary
+
+
+def bill_sources(config: Config, calibration: Calibration | None = None) -> list:
+    """One source per configured bill: FOCUS files (local or s3://) or AWS Cost Explorer; each feeds
+    the calibration when there is one (pricing.calibrate_from_bill)."""
     out = []
     for source in config.billing.sources:
         if source.cost_explorer is not None:
             from mlops_kpi_exporter.sources.cost_explorer import CostExplorerSource
 
-            out.append(CostExplorerSource(source, config))
+            reader = CostExplorerSource(source, config)
         else:
-            out.append(BillingSource(source, config))
+            reader = BillingSource(source, config)
+        out.append(reader if calibration is None else Calibrating(reader, calibration))
     return out

@@ -7,6 +7,7 @@ import time
 
 from prometheus_client.metrics_core import Metric
 
+from mlops_kpi_exporter.calibration import Calibration
 from mlops_kpi_exporter.config import Config
 from mlops_kpi_exporter.ledger import RunLedger
 from mlops_kpi_exporter.views import RunsView
@@ -29,6 +30,7 @@ def render(view: RunsView) -> list[Metric]:
         *budgets.families(view),
         *costs.allocation(view),
         *costs.allocation_by_month(view),
+        *costs.calibrated(view),
         *costs.storage(view),
         *costs.sync(view),
     ]
@@ -48,8 +50,9 @@ def run_rules(config: Config) -> RunRules:
 class MlflowSource:
     name = "mlflow"
 
-    def __init__(self, config: Config, mlflow: MlflowConnection, clock=time.time):
+    def __init__(self, config: Config, mlflow: MlflowConnection, clock=time.time, calibration: Calibration | None = None):
         self.config = config
+        self.calibration = calibration  # pricing.calibrate_from_bill: the factors the billing sources found
         self.rules = run_rules(config)
         self.interval = config.mlflow.poll_interval
         self.retry_backoff = config.mlflow.retry_backoff
@@ -106,4 +109,5 @@ class MlflowSource:
             storage_gb_month=cfg.pricing.storage_gb_month,
             last_full_sync=self.runs.last_full_sync,
             bill_months=cfg.billing.months if cfg.billing.sources else 0,
+            calibration=self.calibration.factors() if self.calibration is not None else None,
         )
