@@ -307,12 +307,18 @@ def bill(money: str) -> dict:
              "{{value}}", money, "The month's bill by the team tag (after tag_aliases); untagged spend shown as such."),
         panel_bars_two("Compute: MLflow estimate vs bill, by team", [
             target(f'sum by (value) (mlops_cost_by_tag_month{{tag="team",{month}}})', "{{value}} estimate", instant=True),
+            target(f'sum by (value) (mlops_calibrated_cost_by_tag_month{{tag="team",{month}}})',
+                   "{{value}} calibrated estimate", instant=True, ref="C"),
             target(f'sum by (value) (mlops_cloud_compute_cost_by_tag{{tag="team",cost_basis="billed",{month}}})',
                    "{{value}} bill", instant=True, ref="B")], money,
-            "MLflow's list-price estimate of the runs beside the compute part of the bill, by team."),
+            "MLflow's list-price estimate of the runs, the same calibrated by the bill (pricing.calibrate_from_bill) "
+            "and the compute part of the bill, by team."),
         bars("Compute: bill over estimate, by team", f'mlops:cloud_compute_bill_over_estimate:ratio{{tag="team",{month}}}',
              "{{value}}", "percentunit", "Billed compute as a share of MLflow's estimate: under 100 % is discounts, "
              "over it is spend no run shows (or runs without a price)."),
+        bars("Catalog price calibration, by provider", "max by (provider) (mlops_price_calibration_factor)",
+             "{{provider}}", "percentunit", "What the bill's compute cost against its list price (effective / list): "
+             "the factor catalog prices are scaled by, with pricing.calibrate_from_bill."),
         bars("Untagged share of the latest month", "max by (bill, tag) (mlops_cloud_untagged_ratio)", "{{bill}} {{tag}}",
              "percentunit", "Spend no team can be shown back; MLCloudUntaggedSpend fires over 20 %."),
         series("Latest month so far", [target('sum by (bill) (mlops_cloud_cost_latest_month{cost_basis="billed"})',

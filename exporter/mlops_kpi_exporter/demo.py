@@ -50,6 +50,7 @@ def demo_config_dict(db: Path) -> dict:
             "currency": "USD",
             "default_hourly_cost": 0.10,
             "instances": {"onprem-a100": 2.10},  # a machine the catalog cannot know: priced in config
+            "calibrate_from_bill": True,  # catalog prices also shown scaled by what the demo's bill pays of list
         },
         "runs": {"estimator_keys": ["estimator"], "max_run_series": 50, "activity_window": "30d"},
         "kpis": [

@@ -42,6 +42,7 @@ def test_catalog_prices_are_scaled_by_the_bills_effective_to_list_ratio(mlflow_s
     nov = ("2026-11-05T00:00:00Z", "2026-11-06T00:00:00Z")
     write_csv(tmp_path / "bill.csv", [
         row("60", "60", "100", *nov, tags={"team": "a"}),  # AWS compute: effective 60 of list 100
+        row("-20", "-20", "0", *nov, charge="Credit"),  # a one-off credit is not a price: left out of the factor
         row("10", "10", "10", *nov, service="Amazon S3", category="Storage"),  # not compute: no part of the factor
         row("9", "8", "10", *nov, provider="Google Cloud", service="Compute Engine"),  # gcp: 0.8
     ])

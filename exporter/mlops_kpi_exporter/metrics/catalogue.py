@@ -277,7 +277,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
           "MLflow's estimate by month and allocation tag value, beside `mlops_cloud_compute_cost_by_tag` (when "
           "billing is configured)", "costs"),
     _spec("mlops_price_calibration_factor", "gauge", ("provider",),
-          "Effective over list cost of the bill's compute per catalog provider (aws, gcp, azure), all bills, the "
+          "Effective over list cost of the bill's compute usage (no credits) per catalog provider (aws, gcp, azure), all bills, the "
           "months they show: what catalog list prices are scaled by (pricing.calibrate_from_bill). {polled}",
           "what the bill's compute cost against its list price, per catalog provider (`aws`, `gcp`, `azure`): the "
           "factor applied to catalog prices (`pricing.calibrate_from_bill`)", "costs"),

@@ -97,6 +97,8 @@ class FileTotals:
     costs: dict[tuple[str, str, str, str], Costs] = field(default_factory=dict)  # (month, provider, service, category)
     by_tag: dict[tuple[str, str, str, bool], Costs] = field(default_factory=dict)  # (month, tag, value, compute)
     last_charge: dict[str, float] = field(default_factory=dict)  # provider -> end of the latest charge period
+    # compute usage only (no credits, adjustments, taxes): what prices compare against list, for calibration
+    compute_usage: dict[tuple[str, str], Costs] = field(default_factory=dict)  # (month, provider)
     rows: int = 0
 
 
@@ -147,6 +149,9 @@ class FocusReader:
         _add(totals.costs, (month, provider, service, category), costs)
         tags = _tags(row.get("Tags"))
         compute = category in COMPUTE_CATEGORIES
+        charge = str(row.get("ChargeCategory") or "").strip()
+        if compute and charge in ("Usage", *MISSING):
+            _add(totals.compute_usage, (month, provider), costs)
         for tag, keys in self.keys.items():
             value = next((tags[k] for k in keys if k in tags), UNTAGGED)[:100]
             _add(totals.by_tag, (month, tag, value, compute), costs)
@@ -268,12 +273,15 @@ class Bill:
     costs: dict[tuple[str, str, str, str], Costs] = field(default_factory=dict)
     by_tag: dict[tuple[str, str, str, bool], Costs] = field(default_factory=dict)
     last_charge: dict[str, float] = field(default_factory=dict)
+    compute_usage: dict[tuple[str, str], Costs] = field(default_factory=dict)
     files: int = 0
     rows: int = 0
 
     def add(self, part: FileTotals) -> None:
         for key, costs in part.costs.items():
             _add(self.costs, key, costs)
+        for key, costs in part.compute_usage.items():
+            _add(self.compute_usage, key, costs)
         for key, costs in part.by_tag.items():
             _add(self.by_tag, key, costs)
         for provider, end in part.last_charge.items():
@@ -337,12 +345,13 @@ class BillingSource:
 
 
 def compute_sums(bill: Bill) -> dict[str, tuple[int, int]]:
-    """Effective and list cost (nano) of the bill's compute, per catalog provider: for calibration."""
+    """Effective and list cost (nano) of the bill's compute usage, per catalog provider, the months it
+    shows: for calibration. Credits, adjustments and taxes are left out: a one-off credit is not a price."""
     sums: dict[str, tuple[int, int]] = {}
     months = set(bill.shown_months())
-    for (month, provider, _, category), costs in bill.costs.items():
+    for (month, provider), costs in bill.compute_usage.items():
         key = catalog_provider(provider)
-        if key is not None and month in months and category in COMPUTE_CATEGORIES:
+        if key is not None and month in months:
             eff, lst = sums.get(key, (0, 0))
             sums[key] = (eff + costs[1], lst + costs[2])
     return sums

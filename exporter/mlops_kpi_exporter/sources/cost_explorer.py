@@ -15,7 +15,9 @@ Cost bases (Cost Explorer has no public list price):
 - list      <- UnblendedCost of usage records only: usage at the rate it ran at, before credits,
   refunds, discounts and savings-plan negations (savings-plan covered usage is at its on-demand
   rate). Reserved-instance covered usage (DiscountedUsage) is zero there, as in the bill, and RI
-  fees are left out: with reserved instances `list` is below the on-demand price.
+  fees are left out: with reserved instances `list` is below the on-demand price, and the
+  effective/list ratio of pricing.calibrate_from_bill too high (their amortized fees are in
+  `effective`, their usage is not in `list`).
 
 Grouping: a tag's group keys come back as `key$value`; `key$` (no value) is `untagged`. A tag with
 several `allocation.tag_aliases` is asked for by its FIRST alias key only (a request pair per alias
@@ -147,6 +149,7 @@ class CostExplorerSource:
         self.last_good_calls = 0  # calls of the last successful poll, pages included
         self.last_success: float | None = None  # clock() at the start of the last good poll
         self.last_families: list[Metric] | None = None
+        self.last_bill: Bill | None = None  # of the latest good poll (pricing.calibrate_from_bill reads it)
         self.last_summary = ""
 
     # -- the daily budget --------------------------------------------------------------------
@@ -161,13 +164,11 @@ class CostExplorerSource:
         return (datetime.combine(self.day, datetime.min.time(), timezone.utc) + timedelta(days=1)).strftime(
             "%Y-%m-%dT%H:%M:%SZ")
 
-    def _spent(self, needed: int) -> CallBudgetSpent:
-        whole = " (more than the whole budget: raise max_calls_per_day or list fewer allocation tags)" \
-            if needed > self.max_calls else ""
+    def _spent(self, needed: str) -> CallBudgetSpent:
         return CallBudgetSpent(
             f"the Cost Explorer budget of {self.max_calls} calls a day (cost_explorer.max_calls_per_day) is spent: "
-            f"{self.calls_today} made today, a poll needs {needed}{whole}; it resets at {self._reset_at()} (UTC "
-            f"midnight); no call made, the last figures stay")
+            f"{self.calls_today} made today, {needed}; it resets at {self._reset_at()} (UTC midnight); the last "
+            f"figures stay")
 
     def calls_needed(self) -> int:
         """What the next poll is expected to make: the pair per tag, or the last good poll's pages."""
@@ -177,7 +178,7 @@ class CostExplorerSource:
         """Count one billed call, or refuse it if it would go over the day's budget."""
         self._roll(self._now())
         if self.calls_today + 1 > self.max_calls:
-            raise self._spent(self.calls_made + 1)
+            raise self._spent(f"this poll needs more pages than its {self.calls_made} calls so far; no further call made")
         self.calls_today += 1
         self.calls_total += 1
         self.calls_made += 1
@@ -208,14 +209,13 @@ class CostExplorerSource:
         self._roll(now)
         needed = self.calls_needed()
         if self.calls_today + needed > self.max_calls:
-            raise self._spent(needed)
-        self.calls_made = 0
-        try:
-            bill = self.read(now)
-        finally:
-            self.calls_last_poll = self.calls_made
+            whole = (" (more than the whole budget: raise max_calls_per_day or list fewer allocation tags)"
+                     if needed > self.max_calls else "")
+            raise self._spent(f"a poll needs {needed}{whole}; no call made")
+        bill = self.read(now)
         families = billing_metrics.families(bill)
         self.last_success, self.last_good_calls, self.last_families = started, bill.files, families
+        self.last_bill = bill
         summary = (f"{bill.files} Cost Explorer calls ({self.calls_today} of {self.max_calls} today), "
                    f"{bill.rows:,} groups, months {', '.join(bill.shown_months())}")
         self.last_summary = summary
@@ -286,9 +286,18 @@ class CostExplorerSource:
                 latest[0] = max(latest[0], end)
         return out
 
-    def read(self, now: datetime) -> Bill:
-        """One poll's requests, in a fixed order: per tag (or once, by service only), all record types
-        (every page), then usage records (every page)."""
+    def read(self, now: datetime | None = None) -> Bill:
+        """The bill now (`report` calls this too): the requests in a fixed order, per tag (or once, by
+        service only) all record types (every page), then usage records (every page). Each call is
+        counted against the day's budget (a call beyond it is refused); no interval guard here."""
+        now = now or self._now()
+        self.calls_made = 0
+        try:
+            return self._read(now)
+        finally:
+            self.calls_last_poll = self.calls_made
+
+    def _read(self, now: datetime) -> Bill:
         period = time_period(now, self.config.billing.months)
         totals = FileTotals()
         latest = [0.0]
