@@ -268,6 +268,10 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _spec("mlops_cloud_untagged_ratio", "gauge", ("bill", "tag"),
           "Share of the latest month's billed cost without the allocation tag (0-1). {polled}",
           "share of the latest month's billed cost without the tag: unallocated spend", "billing"),
+    _spec("mlops_billing_api_calls_total", "counter", ("bill",),
+          "Billed AWS Cost Explorer requests (USD 0.01 each) made since the exporter started. {polled}",
+          "Cost Explorer requests made (each billed USD 0.01): `increase(...[1d])` against "
+          "`cost_explorer.max_calls_per_day`", "billing"),
     _spec("mlops_cloud_budget_monthly", "gauge", (), "Monthly budget in {currency} of the whole bill, all exports "
           "(billing.monthly_budget).", "the configured monthly budget of the bill", "billing"),
     _spec("mlops_cost_by_tag_month", "gauge", ("month", "tag", "value"),

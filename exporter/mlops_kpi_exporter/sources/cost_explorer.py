@@ -6,7 +6,7 @@ current UTC month to tomorrow (End is exclusive, so today is in), grouped by SER
 allocation tag. Each allocation tag costs a pair of requests:
 
 - Metrics UnblendedCost and AmortizedCost, every record type;
-- Metrics UnblendedCost, Filter RECORD_TYPE in (Usage, DiscountedUsage, SavingsPlanCoveredUsage).
+- the same, Filter RECORD_TYPE in (Usage, DiscountedUsage, SavingsPlanCoveredUsage): usage records.
 
 Cost bases (Cost Explorer has no public list price):
 
@@ -18,6 +18,11 @@ Cost bases (Cost Explorer has no public list price):
   fees are left out: with reserved instances `list` is below the on-demand price, and the
   effective/list ratio of pricing.calibrate_from_bill too high (their amortized fees are in
   `effective`, their usage is not in `list`).
+
+The compute usage that pricing.calibrate_from_bill compares (Bill.compute_usage, as FOCUS rows of
+ChargeCategory Usage) is the usage records of compute services: billed and list their UnblendedCost,
+effective their AmortizedCost (commitments spread over the usage they cover; unused commitment fees,
+credits and taxes are not usage).
 
 Grouping: a tag's group keys come back as `key$value`; `key$` (no value) is `untagged`. A tag with
 several `allocation.tag_aliases` is asked for by its FIRST alias key only (a request pair per alias
@@ -52,6 +57,7 @@ from datetime import date, datetime, timedelta, timezone
 from prometheus_client.metrics_core import Metric
 
 from mlops_kpi_exporter.config import Config, ConfigError
+from mlops_kpi_exporter.metrics.catalogue import family
 from mlops_kpi_exporter.config.billing import BillingSource as BillingSourceConfig
 from mlops_kpi_exporter.config.billing import tag_keys
 from mlops_kpi_exporter.metrics import billing as billing_metrics
@@ -77,8 +83,7 @@ COMPUTE_SERVICES = frozenset({
 AI_SERVICES = frozenset({"Amazon SageMaker", "Amazon Bedrock"})
 AI_SUFFIX = "(Amazon Bedrock Edition)"  # third-party models sold through Bedrock, e.g. "Claude 3 Haiku (Amazon Bedrock Edition)"
 USAGE_RECORDS = ("Usage", "DiscountedUsage", "SavingsPlanCoveredUsage")
-ALL_METRICS = ("UnblendedCost", "AmortizedCost")  # billed, effective
-LIST_METRIC = "UnblendedCost"
+ALL_METRICS = ("UnblendedCost", "AmortizedCost")  # billed, effective; of usage records: list, and effective of usage
 DAY = 86400.0
 
 
@@ -213,7 +218,9 @@ class CostExplorerSource:
                      if needed > self.max_calls else "")
             raise self._spent(f"a poll needs {needed}{whole}; no call made")
         bill = self.read(now)
-        families = billing_metrics.families(bill)
+        calls = family("mlops_billing_api_calls_total")
+        calls.add_metric([self.label], self.calls_total)
+        families = [*billing_metrics.families(bill), calls]
         self.last_success, self.last_good_calls, self.last_families = started, bill.files, families
         self.last_bill = bill
         summary = (f"{bill.files} Cost Explorer calls ({self.calls_today} of {self.max_calls} today), "
@@ -244,8 +251,7 @@ class CostExplorerSource:
         group_by = [{"Type": "DIMENSION", "Key": "SERVICE"}]
         if tag_key is not None:
             group_by.append({"Type": "TAG", "Key": tag_key})
-        request = {"TimePeriod": period, "Granularity": "MONTHLY",
-                   "Metrics": [LIST_METRIC] if usage_only else list(ALL_METRICS), "GroupBy": group_by}
+        request = {"TimePeriod": period, "Granularity": "MONTHLY", "Metrics": list(ALL_METRICS), "GroupBy": group_by}
         if usage_only:
             request["Filter"] = {"Dimensions": {"Key": "RECORD_TYPE", "Values": list(USAGE_RECORDS)}}
         return request
@@ -304,12 +310,14 @@ class CostExplorerSource:
         for index, tag in enumerate(self.tags or (None,)):
             key = self.keys[tag] if tag is not None else None
             both = self._groups(self._get(self._request(period, key, False)), ALL_METRICS, totals, latest)
-            listed = self._groups(self._get(self._request(period, key, True)), (LIST_METRIC,), totals, latest)
+            usage = self._groups(self._get(self._request(period, key, True)), ALL_METRICS, totals, latest)
             merged: dict[tuple[str, str, str], list[int]] = {}
             for group, (billed, effective) in both.items():
                 _add(merged, group, [billed, effective, 0])
-            for group, (list_cost,) in listed.items():
-                _add(merged, group, [0, 0, list_cost])
+            for (month, service, value), (unblended, amortized) in usage.items():
+                _add(merged, (month, service, value), [0, 0, unblended])
+                if index == 0 and category(service) in COMPUTE_CATEGORIES:
+                    _add(totals.compute_usage, (month, PROVIDER), [unblended, amortized, unblended])
             for (month, service, value), costs in merged.items():
                 kind = category(service)
                 if index == 0:
