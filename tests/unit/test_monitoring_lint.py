@@ -31,7 +31,8 @@ PANELS = {
                    "Registered versions", "Aliases"],
     "mlops-bill": ["Bill, latest month", "Budget used", "Billed / list price", "Newest charge, age",
                    "Bill by provider and service", "Bill by team", "Compute: MLflow estimate vs bill, by team",
-                   "Compute: bill over estimate, by team", "Untagged share of the latest month", "Latest month so far"],
+                   "Compute: bill over estimate, by team", "Catalog price calibration, by provider",
+                   "Untagged share of the latest month", "Latest month so far"],
     "mlops-exporter": ["Sources up", "Poll duration", "Poll errors", "Time since last successful poll",
                        "Skipped runs by reason", "Scrape size", "Runs tracked"],
 }
