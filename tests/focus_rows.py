@@ -12,11 +12,14 @@ FOCUS_12 = ["BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "Billin
             "ChargePeriodStart", "ChargePeriodEnd", "ProviderName", "PublisherName", "ServiceName", "ServiceCategory",
             "Tags", "x_Discounts"]
 FOCUS_13 = [c if c != "ProviderName" else "ServiceProviderName" for c in FOCUS_12]
+FOCUS_13_SPLIT = [*FOCUS_13, "AllocatedMethodId", "AllocatedResourceId", "AllocatedTags"]  # split cost allocation
 
 
 def row(billed, effective, listed, start, end, provider="AWS", service="Amazon EC2", category="Compute", tags=None,
-        charge="Usage"):
-    return {"BilledCost": billed, "EffectiveCost": effective, "ListCost": listed, "ContractedCost": listed,
+        charge="Usage", allocated=None):
+    return {"AllocatedTags": "NULL" if allocated is None else json.dumps(allocated),
+            "AllocatedMethodId": "NULL" if allocated is None else "cpu-memory", "AllocatedResourceId": "NULL",
+            "BilledCost": billed, "EffectiveCost": effective, "ListCost": listed, "ContractedCost": listed,
             "BillingCurrency": "USD", "ChargeCategory": charge, "ChargePeriodStart": start, "ChargePeriodEnd": end,
             "ProviderName": provider, "ServiceProviderName": provider, "PublisherName": provider, "ServiceName": service,
             "ServiceCategory": category, "Tags": "NULL" if tags is None else json.dumps(tags), "x_Discounts": "NULL"}

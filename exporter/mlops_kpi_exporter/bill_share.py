@@ -1,10 +1,13 @@
-"""Catalog prices calibrated by the bill (pricing.calibrate_from_bill).
+"""What the billing sources share with the MLflow source: the latest bill each read.
 
-The shipped catalog holds on-demand list prices; the bill says what compute really cost against its
-list price (savings plans, reservations, negotiated discounts): EffectiveCost / ListCost of the
-bill's compute rows, per provider, over the months it shows. Each billing source hands its sums here
-after a good read; the MLflow source reads the factors when it renders, and shows the calibrated
-estimate as figures of their own, never mixed into the list-price ones. Only runs priced from the
+Two things need the bill and the runs together: catalog prices calibrated by the bill
+(pricing.calibrate_from_bill) and the bill joined to runs (billing.run_join). Each billing source
+hands its latest good Bill here; the MLflow source reads them when it renders, so both figures come
+from the same poll of the runs. Bills are never changed once read (a poll makes a new one).
+
+Calibration: the shipped catalog holds on-demand list prices; the bill says what compute really cost
+against its list price (savings plans, reservations, negotiated discounts): EffectiveCost / ListCost
+of the bill's compute usage rows, per provider, over the months it shows. Only runs priced from the
 catalog are scaled: a price from the config or a run tag is taken to be what you pay already.
 """
 
@@ -22,26 +25,31 @@ def catalog_provider(bill_provider: str) -> str | None:
     return next((key for key, words in PROVIDER_WORDS if any(word in name for word in words)), None)
 
 
-class Calibration:
-    """The latest compute sums of each bill, shared by the billing sources (writers) and the MLflow
-    source (reader); a lock, as sources poll on their own threads."""
+class SharedBills:
+    """The latest good Bill of each billing source; a lock, as sources poll on their own threads."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sums: dict[str, dict[str, tuple[int, int]]] = {}  # bill -> provider -> (effective, list) nano
+        self._bills: dict[str, object] = {}  # bill label -> Bill
 
-    def update(self, bill: str, sums: dict[str, tuple[int, int]]) -> None:
+    def update(self, bill) -> None:
         with self._lock:
-            self._sums[bill] = dict(sums)
+            self._bills[bill.name] = bill
+
+    def bills(self) -> list:
+        with self._lock:
+            return [self._bills[name] for name in sorted(self._bills)]
 
     def factors(self) -> dict[str, float]:
-        """Effective over list cost of compute per catalog provider, all bills together; a provider
-        whose compute has no list cost on the bill has no factor (its runs stay at list prices)."""
-        with self._lock:
-            effective: dict[str, int] = {}
-            listed: dict[str, int] = {}
-            for sums in self._sums.values():
-                for provider, (eff, lst) in sums.items():
-                    effective[provider] = effective.get(provider, 0) + eff
-                    listed[provider] = listed.get(provider, 0) + lst
+        """Effective over list cost of compute usage per catalog provider, all bills together, the
+        months each shows; a provider whose compute has no list cost has no factor (list prices stay)."""
+        effective: dict[str, int] = {}
+        listed: dict[str, int] = {}
+        for bill in self.bills():
+            months = set(bill.shown_months())
+            for (month, provider), costs in bill.compute_usage.items():
+                key = catalog_provider(provider)
+                if key is not None and month in months:
+                    effective[key] = effective.get(key, 0) + costs[1]
+                    listed[key] = listed.get(key, 0) + costs[2]
         return {p: effective[p] / listed[p] for p in sorted(listed) if listed[p] > 0 and effective[p] >= 0}

@@ -67,13 +67,13 @@ def prepare(config: Config) -> tuple[MlflowConnection, list[Source]]:
 
 
 def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
-    from mlops_kpi_exporter.calibration import Calibration
+    from mlops_kpi_exporter.bill_share import SharedBills
     from mlops_kpi_exporter.sources.kpis import KpiSource
     from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource
     from mlops_kpi_exporter.sources.registry import RegistrySource
 
-    calibration = Calibration() if config.pricing.calibrate_from_bill else None
-    sources: list[Source] = [MlflowSource(config, mlflow, calibration=calibration)]
+    shared = SharedBills() if config.pricing.calibrate_from_bill or config.billing.run_join else None
+    sources: list[Source] = [MlflowSource(config, mlflow, bills=shared)]
     if config.kpis:
         sources.append(KpiSource(config, mlflow))
     if config.registry.enabled:
@@ -81,7 +81,7 @@ def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
     if config.billing.sources:
         from mlops_kpi_exporter.sources.billing import bill_sources
 
-        sources += bill_sources(config, calibration)
+        sources += bill_sources(config, shared)
     if config.endpoints:
         from mlops_kpi_exporter.sources.endpoints import EndpointSource
         from mlops_kpi_exporter.pricing import Pricer

@@ -102,8 +102,10 @@ class RunLedger:
         self.tag_cost: Counter[tuple[int, str]] = Counter()  # (allocation tag index, value) -> nano, completed
         self.month_tag_cost: Counter[tuple[str, int, str]] = Counter()  # (YYYY-MM, tag index, value) -> nano
         # the part of the above priced from the catalog, by its provider (pricing.calibrate_from_bill)
-        self.catalog_cost: Counter[tuple[str, str]] = Counter()  # (exp, provider) -> nano, completed
-        self.catalog_month_tag_cost: Counter[tuple[str, str, int, str]] = Counter()  # (provider, month, index, value)
+        self.catalog_cost: Counter[tuple[str, str, str]] = Counter()  # (exp, provider, instance type) -> nano, completed
+        # (provider, instance type, month, tag index, value) -> nano, completed
+        self.catalog_month_tag_cost: Counter[tuple[str, str, str, int, str]] = Counter()
+        self.join_index: dict[tuple[int, str], set[str]] = {}  # (join tag index, value) -> run ids (billing.run_join)
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -172,6 +174,15 @@ class RunLedger:
                 self.children[run.parent_run_id].discard(run.run_id)
                 if not self.children[run.parent_run_id]:
                     del self.children[run.parent_run_id]
+        for index, value in enumerate(run.join_values):
+            if value:
+                ids = self.join_index.setdefault((index, value), set())
+                if sign > 0:
+                    ids.add(run.run_id)
+                else:
+                    ids.discard(run.run_id)
+                    if not ids:
+                        del self.join_index[(index, value)]
         totals = self.totals.setdefault((exp, run.status), Totals())
         totals.runs += sign
         _bump(self.estimators, (exp, run.estimator), sign)
@@ -195,9 +206,10 @@ class RunLedger:
                     for index, tag_value in enumerate(run.allocation):
                         _bump(self.month_tag_cost, (month, index, tag_value), sign * piece)
                         if run.catalog_provider:
-                            _bump(self.catalog_month_tag_cost, (run.catalog_provider, month, index, tag_value), sign * piece)
+                            _bump(self.catalog_month_tag_cost,
+                                  (run.catalog_provider, run.instance_type or "", month, index, tag_value), sign * piece)
                 if run.catalog_provider:
-                    _bump(self.catalog_cost, (exp, run.catalog_provider), sign * cost)
+                    _bump(self.catalog_cost, (exp, run.catalog_provider, run.instance_type or ""), sign * cost)
                 for index, tag_value in enumerate(run.allocation):
                     _bump(self.tag_cost, (index, tag_value), sign * cost)
             key = (run.end_ms or 0, run.run_id)
@@ -311,21 +323,22 @@ class RunLedger:
         return out
 
     def catalog_costs(self, now_ms: int, rules: RunRules) -> tuple[Counter, Counter]:
-        """The catalog-priced part of the cost, by provider: per (experiment, provider), and per
-        (provider, month, allocation tag index, value); running runs up to now."""
+        """The catalog-priced part of the cost, by provider and instance type: per (experiment,
+        provider, type), and per (provider, type, month, allocation tag index, value); running runs up to now."""
         by_exp = Counter(self.catalog_cost)
         by_month = Counter(self.catalog_month_tag_cost)
         for run in self._costed_open():
             if not run.catalog_provider:
                 continue
-            by_exp[(run.experiment_id, run.catalog_provider)] += run.cost_nano(now_ms)
+            kind = run.instance_type or ""
+            by_exp[(run.experiment_id, run.catalog_provider, kind)] += run.cost_nano(now_ms)
             if run.status == ACCRUING_STATUS:
                 pieces = rules.month_costs(run.hourly, run.start_ms, max(run.start_ms, now_ms))
             else:
                 pieces = run.month_costs
             for month, piece in pieces:
                 for index, tag_value in enumerate(run.allocation):
-                    by_month[(run.catalog_provider, month, index, tag_value)] += piece
+                    by_month[(run.catalog_provider, kind, month, index, tag_value)] += piece
         return by_exp, by_month
 
     def _costed_open(self):

@@ -67,6 +67,7 @@ class RunFacts:
     parent_run_id: str | None = None
     last_alive_ms: int = 0  # the latest time it logged anything (its start when it logged nothing)
     catalog_provider: str | None = None  # priced from the catalog (list prices) of this provider
+    join_values: tuple[str, ...] = ()  # values of RunRules.join_tags ("" when absent), for the bill join
 
     @property
     def open(self) -> bool:
@@ -97,6 +98,7 @@ class RunRules:
     timezone: str = "UTC"
     allocation_tags: tuple[str, ...] = ()
     stale_after_ms: int = 86_400_000  # runs.stale_after
+    join_tags: tuple[str, ...] = ()  # the run tags billing.run_join matches bill rows by
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_tz", zoneinfo.ZoneInfo(self.timezone))
@@ -128,6 +130,9 @@ class RunRules:
 
     def allocation(self, tags: Mapping[str, str]) -> tuple[str, ...]:
         return tuple((str(tags.get(t) or "").strip()[:100] or UNTAGGED) for t in self.allocation_tags)
+
+    def join_values(self, tags: Mapping[str, str]) -> tuple[str, ...]:
+        return tuple(str(tags.get(t) or "").strip()[:250] for t in self.join_tags)
 
     def estimator(self, tags: Mapping[str, str], params: Mapping[str, str]) -> str:
         found = first_of(self.estimator_keys, tags, params)
@@ -220,6 +225,7 @@ def make_facts(
         parent_run_id=str(tags.get(PARENT_TAG) or "").strip()[:64] or None,
         last_alive_ms=last_alive,
         catalog_provider=rate.provider,
+        join_values=rules.join_values(tags),
     )
 
 

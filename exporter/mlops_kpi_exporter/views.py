@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from mlops_kpi_exporter.bill_join import Joined
 from mlops_kpi_exporter.ledger import RunLedger
 from mlops_kpi_exporter.runs import RunRules
 
@@ -38,6 +39,10 @@ class RunsView:
     last_full_sync: float | None = None
     bill_months: int = 0  # > 0 when billing is configured: the estimate by month and tag, this many months
     calibration: dict[str, float] | None = None  # pricing.calibrate_from_bill: factor per catalog provider
+    calibration_by_type: dict[tuple[str, str], float] = field(default_factory=dict)  # (provider, type): run join
+    joined: Joined | None = None  # billing.run_join: the bill joined to the runs
+    calibration_ratios: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # see bill_join
+    max_join_keys: int = 20
 
     def name(self, experiment_id: str) -> str:
         return self.experiments.get(experiment_id, experiment_id)

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import HOUR_MS, add_run, connected, render, samples, value
 from focus_rows import row, write_csv
-from mlops_kpi_exporter.calibration import Calibration, catalog_provider
+from mlops_kpi_exporter.bill_share import SharedBills, catalog_provider
 from mlops_kpi_exporter.config import ConfigError, config_from_dict
 from mlops_kpi_exporter.sources.billing import bill_sources
 from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource
@@ -52,9 +52,9 @@ def test_catalog_prices_are_scaled_by_the_bills_effective_to_list_ratio(mlflow_s
         "allocation": {"tags": ["team"]},
         "billing": {"sources": [{"name": "aws", "focus": str(tmp_path / "bill.csv")}]},
     })
-    calibration = Calibration()
+    calibration = SharedBills()
     (bill,) = bill_sources(config, calibration)
-    mlflow = MlflowSource(*connected(config), clock=lambda: NOW, calibration=calibration)
+    mlflow = MlflowSource(*connected(config), clock=lambda: NOW, bills=calibration)
 
     before = samples(render(mlflow.poll()[0]))  # no bill read yet: no calibrated figure, never list shown as calibrated
     assert not any(name.startswith("mlops_price_calibration") or "calibrated" in name for name, _ in before)

@@ -334,12 +334,12 @@ def test_check_says_what_is_asked_and_makes_no_call(moto_server):
 
 
 def test_wired_as_the_exporter_builds_it_with_calibration_and_as_report_reads_it(moto_server):
-    from mlops_kpi_exporter.calibration import Calibration
+    from mlops_kpi_exporter.bill_share import SharedBills
     from mlops_kpi_exporter.sources.billing import bill_sources
 
     queue(moto_server, TEAM_ALL, TEAM_USAGE)
     src = source(moto_server, tags=("team",))
-    calibration = Calibration()
+    calibration = SharedBills()
     [wrapped] = bill_sources(src.config, calibration)
     assert isinstance(wrapped.source, CostExplorerSource) and wrapped.name == "billing:aws"
     wrapped.poll()

@@ -142,7 +142,7 @@ def test_config_rules(tmp_path):
         config_from_dict(base | {"billing": {"sources": [{"name": "aws", "focus": "s3://b/", "s3": {"endpoint_url": "ftp://x"}}]}})
     on_s3 = config_from_dict(base | {"billing": {"sources": [{"name": "aws", "focus": "s3://bucket/x/"}]}})
     assert on_s3.billing.sources[0].focus == "s3://bucket/x/"  # not made relative to the config folder
-    with pytest.raises(ConfigError, match="tag_aliases for team, which allocation.tags does not list"):
+    with pytest.raises(ConfigError, match="tag_aliases for team, which neither allocation.tags nor billing.run_join"):
         config_from_dict(base | {"allocation": {"tag_aliases": {"team": ["Team"]}}})
     with pytest.raises(ConfigError, match="set focus"):
         config_from_dict(base | {"billing": {"sources": [{"name": "aws"}]}})

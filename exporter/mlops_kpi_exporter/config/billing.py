@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mlops_kpi_exporter.config.common import LABEL_SAFE, Duration, _Strict
@@ -54,12 +55,31 @@ class BillingSource(_Strict):
         return self
 
 
+class JoinRule(_Strict):
+    """A bill row whose tag `bill_tag` (after allocation.tag_aliases; FOCUS 1.3 AllocatedTags first, then
+    Tags) has a value goes to the runs whose id (`run: run_id`) or tag `run_tag` has that value."""
+
+    bill_tag: str = Field(min_length=1, max_length=128)
+    run: Literal["run_id"] | None = None
+    run_tag: str | None = Field(None, min_length=1, max_length=250)
+
+    @model_validator(mode="after")
+    def _one_side(self) -> JoinRule:
+        if (self.run is None) == (self.run_tag is None):
+            raise ValueError("set run: run_id or run_tag: <MLflow run tag>, one of them")
+        return self
+
+
 class BillingConfig(_Strict):
     poll_interval: Duration = 3600.0
     months: int = Field(3, ge=1, le=24)  # the latest N billing months present in the data are exported
     max_services: int = Field(20, ge=1, le=500)  # per provider and month; the rest summed as "other"
     monthly_budget: float | None = Field(None, gt=0, allow_inf_nan=False)  # the whole bill, per month
     sources: list[BillingSource] = Field(default_factory=list)
+    # The bill joined to MLflow runs: rules in order, the first that matches a row wins.
+    run_join: list[JoinRule] = Field(default_factory=list, max_length=20)
+    max_join_keys: int = Field(20, ge=1, le=500)  # idle cost series per bill, provider and month; the rest "other"
+    calibration_window: Duration = 30 * 86400.0  # joined runs that ended this recently give the calibration ratio
 
     @field_validator("poll_interval")
     @classmethod

@@ -235,12 +235,6 @@ class AllocationConfig(_Strict):
     # cloud tag keys that mean the same allocation tag on the bill: {team: [team, Team, "user:team"]}
     tag_aliases: dict[str, list[str]] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _aliases_of_tags(self) -> AllocationConfig:
-        unknown = sorted(set(self.tag_aliases) - set(self.tags))
-        if unknown:
-            raise ValueError(f"tag_aliases for {', '.join(unknown)}, which allocation.tags does not list")
-        return self
 
 
 class ArtifactsConfig(_Strict):
@@ -279,7 +273,18 @@ class Config(_Strict):
     billing: BillingConfig = Field(default_factory=BillingConfig)
 
     @model_validator(mode="after")
+    def _aliases_of_tags(self) -> Config:
+        known = set(self.allocation.tags) | {rule.bill_tag for rule in self.billing.run_join}
+        unknown = sorted(set(self.allocation.tag_aliases) - known)
+        if unknown:
+            raise ValueError(f"allocation.tag_aliases for {', '.join(unknown)}, which neither allocation.tags nor "
+                             "billing.run_join[].bill_tag names")
+        return self
+
+    @model_validator(mode="after")
     def _calibration_needs_a_bill(self) -> Config:
+        if self.billing.run_join and not self.billing.sources:
+            raise ValueError("billing.run_join joins a bill to runs: configure billing.sources")
         if self.pricing.calibrate_from_bill and not self.billing.sources:
             raise ValueError("pricing.calibrate_from_bill needs a bill to calibrate from: configure billing.sources")
         if self.pricing.calibrate_from_bill and not self.pricing.use_catalog:

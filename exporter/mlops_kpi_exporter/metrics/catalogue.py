@@ -293,6 +293,35 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _spec("mlops_calibrated_cost_by_tag_month", "gauge", ("month", "tag", "value"),
           "mlops_cost_by_tag_month with catalog prices scaled by mlops_price_calibration_factor. {polled}",
           "`mlops_cost_by_tag_month` calibrated by the bill, the same values (`pricing.calibrate_from_bill`)", "costs"),
+    # -- the bill joined to runs (billing.run_join): metrics/bill_join.py ---------------------------
+    _spec("mlops_experiment_billed_cost", "gauge", ("experiment", "month", "cost_basis"),
+          "Cost in {currency} on the cloud bill joined to the experiment's runs (billing.run_join), by month of the "
+          "charge (UTC) and cost basis. {polled}",
+          "the bill joined to the experiment's runs by `month`, beside its estimate", "bill_join"),
+    _spec("mlops_experiment_billed_runs", "gauge", ("experiment",),
+          "Runs of the experiment whose billed cost is complete: joined to the bill, which has charges up to "
+          "their end. {polled}", "runs with a complete billed figure", "bill_join"),
+    _spec("mlops_run_billed_cost", "gauge", (*RUN, "cost_basis"),
+          "Cost in {currency} of one run on the cloud bill, once the bill covers its run time. " + RUN_SERIES_NOTE,
+          "one run's billed cost, once the bill covers its run time (before that only its estimate)", "bill_join"),
+    _spec("mlops_billing_attributed_cost", "gauge", ("bill", "provider", "month", "cost_basis"),
+          "Cost in {currency} on the bill joined to a run (idle time of shared resources not included). {polled}",
+          "the part of the bill joined to runs; over `mlops_cloud_cost` it is the attribution coverage "
+          "(`mlops:billing_attribution_coverage:ratio`)", "bill_join"),
+    _spec("mlops_billing_shared_cost", "gauge", ("bill", "provider", "month", "cost_basis"),
+          "Cost in {currency} of bill rows split across several runs (a shared cluster), idle time included. {polled}",
+          "rows split across several runs, idle included: the base of the idle share", "bill_join"),
+    _spec("mlops_billing_join_idle_cost", "gauge", ("bill", "provider", "month", "key", "cost_basis"),
+          "Cost in {currency} of a shared resource's time when none of its runs ran, by join key (a cluster id); "
+          "beyond billing.max_join_keys the rest as 'other'. {polled}",
+          "idle cost of a shared resource (`key`, e.g. a cluster id) between its runs", "bill_join"),
+    _spec("mlops_billing_join_unmatched_cost", "gauge", ("bill", "provider", "month", "cost_basis"),
+          "Cost in {currency} of bill rows that carry a join tag no watched run has. {polled}",
+          "rows with a join tag that names no watched run (another experiment, a deleted run)", "bill_join"),
+    _spec("mlops_price_calibration_ratio", "gauge", ("provider", "instance_type"),
+          "Billed over estimated cost of the joined runs with a complete billed figure that ended within "
+          "billing.calibration_window, by provider and machine type: how far the prices are from the bill. {polled}",
+          "billed over estimated cost of joined runs, by machine type: which prices are off", "bill_join"),
     # -- exporter health: metrics/exporter.py -----------------------------------------------------
     _spec("mlops_exporter_info", "info", ("version", "currency"),
           "Exporter version and the currency of every cost metric.", "the exporter", "exporter"),

@@ -124,7 +124,13 @@ def calibrated(view: RunsView) -> list[Metric]:
     beside the list-price figures; nothing until a bill has given a factor."""
     if view.calibration is None or not view.calibration:
         return []
-    factors, cur = view.calibration, view.currency
+    factors, by_type, cur = view.calibration, view.calibration_by_type, view.currency
+
+    def scale(provider: str, instance_type: str) -> float:
+        """What a catalog price becomes: the joined runs' billed/estimate ratio of its machine type
+        where the bill has one (billing.run_join), else the provider's effective/list factor."""
+        return by_type.get((provider, instance_type), factors.get(provider, 1.0))
+
     factor = family("mlops_price_calibration_factor")
     for provider, value in sorted(factors.items()):
         factor.add_metric([provider], value)
@@ -132,8 +138,8 @@ def calibrated(view: RunsView) -> list[Metric]:
     per_exp: dict[str, float] = {}
     for (exp_id, _), totals in view.ledger.status_totals(view.now_ms).items():
         per_exp[exp_id] = per_exp.get(exp_id, 0.0) + totals.cost_nano
-    for (exp_id, provider), nano in by_exp.items():
-        per_exp[exp_id] = per_exp.get(exp_id, 0.0) + nano * (factors.get(provider, 1.0) - 1)
+    for (exp_id, provider, kind), nano in by_exp.items():
+        per_exp[exp_id] = per_exp.get(exp_id, 0.0) + nano * (scale(provider, kind) - 1)
     experiment = family("mlops_experiment_calibrated_cost", currency=cur)
     for exp_id, nano in sorted(per_exp.items(), key=lambda kv: view.name(kv[0])):
         experiment.add_metric([view.name(exp_id)], nano / NANO)
@@ -141,8 +147,8 @@ def calibrated(view: RunsView) -> list[Metric]:
     if view.allocation_tags and view.bill_months:
         listed = view.ledger.month_tag_costs(view.now_ms, view.rules)
         shifted: dict[tuple[str, int, str], float] = dict(listed)
-        for (provider, month, index, value), nano in by_month.items():
-            shifted[(month, index, value)] = shifted.get((month, index, value), 0) + nano * (factors.get(provider, 1.0) - 1)
+        for (provider, kind, month, index, value), nano in by_month.items():
+            shifted[(month, index, value)] = shifted.get((month, index, value), 0) + nano * (scale(provider, kind) - 1)
         by_tag = family("mlops_calibrated_cost_by_tag_month", currency=cur)
         for month in sorted({month for month, _, _ in listed})[-view.bill_months:]:
             for index, tag in enumerate(view.allocation_tags):

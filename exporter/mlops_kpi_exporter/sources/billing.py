@@ -30,7 +30,7 @@ from pathlib import Path
 
 from prometheus_client.metrics_core import Metric
 
-from mlops_kpi_exporter.calibration import Calibration, catalog_provider
+from mlops_kpi_exporter.bill_share import SharedBills
 from mlops_kpi_exporter.config import Config, ConfigError
 from mlops_kpi_exporter.config.billing import BillingSource as BillingSourceConfig
 from mlops_kpi_exporter.config.billing import tag_keys
@@ -43,7 +43,7 @@ BASES = ("billed", "effective", "list")
 COST_COLUMNS = ("BilledCost", "EffectiveCost", "ListCost")
 REQUIRED = (*COST_COLUMNS, "ChargePeriodStart", "ChargePeriodEnd", "ServiceName")
 PROVIDER_COLUMNS = ("ServiceProviderName", "ProviderName")  # 1.3 renamed it; 1.0-1.2 have the second
-OPTIONAL = ("ServiceCategory", "Tags", "ChargeCategory", "BillingCurrency")
+OPTIONAL = ("ServiceCategory", "Tags", "ChargeCategory", "BillingCurrency", "AllocatedTags")  # AllocatedTags: 1.3
 COMPUTE_CATEGORIES = {"Compute", "AI and Machine Learning"}  # what MLflow's run estimates price
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
 MISSING = {"", "NULL", "null"}
@@ -99,6 +99,8 @@ class FileTotals:
     last_charge: dict[str, float] = field(default_factory=dict)  # provider -> end of the latest charge period
     # compute usage only (no credits, adjustments, taxes): what prices compare against list, for calibration
     compute_usage: dict[tuple[str, str], Costs] = field(default_factory=dict)  # (month, provider)
+    # rows a billing.run_join rule matches: (rule index, key, provider, month, charge start ms, end ms)
+    joined: dict[tuple[int, str, str, str, int, int], Costs] = field(default_factory=dict)
     rows: int = 0
 
 
@@ -114,10 +116,12 @@ def _add(table: dict, key: tuple, costs: Costs) -> None:
 class FocusReader:
     """Reads FOCUS files into FileTotals, grouping tags by the allocation tags (after aliases)."""
 
-    def __init__(self, tags: tuple[str, ...], aliases: dict[str, list[str]], currency: str = "USD"):
+    def __init__(self, tags: tuple[str, ...], aliases: dict[str, list[str]], currency: str = "USD",
+                 join_tags: tuple[str, ...] = ()):
         self.currency = currency  # the bill's amounts are summed as they are: never across currencies
         self.tags = tags
         self.keys = {tag: tag_keys(tag, aliases) for tag in tags}
+        self.join_keys = [tag_keys(tag, aliases) for tag in join_tags]  # billing.run_join, in rule order
 
     def read(self, path: Path, name: str | None = None) -> FileTotals:
         """The totals of one file; `name` (default the path) is how errors name it, e.g. an s3:// URL."""
@@ -157,7 +161,21 @@ class FocusReader:
             _add(totals.by_tag, (month, tag, value, compute), costs)
         if end is not None:
             totals.last_charge[provider] = max(totals.last_charge.get(provider, 0.0), end.timestamp())
+            if self.join_keys:
+                self._join_row(totals, row, tags, provider, month, start, end, costs)
         totals.rows += 1
+
+    def _join_row(self, totals: FileTotals, row: dict, tags: dict[str, str], provider: str, month: str,
+                  start: datetime, end: datetime, costs: Costs) -> None:
+        """The first run_join rule whose bill tag the row carries (split cost allocation's
+        AllocatedTags first: the pod's labels on its share of a node) takes the row."""
+        allocated = _tags(row.get("AllocatedTags"))
+        for index, keys in enumerate(self.join_keys):
+            value = next((found[k] for found in (allocated, tags) for k in keys if found.get(k)), None)
+            if value is not None and value != "true":
+                key = (index, value[:250], provider, month, int(start.timestamp() * 1000), int(end.timestamp() * 1000))
+                _add(totals.joined, key, costs)
+                return
 
     @staticmethod
     def _check_columns(name: str, columns: list[str]) -> None:
@@ -274,10 +292,13 @@ class Bill:
     by_tag: dict[tuple[str, str, str, bool], Costs] = field(default_factory=dict)
     last_charge: dict[str, float] = field(default_factory=dict)
     compute_usage: dict[tuple[str, str], Costs] = field(default_factory=dict)
+    joined: dict[tuple[int, str, str, str, int, int], Costs] = field(default_factory=dict)
     files: int = 0
     rows: int = 0
 
     def add(self, part: FileTotals) -> None:
+        for key, costs in part.joined.items():
+            _add(self.joined, key, costs)
         for key, costs in part.costs.items():
             _add(self.costs, key, costs)
         for key, costs in part.compute_usage.items():
@@ -309,7 +330,7 @@ class BillingSource:
         self.retry_backoff = min(300.0, config.billing.poll_interval)
         self.config = config
         self.reader = FocusReader(tuple(config.allocation.tags), dict(config.allocation.tag_aliases),
-                                  config.pricing.currency)
+                                  config.pricing.currency, tuple(r.bill_tag for r in config.billing.run_join))
         self.cache: dict[str, tuple[Stamp, FileTotals]] = {}  # file -> (stamp, totals)
         self.last_read = 0
         self.last_bill: Bill | None = None  # of the latest good poll
@@ -344,24 +365,11 @@ class BillingSource:
         return bill
 
 
-def compute_sums(bill: Bill) -> dict[str, tuple[int, int]]:
-    """Effective and list cost (nano) of the bill's compute usage, per catalog provider, the months it
-    shows: for calibration. Credits, adjustments and taxes are left out: a one-off credit is not a price."""
-    sums: dict[str, tuple[int, int]] = {}
-    months = set(bill.shown_months())
-    for (month, provider), costs in bill.compute_usage.items():
-        key = catalog_provider(provider)
-        if key is not None and month in months:
-            eff, lst = sums.get(key, (0, 0))
-            sums[key] = (eff + costs[1], lst + costs[2])
-    return sums
+class Sharing:
+    """A billing source that, after each good read, hands its bill to the MLflow source (SharedBills)."""
 
-
-class Calibrating:
-    """A billing source that, after each good read, hands its compute sums to the calibration."""
-
-    def __init__(self, source, calibration: Calibration):
-        self.source, self.calibration = source, calibration
+    def __init__(self, source, shared: SharedBills):
+        self.source, self.shared = source, shared
         self.name, self.label = source.name, source.label
         self.interval, self.retry_backoff = source.interval, source.retry_backoff
 
@@ -373,13 +381,13 @@ class Calibrating:
 
     def poll(self) -> tuple[list[Metric], str]:
         families, summary = self.source.poll()
-        self.calibration.update(self.label, compute_sums(self.source.last_bill))
+        self.shared.update(self.source.last_bill)
         return families, summary
 
 
-def bill_sources(config: Config, calibration: Calibration | None = None) -> list:
-    """One source per configured bill: FOCUS files (local or s3://) or AWS Cost Explorer; each feeds
-    the calibration when there is one (pricing.calibrate_from_bill)."""
+def bill_sources(config: Config, shared: SharedBills | None = None) -> list:
+    """One source per configured bill: FOCUS files (local or s3://) or AWS Cost Explorer; each hands
+    its bill to the MLflow source when `shared` (calibration, run join)."""
     out = []
     for source in config.billing.sources:
         if source.cost_explorer is not None:
@@ -388,5 +396,5 @@ def bill_sources(config: Config, calibration: Calibration | None = None) -> list
             reader = CostExplorerSource(source, config)
         else:
             reader = BillingSource(source, config)
-        out.append(reader if calibration is None else Calibrating(reader, calibration))
+        out.append(reader if shared is None else Sharing(reader, shared))
     return out

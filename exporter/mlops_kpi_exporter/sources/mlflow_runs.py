@@ -7,11 +7,13 @@ import time
 
 from prometheus_client.metrics_core import Metric
 
-from mlops_kpi_exporter.calibration import Calibration
+from mlops_kpi_exporter.bill_join import calibration_ratios, join
+from mlops_kpi_exporter.bill_share import SharedBills, catalog_provider
 from mlops_kpi_exporter.config import Config
 from mlops_kpi_exporter.ledger import RunLedger
 from mlops_kpi_exporter.views import RunsView
 from mlops_kpi_exporter.metrics import activity, budgets, costs
+from mlops_kpi_exporter.metrics import bill_join as bill_join_metrics
 from mlops_kpi_exporter.mlflow_client import MlflowConnection
 from mlops_kpi_exporter.pricing import Pricer
 from mlops_kpi_exporter.runs import RunRules
@@ -31,6 +33,7 @@ def render(view: RunsView) -> list[Metric]:
         *costs.allocation(view),
         *costs.allocation_by_month(view),
         *costs.calibrated(view),
+        *bill_join_metrics.families(view),
         *costs.storage(view),
         *costs.sync(view),
     ]
@@ -44,15 +47,16 @@ def run_rules(config: Config) -> RunRules:
         timezone=config.runs.timezone,
         allocation_tags=tuple(config.allocation.tags),
         stale_after_ms=int(config.runs.stale_after * 1000),
+        join_tags=tuple(dict.fromkeys(r.run_tag for r in config.billing.run_join if r.run_tag)),
     )
 
 
 class MlflowSource:
     name = "mlflow"
 
-    def __init__(self, config: Config, mlflow: MlflowConnection, clock=time.time, calibration: Calibration | None = None):
+    def __init__(self, config: Config, mlflow: MlflowConnection, clock=time.time, bills: SharedBills | None = None):
         self.config = config
-        self.calibration = calibration  # pricing.calibrate_from_bill: the factors the billing sources found
+        self.bills = bills  # the billing sources' latest bills: calibration and the run join
         self.rules = run_rules(config)
         self.interval = config.mlflow.poll_interval
         self.retry_backoff = config.mlflow.retry_backoff
@@ -91,10 +95,33 @@ class MlflowSource:
             summary += "; " + self.artifacts.measure(self.runs.ledger)
         return render(self.view(int(now * 1000))), summary
 
+    def joined(self, ledger: RunLedger, now_ms: int):
+        """The latest bills joined to the runs (billing.run_join), and the calibration ratios."""
+        rules = self.config.billing.run_join
+        if not rules or self.bills is None:
+            return None, {}
+
+        def runs_for(index: int, key: str) -> list:
+            rule = rules[index]
+            if rule.run == "run_id":
+                run = ledger.runs.get(key)
+                return [run] if run is not None else []
+            ids = ledger.join_index.get((self.rules.join_tags.index(rule.run_tag), key), ())
+            return [ledger.runs[i] for i in ids]
+
+        joined = join(self.bills.bills(), tuple(rules), runs_for, now_ms)
+        return joined, calibration_ratios(joined, ledger, now_ms, int(self.config.billing.calibration_window * 1000))
+
     def view(self, now_ms: int) -> RunsView:
         cfg = self.config
+        ledger = self.runs.ledger or self.runs.new_ledger()
+        joined, ratios = self.joined(ledger, now_ms)
+        by_type = {}
+        for (provider, kind), (billed, estimated) in ratios.items():
+            if catalog_provider(provider) and estimated > 0:
+                by_type[(catalog_provider(provider), kind)] = billed / estimated
         return RunsView(
-            ledger=self.runs.ledger or self.runs.new_ledger(),
+            ledger=ledger,
             experiments=self.runs.experiments,
             now_ms=now_ms,
             rules=self.rules,
@@ -109,5 +136,9 @@ class MlflowSource:
             storage_gb_month=cfg.pricing.storage_gb_month,
             last_full_sync=self.runs.last_full_sync,
             bill_months=cfg.billing.months if cfg.billing.sources else 0,
-            calibration=self.calibration.factors() if self.calibration is not None else None,
+            calibration=self.bills.factors() if self.bills is not None and cfg.pricing.calibrate_from_bill else None,
+            calibration_by_type=by_type if cfg.pricing.calibrate_from_bill else {},
+            joined=joined,
+            calibration_ratios=ratios,
+            max_join_keys=cfg.billing.max_join_keys,
         )
