@@ -38,7 +38,8 @@ PANELS = {
 }
 ALERTS = {"MLCostSpike", "MLBudgetForecastExceeded", "MLBudgetExceeded", "MLRunawayRun", "MLStaleRuns",
           "MLFailedRunWaste", "MLEndpointDown", "MLEndpointHighErrorRate", "MLEndpointLatencyHigh",
-          "MLEndpointUnderutilized", "MLKPIBelowTarget", "MLCloudBillOverBudget", "MLCloudUntaggedSpend", "MLCloudBillStale", "MLExporterDown", "MLflowUnreachable", "MLExporterPollStale"}
+          "MLEndpointUnderutilized", "MLKPIBelowTarget", "MLCloudBillOverBudget", "MLCloudUntaggedSpend", "MLCloudBillStale",
+          "MLBillAttributionFell", "MLPriceCalibrationOff", "MLJoinIdleCostHigh", "MLExporterDown", "MLflowUnreachable", "MLExporterPollStale"}
 
 
 @pytest.mark.parametrize("uid", sorted(BOARDS))
