@@ -80,8 +80,13 @@ def demo_config_dict(db: Path) -> dict:
         ],
         "allocation": {"tags": ["team", "project"], "max_values": 10,
                        # each cloud writes the tag keys its own way on the bill
-                       "tag_aliases": {"team": ["team", "Team", "user:team"], "project": ["project", "Project", "user:project"]}},
+                       "tag_aliases": {"team": ["team", "Team", "user:team"], "project": ["project", "Project", "user:project"],
+                                       "mlflow_run_id": ["mlflow_run_id", "user:mlflow_run_id"],
+                                       "ClusterId": ["ClusterId", "user:ClusterId"]}},
         "billing": {"poll_interval": "10m", "months": 3, "monthly_budget": 900,
+                    # the bill joined to the runs: resources tagged with the run id, and a shared cluster
+                    "run_join": [{"bill_tag": "mlflow_run_id", "run": "run_id"},
+                                 {"bill_tag": "ClusterId", "run_tag": "mlflow.databricks.cluster.id"}],
                     "sources": [{"name": cloud, "focus": str(db.parent.resolve() / "bill" / cloud)}
                                 for cloud in ("aws", "gcp", "azure")]},
         "artifacts": {"enabled": True},
@@ -180,6 +185,7 @@ def seed(tracking_uri: str, artifact_root: Path | None, now_ms: int, rng_seed: i
     )
     total += 1
     total += _sweep_and_crash(client, now_ms)
+    total += _shared_cluster(client, now_ms)
     _register(client, "churn-classifier", sorted(finished["churn-training"])[-3:], {"champion": 2, "challenger": 3})
     _register(client, "fraud-detector", sorted(finished["fraud-detection"])[-2:], {"champion": 2})
     shutil.rmtree(scratch, ignore_errors=True)
@@ -215,6 +221,24 @@ def _sweep_and_crash(client, now_ms: int) -> int:
                                       "team": "recsys", "project": PROJECTS["recsys"]}).info.run_id
     _log(client, crashed, {"loss": 0.42}, {"epochs": "50"}, crashed_at)
     return 6
+
+
+def _shared_cluster(client, now_ms: int) -> int:
+    """Three forecasting runs on one Databricks-style cluster three days ago, with gaps between them:
+    MLflow tags each with the cluster id, the bill tags the cluster's machines with it (demo_bill), so
+    the join splits the cluster's hours between the runs and shows the gaps as idle cost."""
+    from mlops_kpi_exporter.demo_bill import CLUSTER_ID, CLUSTER_RUNS, cluster_window
+
+    demand = client.get_experiment_by_name("demand-forecast").experiment_id
+    up, _ = cluster_window(now_ms)
+    for i, (start_min, end_min) in enumerate(CLUSTER_RUNS):
+        run = client.create_run(demand, start_time=up + start_min * 60_000, run_name=f"demand-forecast-cluster-{i}",
+                                tags={"estimator": "LGBMRegressor", "instance_type": "m5.2xlarge", "instance_count": "4",
+                                      "team": "demand", "project": PROJECTS["demand"],
+                                      "mlflow.databricks.cluster.id": CLUSTER_ID}).info.run_id
+        _log(client, run, {"accuracy": 0.9}, {"store_group": str(i)}, up + end_min * 60_000)
+        client.set_terminated(run, "FINISHED", end_time=up + end_min * 60_000)
+    return len(CLUSTER_RUNS)
 
 
 def _log(client, run_id: str, metrics: dict[str, float], params: dict[str, str], at_ms: int) -> None:
