@@ -153,9 +153,14 @@ def board(uid: str, title: str, panels: list, variables: list, description: str)
     return json.loads(JSONEncoder(sort_keys=True, indent=2).encode(b.build()))
 
 
+def mlflow_run_link() -> dashboard.DashboardLink:
+    """A table row's run opened in MLflow (the row needs experiment_id and run_id)."""
+    return (dashboard.DashboardLink("Open the run in MLflow").type(DashboardLinkType.LINK).target_blank(True)
+            .url("${mlflow_url}/#/experiments/${__data.fields.experiment_id}/runs/${__data.fields.run_id}"))
+
+
 def costs(money: str) -> dict:
-    mlflow_run = (dashboard.DashboardLink("Open the run in MLflow").type(DashboardLinkType.LINK).target_blank(True)
-                  .url("${mlflow_url}/#/experiments/${__data.fields.experiment_id}/runs/${__data.fields.run_id}"))
+    mlflow_run = mlflow_run_link()
     panels = [
         stat_("Spend, last 24 h", f"sum(mlops:experiment_spend:1d{{{EXP}}})", money,
              "Compute spend of the selected experiments over the last 24 hours (from the cumulative cost gauges)."),
@@ -323,6 +328,28 @@ def bill(money: str) -> dict:
              "percentunit", "Spend no team can be shown back; MLCloudUntaggedSpend fires over 20 %."),
         series("Latest month so far", [target('sum by (bill) (mlops_cloud_cost_latest_month{cost_basis="billed"})',
                                               "{{bill}}")], money, "How each bill's latest month grows as the exports arrive."),
+        # the bill joined to runs (billing.run_join)
+        panel_bars_two("Estimate vs bill, by experiment", [
+            target(f'sum by (experiment) (mlops_experiment_billed_cost{{cost_basis="list",{month}}})',
+                   "{{experiment}} bill at list", instant=True),
+            target(f'sum by (experiment) (mlops_experiment_billed_cost{{cost_basis="billed",{month}}})',
+                   "{{experiment}} billed", instant=True, ref="B")], money,
+            "The bill joined to each experiment's runs (billing.run_join): at list price (what MLflow's catalog "
+            "estimate prices) and as billed. Runs whose resources carry no join tag are not in it."),
+        series("Bill joined to runs (coverage)", [target(f"mlops:billing_attribution_coverage:ratio{{{month}}}",
+                                                          "{{bill}} {{provider}} {{month}}")], "percentunit",
+               "The share of each month's bill joined to a run. A drop means a launcher stopped tagging "
+               "(MLBillAttributionFell)."),
+        table_("Costliest runs on the bill", 'topk(15, mlops_run_billed_cost{cost_basis="billed"} * on (job, experiment) '
+               "group_left (experiment_id) mlops_experiment_info)", money,
+               "Runs by what the bill charged for them, once the bill covers their run time; click a row to open the "
+               "run in MLflow.", links=[mlflow_run_link()]),
+        bars("Idle cost of shared clusters", f'sum by (key) (mlops_billing_join_idle_cost{{cost_basis="billed",{month}}})',
+             "{{key}}", money, "What each shared resource (a cluster) cost while none of its runs ran: left up "
+             "between runs (MLJoinIdleCostHigh)."),
+        bars("Billed over estimate, by machine type", "max by (provider, instance_type) (mlops_price_calibration_ratio)",
+             "{{provider}} {{instance_type}}", "percentunit", "What the joined runs were billed against their "
+             "estimate, per machine type: far from 100 % means the price is off (MLPriceCalibrationOff)."),
     ]
     month_var = (dashboard.QueryVariable("month").label("Month").datasource(DATASOURCE)
                  .query(f"label_values({scoped('mlops_cloud_cost', SCOPE)}, month)")

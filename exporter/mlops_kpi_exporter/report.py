@@ -300,6 +300,78 @@ def cloud_bill(config: Config, runs: RunSync, period: Period, now_ms: int, bills
     return out
 
 
+def billed_runs(config: Config, runs: RunSync, period: Period, now_ms: int, bills: list) -> dict | None:
+    """The bill of the period's months joined to the runs (billing.run_join), as the exporter joins it:
+    billed cost per experiment and the costliest runs by billed cost, each beside its estimate. Only
+    the runs the bill names are kept, so memory follows the bill, not the store."""
+    from mlops_kpi_exporter.bill_join import join
+
+    rules = tuple(config.billing.run_join)
+    read = [bill for _, bill in bills if not isinstance(bill, str)]
+    if not rules or not read:
+        return None
+    months = set(period_months(period))
+    by_id, by_tag = set(), set()
+    for bill in read:
+        for rule, key, _, month, _, _ in bill.joined:
+            if month in months and rule < len(rules):
+                if rules[rule].run == "run_id":
+                    by_id.add(key)
+                else:
+                    by_tag.add((runs.rules.join_tags.index(rules[rule].run_tag), key))
+    experiments = runs.matching_experiments()
+    kept: dict[str, RunFacts] = {}
+    tagged: dict[tuple[int, str], list[RunFacts]] = {}
+    for run in runs.search(experiments, f"attributes.start_time < {period.end_ms}"):
+        try:
+            facts = facts_of(runs.rules, run, now_ms)
+        except BadRunData:
+            continue
+        keys = [(i, v) for i, v in enumerate(facts.join_values) if (i, v) in by_tag]
+        if facts.run_id in by_id or keys:
+            kept[facts.run_id] = facts
+            for key in keys:
+                tagged.setdefault(key, []).append(facts)
+
+    def runs_for(index: int, key: str) -> list[RunFacts]:
+        rule = rules[index]
+        if rule.run == "run_id":
+            return [kept[key]] if key in kept else []
+        return tagged.get((runs.rules.join_tags.index(rule.run_tag), key), [])
+
+    shown = [_only_months(bill, months) for bill in read]
+    joined = join(shown, rules, runs_for, now_ms)
+    per_exp: dict[str, list[int]] = {}
+    rows = []
+    for run_id in joined.run_costs:
+        facts = kept[run_id]
+        billed, estimate = joined.run_total(run_id), facts.cost_nano(now_ms)
+        name = experiments.get(facts.experiment_id, facts.experiment_id)
+        sums = per_exp.setdefault(name, [0, 0, 0, 0, 0])
+        per_exp[name] = [a + b for a, b in zip(sums, [*billed, estimate, 1])]
+        rows.append((billed[0], run_id, {"run_id": run_id, "run_name": facts.run_name, "experiment": name,
+                                          "instance_type": facts.instance_type or "", "estimate": round(estimate / NANO, 6),
+                                          "billed": round(billed[0] / NANO, 6), "effective": round(billed[1] / NANO, 6),
+                                          "complete": joined.complete(facts)}))
+    money_of = lambda nano: round(nano / NANO, 6)  # noqa: E731
+    return {
+        "by_experiment": {name: {"billed": money_of(v[0]), "effective": money_of(v[1]), "list": money_of(v[2]),
+                                 "estimate": money_of(v[3]), "runs": v[4]}
+                          for name, v in sorted(per_exp.items(), key=lambda kv: -kv[1][0])},
+        "top_runs": [r for _, _, r in sorted(rows, key=lambda r: (-r[0], r[1]))[:TOP_RUNS]],
+        "attributed": sum(c[0] for c in joined.attributed.values()) / NANO,
+        "idle": {key: money_of(c[0]) for (_, _, _, key), c in sorted(joined.idle.items())},
+        "unmatched": sum(c[0] for c in joined.unmatched.values()) / NANO,
+    }
+
+
+def _only_months(bill, months: set[str]):
+    """The bill with its joined rows of these months only (the report's period)."""
+    from dataclasses import replace
+
+    return replace(bill, joined={k: v for k, v in bill.joined.items() if k[3] in months})
+
+
 def insights(data: dict) -> list[str]:
     """A few sentences naming the largest drivers."""
     cur, total = data["currency"], data["total_compute"]
@@ -378,7 +450,9 @@ def write_report(config: Config, mlflow: MlflowConnection, period: Period, fmt: 
     kpi_source = KpiSource(config, mlflow)
     kpis = [kpi_source.read_or_skip(k) for k in config.kpis]
     data = figures_dict(config, figures, previous, kpis, config.mlflow.ui_url)
-    data["cloud_bill"] = cloud_bill(config, runs, period, now_ms, read_bills(config))
+    bills = read_bills(config)
+    data["cloud_bill"] = cloud_bill(config, runs, period, now_ms, bills)
+    data["billed_runs"] = billed_runs(config, runs, period, now_ms, bills)
     data["what_to_look_at"] = insights(data)
     if fmt == "json":
         out.write(json.dumps(data, indent=2) + "\n")

@@ -132,6 +132,21 @@ def render_html(data: dict) -> str:
                 f"{html.escape(k)} {html.escape(v[:16])}" for k, v in bill["last_charge"].items()) + " (UTC).</p>")
         for name, error in bill["errors"].items():
             parts.append(f"<p class=bad>The bill {html.escape(name)} could not be read: {html.escape(error)}</p>")
+    joined = data.get("billed_runs")
+    if joined:
+        parts.append("<h2>What the runs really cost: the bill joined to them</h2><p class=sub>Bill rows tagged with a "
+                     "run's id, or with a shared cluster's id split by run time (billing.run_join); "
+                     "estimate is the run's catalog price times its run time.</p>")
+        rows = [[html.escape(name), str(v["runs"]), m(v["estimate"]), m(v["list"]), m(v["billed"])]
+                for name, v in joined["by_experiment"].items()]
+        parts.append(_table(["experiment", "joined runs", "estimate", "bill at list", "billed"], rows))
+        rows = [[html.escape(r["run_name"]), html.escape(r["experiment"]), html.escape(r["instance_type"]),
+                 m(r["estimate"]), m(r["billed"]), "final" if r["complete"] else "bill still arriving"]
+                for r in joined["top_runs"]]
+        parts.append(_table(["run", "experiment", "machine", "estimate", "billed", ""], rows))
+        idle = ", ".join(f"{html.escape(k)} {m(v)}" for k, v in joined["idle"].items())
+        parts.append(f"<p class=sub>Joined to runs: {m(joined['attributed'])}; idle shared clusters: {idle or 'none'}; "
+                     f"tagged for runs not watched: {m(joined['unmatched'])}.</p>")
     tco = data["tco"]
     parts.append("<h2>Total cost of ownership for the period</h2>" + _table(
         ["category", "cost"], [[html.escape(k), m(v)] for k, v in tco.items()] + [["<b>total</b>", f"<b>{m(sum(tco.values()))}</b>"]]))

@@ -153,3 +153,30 @@ def test_a_late_bill_a_restated_month_and_a_restart(mlflow_server, runs, tmp_pat
     again = poll_all(*setup(mlflow_server, prefix, folder))
     joined = {k: v for k, v in m.items() if "billed" in k[0] or k[0].startswith("mlops_billing_")}
     assert joined and joined == {k: v for k, v in again.items() if k in joined}
+
+
+def test_the_report_shows_billed_cost_per_experiment_and_run_beside_the_estimate(mlflow_server, runs, tmp_path):
+    import io
+    import json
+
+    from mlops_kpi_exporter.report import Period, write_report
+
+    prefix, ids = runs
+    write_bill(tmp_path / "bill", ids)
+    bills, mlflow = setup(mlflow_server, prefix, tmp_path / "bill")
+    config = mlflow.config
+    now = int(NOW.timestamp() * 1000)
+    out = io.StringIO()
+    write_report(config, connected(config)[1], Period(ms(1, 0), now), "json", out, now)
+    joined = json.loads(out.getvalue())["billed_runs"]
+    train, tune = joined["by_experiment"][f"{prefix}-train"], joined["by_experiment"][f"{prefix}-tune"]
+    assert train["billed"] == pytest.approx(5.5 + 5.5) and train["runs"] == 2
+    assert train["estimate"] == pytest.approx(3.06 + 0.192 * 0.5)  # a on a p3.2xlarge 1 h, b on an m5.xlarge 30 min
+    assert tune["billed"] == pytest.approx(4.5 + 3.0)
+    top = joined["top_runs"]
+    assert {top[0]["run_name"], top[1]["run_name"]} == {"a", "b"} and top[0]["billed"] == 5.5 and top[0]["complete"]
+    assert joined["idle"] == {"c-1": pytest.approx(15.0)} and joined["unmatched"] == 7.0
+    assert joined["attributed"] == pytest.approx(18.5)
+    page = io.StringIO()
+    write_report(config, connected(config)[1], Period(ms(1, 0), now), "html", page, now)
+    assert "What the runs really cost" in page.getvalue() and "c-1" in page.getvalue()

@@ -111,7 +111,7 @@ def prometheus(tmp_path_factory):
         deadline = time.monotonic() + 90
         ready = ("mlops:endpoint_cost_per_1k_predictions:1h", "mlops_kpi_target_met", "mlops:experiment_spend:1d",
                  'mlops_endpoint_utilization_ratio{resource="capacity"}',
-                 "mlops_calibrated_cost_by_tag_month")  # after the MLflow poll that follows the first bill read
+                 "mlops_calibrated_cost_by_tag_month", "mlops:billing_attribution_coverage:ratio")  # after the MLflow poll that follows the first bill read
         while not all(requests.get(f"{url}/api/v1/query", params={"query": q}, timeout=5).json()["data"]["result"]
                       for q in ready):
             assert time.monotonic() < deadline, "Prometheus never got the exporter's data"

@@ -32,7 +32,9 @@ PANELS = {
     "mlops-bill": ["Bill, latest month", "Budget used", "Billed / list price", "Newest charge, age",
                    "Bill by provider and service", "Bill by team", "Compute: MLflow estimate vs bill, by team",
                    "Compute: bill over estimate, by team", "Catalog price calibration, by provider",
-                   "Untagged share of the latest month", "Latest month so far"],
+                   "Untagged share of the latest month", "Latest month so far",
+                   "Estimate vs bill, by experiment", "Bill joined to runs (coverage)", "Costliest runs on the bill",
+                   "Idle cost of shared clusters", "Billed over estimate, by machine type"],
     "mlops-exporter": ["Sources up", "Poll duration", "Poll errors", "Time since last successful poll",
                        "Skipped runs by reason", "Scrape size", "Runs tracked"],
 }
