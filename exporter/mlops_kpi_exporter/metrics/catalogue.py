@@ -286,12 +286,13 @@ CATALOGUE: tuple[MetricSpec, ...] = (
           "what the bill's compute cost against its list price, per catalog provider (`aws`, `gcp`, `azure`): the "
           "factor applied to catalog prices (`pricing.calibrate_from_bill`)", "costs"),
     _spec("mlops_experiment_calibrated_cost", "gauge", ("experiment",),
-          "Cost in {currency} of the experiment's runs with catalog prices scaled by "
-          "mlops_price_calibration_factor (other prices as they are): the estimate calibrated by the bill. {polled}",
+          "Cost in {currency} of the experiment's runs with catalog prices scaled by the bill: the machine type's "
+          "mlops_price_calibration_ratio where the bill has one, else mlops_price_calibration_factor (other prices "
+          "as they are). {polled}",
           "the experiment's cost with catalog prices scaled by the bill's factor, beside the list-price "
           "`mlops_experiment_cost` (`pricing.calibrate_from_bill`)", "costs"),
     _spec("mlops_calibrated_cost_by_tag_month", "gauge", ("month", "tag", "value"),
-          "mlops_cost_by_tag_month with catalog prices scaled by mlops_price_calibration_factor. {polled}",
+          "mlops_cost_by_tag_month with catalog prices scaled as in mlops_experiment_calibrated_cost. {polled}",
           "`mlops_cost_by_tag_month` calibrated by the bill, the same values (`pricing.calibrate_from_bill`)", "costs"),
     # -- the bill joined to runs (billing.run_join): metrics/bill_join.py ---------------------------
     _spec("mlops_experiment_billed_cost", "gauge", ("experiment", "month", "cost_basis"),
