@@ -50,9 +50,10 @@ def runs(mlflow_server, prefix):
     return prefix, ids
 
 
-def setup(mlflow_server, prefix, folder, **billing):
+def setup(mlflow_server, prefix, folder, pricing=None, **billing):
     config = config_from_dict({
         "mlflow": {"tracking_uri": mlflow_server.url, "experiments": [f"{prefix}-*"]},
+        "pricing": pricing or {},
         "billing": {"months": 2, "sources": [{"name": "aws", "focus": str(folder)}],
                     "run_join": [{"bill_tag": "mlflow_run_id", "run": "run_id"},
                                  {"bill_tag": "ClusterId", "run_tag": "mlflow.databricks.cluster.id"}], **billing},
@@ -180,3 +181,14 @@ def test_the_report_shows_billed_cost_per_experiment_and_run_beside_the_estimate
     page = io.StringIO()
     write_report(config, connected(config)[1], Period(ms(1, 0), now), "html", page, now)
     assert "What the runs really cost" in page.getvalue() and "c-1" in page.getvalue()
+
+
+def test_calibration_uses_the_machine_types_billed_ratio_for_runs_not_yet_on_the_bill(mlflow_server, runs, tmp_path):
+    prefix, ids = runs
+    write_bill(tmp_path / "bill", ids)
+    m = poll_all(*setup(mlflow_server, prefix, tmp_path / "bill", pricing={"calibrate_from_bill": True}))
+    # train: a (p3.2xlarge 1 h, 3.06), b (m5.xlarge 30 min, 0.096), e (p3.2xlarge 2 h, 6.12, not billed yet).
+    # p3.2xlarge was billed 5.5 for 3.06 of estimate; m5.xlarge 10 for 0.192 (b and c): each type its ratio
+    p3, m5 = 5.5 / 3.06, 10 / 0.192
+    assert value(m, "mlops_experiment_calibrated_cost", experiment=f"{prefix}-train") == pytest.approx(
+        (3.06 + 6.12) * p3 + 0.096 * m5)
