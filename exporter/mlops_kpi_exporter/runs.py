@@ -68,6 +68,7 @@ class RunFacts:
     last_alive_ms: int = 0  # the latest time it logged anything (its start when it logged nothing)
     catalog_provider: str | None = None  # priced from the catalog (list prices) of this provider
     join_values: tuple[str, ...] = ()  # values of RunRules.join_tags ("" when absent), for the bill join
+    system: tuple[tuple[str, float], ...] = ()  # latest values of its utilization system metrics (SYSTEM_KEY)
 
     @property
     def open(self) -> bool:
@@ -173,6 +174,7 @@ def make_facts(
     params: Mapping[str, str],
     now_ms: int,
     logged_at: Iterable[object] = (),
+    metrics: Mapping[str, object] | None = None,
 ) -> RunFacts:
     """Facts of one run, or BadRunData naming why the run cannot be counted.
 
@@ -226,7 +228,30 @@ def make_facts(
         last_alive_ms=last_alive,
         catalog_provider=rate.provider,
         join_values=rules.join_values(tags),
+        system=system_metrics(metrics or {}),
     )
+
+
+# MLflow's system metrics (log_system_metrics) that say how busy a run's machine was, in percent:
+# system/gpu_<i>_utilization_percentage, system/gpu_<i>_memory_usage_percentage,
+# system/cpu_utilization_percentage; multi-node runs log them under system/<node>/...
+SYSTEM_KEY = re.compile(r"^system/(?:[^/]+/)?(gpu_\d+_utilization_percentage|gpu_\d+_memory_usage_percentage|"
+                        r"cpu_utilization_percentage)$")
+MAX_SYSTEM_KEYS = 64  # GPUs x nodes a run may report; beyond that it is not read
+
+
+def system_metrics(metrics: Mapping[str, object]) -> tuple[tuple[str, float], ...]:
+    """The utilization system metrics of a run and their latest values (0-100), sorted; odd values left out."""
+    out = []
+    for key, value in metrics.items():
+        if isinstance(key, str) and SYSTEM_KEY.match(key):
+            try:
+                number = float(value)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(number):
+                out.append((key, min(100.0, max(0.0, number))))
+    return tuple(sorted(out)[:MAX_SYSTEM_KEYS])
 
 
 def facts_of(rules: RunRules, run: Any, now_ms: int) -> RunFacts:
@@ -248,6 +273,7 @@ def facts_of(rules: RunRules, run: Any, now_ms: int) -> RunFacts:
             # the latest value of each metric comes with its time in what search_runs returns
             # already: no request per run (RunData keeps them as Metric objects)
             logged_at=[m.timestamp for m in getattr(data, "_metric_objs", None) or ()],
+            metrics=getattr(data, "metrics", None) or {},
         )
     except BadRunData:
         raise

@@ -43,6 +43,8 @@ class RunsView:
     joined: Joined | None = None  # billing.run_join: the bill joined to the runs
     calibration_ratios: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # see bill_join
     max_join_keys: int = 20
+    utilization: dict | None = None  # run id -> Utilization of completed runs read; None: utilization off
+    utilization_pending: int = 0
 
     def name(self, experiment_id: str) -> str:
         return self.experiments.get(experiment_id, experiment_id)

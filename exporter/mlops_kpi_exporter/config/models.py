@@ -243,6 +243,14 @@ class ArtifactsConfig(_Strict):
     max_runs_per_poll: int = Field(500, ge=1, le=100_000)
 
 
+class UtilizationConfig(_Strict):
+    """Run utilization from MLflow's system metrics: each completed run's history read once."""
+
+    enabled: bool = True  # costs requests only for runs that logged system metrics
+    max_runs_per_poll: int = Field(200, ge=1, le=10_000)  # histories read per poll; the rest wait
+    max_points: int = Field(200, ge=10, le=2500)  # sampled points per run and metric (MLflow allows 2,500)
+
+
 class RegistryConfig(_Strict):
     enabled: bool = True
     models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
@@ -268,6 +276,7 @@ class Config(_Strict):
     fixed_costs: list[FixedCostConfig] = Field(default_factory=list)
     allocation: AllocationConfig = Field(default_factory=AllocationConfig)
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
+    utilization: UtilizationConfig = Field(default_factory=UtilizationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     endpoints: Annotated[list[EndpointConfig], AfterValidator(_unique_names)] = Field(default_factory=list)
     billing: BillingConfig = Field(default_factory=BillingConfig)

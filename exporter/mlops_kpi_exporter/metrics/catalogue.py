@@ -240,6 +240,29 @@ CATALOGUE: tuple[MetricSpec, ...] = (
           "throughput over the last poll / capacity_rps.",
           "0-1: `gpu`, `cpu`, `memory`, `kv_cache` as reported, and `capacity` = throughput over the last poll / "
           "`capacity_rps`", "serving"),
+    # -- money spent idle: metrics/utilization.py -------------------------------------------------
+    _spec("mlops_experiment_utilization_ratio", "gauge", ("experiment", "resource"),
+          "Cost-weighted mean utilization (0-1) of the experiment's completed runs that logged MLflow system "
+          "metrics; resource gpu (mean over a run's GPUs), cpu, gpu_memory (a run's peak). {polled}",
+          "how busy the experiment's machines were (cost-weighted, completed runs with system metrics): `gpu`, "
+          "`cpu`, `gpu_memory` (peak)", "utilization"),
+    _spec("mlops_experiment_idle_cost", "gauge", ("experiment",),
+          "Cost in {currency} of the idle share of the experiment's runs: each run's cost x (1 - mean utilization "
+          "of its GPUs, else its CPU); runs without system metrics add nothing. {polled}",
+          "cumulative cost of the idle share: a run's cost x (1 - utilization of what dominates its price)",
+          "utilization"),
+    _spec("mlops_runs_with_system_metrics", "gauge", ("experiment",),
+          "Runs of the experiment that logged MLflow system metrics (utilization). {polled}",
+          "runs whose utilization is known", "utilization"),
+    _spec("mlops_runs_without_system_metrics", "gauge", ("experiment",),
+          "Runs of the experiment without MLflow system metrics: their idle share is unknown, never guessed. {polled}",
+          "runs whose utilization is unknown (turn on system metrics logging)", "utilization"),
+    _spec("mlops_run_utilization_ratio", "gauge", (*RUN, "resource"),
+          "Utilization (0-1) of one run: the mean of its history once read, the latest value while it runs. "
+          + RUN_SERIES_NOTE, "one run's utilization by `resource`", "utilization"),
+    _spec("mlops_utilization_runs_pending", "gauge", (),
+          "Completed runs with system metrics whose history is not read yet (utilization.max_runs_per_poll a "
+          "poll). {polled}", "runs waiting for their system metrics to be read", "utilization"),
     # -- the cloud bill: metrics/billing.py -------------------------------------------------------
     _spec("mlops_cloud_cost", "gauge", ("bill", "month", "provider", "service", "cost_basis"),
           "Cost in {currency} on the cloud bill (FOCUS export) by month of the charge period (UTC), provider and "

@@ -14,10 +14,12 @@ from mlops_kpi_exporter.ledger import RunLedger
 from mlops_kpi_exporter.views import RunsView
 from mlops_kpi_exporter.metrics import activity, budgets, costs
 from mlops_kpi_exporter.metrics import bill_join as bill_join_metrics
+from mlops_kpi_exporter.metrics import utilization as utilization_metrics
 from mlops_kpi_exporter.mlflow_client import MlflowConnection
 from mlops_kpi_exporter.pricing import Pricer
 from mlops_kpi_exporter.runs import RunRules
 from mlops_kpi_exporter.sources.artifacts import ArtifactSizes
+from mlops_kpi_exporter.sources.utilization import UtilizationReader
 from mlops_kpi_exporter.sources.run_sync import PollReport, RunSync
 
 
@@ -34,6 +36,7 @@ def render(view: RunsView) -> list[Metric]:
         *costs.allocation_by_month(view),
         *costs.calibrated(view),
         *bill_join_metrics.families(view),
+        *utilization_metrics.families(view),
         *costs.storage(view),
         *costs.sync(view),
     ]
@@ -64,10 +67,17 @@ class MlflowSource:
         self.clock = clock
         self.artifacts: ArtifactSizes | None = None
         self.runs = RunSync(config, mlflow, self.rules)
+        self.utilization: UtilizationReader | None = None
+        readers: list = []  # what reads more of a completed run once the sync has costed it
         if config.artifacts.enabled:
             self.artifacts = ArtifactSizes(config.artifacts, lambda: self.runs.client)
-            self.runs.on_costed = self.artifacts.costed
-            self.runs.on_experiment_gone = self.artifacts.forget_experiment
+            readers.append(self.artifacts)
+        if config.utilization.enabled:
+            self.utilization = UtilizationReader(config.utilization.max_runs_per_poll, config.utilization.max_points,
+                                                 lambda: self.runs.client)
+            readers.append(self.utilization)
+        self.runs.on_costed = lambda facts: [reader.costed(facts) for reader in readers]
+        self.runs.on_experiment_gone = lambda exp_id: [reader.forget_experiment(exp_id) for reader in readers]
         self.last_report: PollReport | None = None
 
     @property
@@ -88,11 +98,12 @@ class MlflowSource:
         now = self.clock()
         report = self.last_report = self.runs.sync(now)
         summary = report.summary()
-        if self.artifacts is not None:
-            assert self.runs.ledger is not None
-            if report.full_sync:
-                self.artifacts.forget_runs_not_in(self.runs.ledger)
-            summary += "; " + self.artifacts.measure(self.runs.ledger)
+        for reader in (self.artifacts, self.utilization):
+            if reader is not None:
+                assert self.runs.ledger is not None
+                if report.full_sync:
+                    reader.forget_runs_not_in(self.runs.ledger)
+                summary += "; " + reader.measure(self.runs.ledger)
         return render(self.view(int(now * 1000))), summary
 
     def joined(self, ledger: RunLedger, now_ms: int):
@@ -141,4 +152,6 @@ class MlflowSource:
             joined=joined,
             calibration_ratios=ratios,
             max_join_keys=cfg.billing.max_join_keys,
+            utilization=self.utilization.figures() if self.utilization is not None else None,
+            utilization_pending=len(self.utilization.pending) if self.utilization is not None else 0,
         )
