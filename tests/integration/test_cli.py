@@ -177,6 +177,7 @@ def test_local_sqlite_store_read_with_once(demo_dir):
 CONDITIONAL = {  # documented metrics that only appear when something is wrong or legacy
     "mlops_kpi_missing", "mlops_model_version_stage_info", "mlops_model_deploy_lead_time_unknown",
     "mlops_exporter_config_last_reload_successful",  # only after a SIGHUP reload
+    "mlops_billing_api_calls",  # AWS Cost Explorer only (tests/integration/test_cost_explorer.py)
 }
 ENDPOINT_METRICS = "mlops_endpoint_"  # the demo has no model server; tests/test_endpoints.py covers these
 
