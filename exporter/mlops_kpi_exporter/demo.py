@@ -171,18 +171,23 @@ def seed(tracking_uri: str, artifact_root: Path | None, now_ms: int, rng_seed: i
             _log(client, run.info.run_id, metrics, {"estimator": estimator, "max_depth": str(rng.randint(3, 12))}, end)
             if i % 3 == 0:
                 _log_artifact(client, run.info.run_id, scratch, rng)
+            if i % 4 == 2 and name in SYSTEM_PROFILES:  # its own random stream: the rest of the demo stays as it was
+                _log_system_metrics(client, run.info.run_id, start, end, SYSTEM_PROFILES[name],
+                                    random.Random(f"{name}-{i}"), gpus=machines[i % len(machines)] in GPU_MACHINES)
             client.set_terminated(run.info.run_id, status, end_time=end)
             if status == "FINISHED" and name in ("churn-training", "fraud-detection"):
                 finished[name].append((end, run.info.run_id))
             total += 1
     # One run still burning money: a GPU job started 40 minutes ago.
     exp = client.get_experiment_by_name("recsys-embeddings")
-    client.create_run(
+    live = client.create_run(
         exp.experiment_id,
         start_time=now_ms - 40 * 60_000,
         tags={"estimator": "TwoTowerTransformer", "instance_type": "p3.2xlarge", "instance_count": "2"},
         run_name="recsys-embeddings-nightly-retrain",
     )
+    _log_system_metrics(client, live.info.run_id, now_ms - 40 * 60_000, now_ms - 60_000, SYSTEM_PROFILES["recsys-embeddings"],
+                        random.Random("live"), gpus=True)
     total += 1
     total += _sweep_and_crash(client, now_ms)
     total += _shared_cluster(client, now_ms)
@@ -221,6 +226,33 @@ def _sweep_and_crash(client, now_ms: int) -> int:
                                       "team": "recsys", "project": PROJECTS["recsys"]}).info.run_id
     _log(client, crashed, {"loss": 0.42}, {"epochs": "50"}, crashed_at)
     return 6
+
+
+# MLflow system metrics (log_system_metrics) of some runs: (GPU utilization %, CPU utilization %) around
+# which each run's curve moves. A well-fed GPU job, a starved one (its data loader cannot keep up), a
+# CPU job; the idle share of their cost follows.
+SYSTEM_PROFILES = {"recsys-embeddings": (88, 35), "fraud-detection": (22, 60), "demand-forecast": (None, 40)}
+GPU_MACHINES = {"p3.2xlarge", "g4dn.xlarge", "Standard_NC6s_v3", "onprem-a100"}
+
+
+def _log_system_metrics(client, run_id: str, start: int, end: int, profile: tuple, rng: random.Random,
+                        gpus: bool) -> None:
+    """A point every 5 minutes (MLflow's monitor logs every 10 s; fewer points keep the demo small)."""
+    from mlflow.entities import Metric
+
+    gpu_level, cpu_level = profile
+    metrics, step = [], 0
+    for at in range(start, max(start + 1, end), 5 * 60_000):
+        ramp = min(1.0, (at - start) / (10 * 60_000))  # the first minutes load data
+        cpu = cpu_level * (0.5 + 0.5 * ramp) + rng.uniform(-5, 5)
+        metrics.append(Metric("system/cpu_utilization_percentage", round(max(0.0, cpu), 1), at, step))
+        if gpus and gpu_level is not None:
+            gpu = gpu_level * ramp + rng.uniform(-8, 8)
+            metrics.append(Metric("system/gpu_0_utilization_percentage", round(min(100.0, max(0.0, gpu)), 1), at, step))
+            metrics.append(Metric("system/gpu_0_memory_usage_percentage", round(30 + 40 * ramp, 1), at, step))
+        step += 1
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
 
 
 def _shared_cluster(client, now_ms: int) -> int:
