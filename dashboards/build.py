@@ -183,6 +183,13 @@ def costs(money: str) -> dict:
              "percentunit", "Month-end forecast as a share of each budget.", w=8),
         bars("Cost by status (failed-run waste)", f"sum by (status) (mlops_experiment_cost{{{EXP}}})", "{{status}}", money,
              "Cumulative cost by run status: FAILED, KILLED and STALE (crashed) are waste.", w=8),
+        bars("Idle cost by experiment", f"sum by (experiment) (mlops_experiment_idle_cost{{{EXP}}})", "{{experiment}}",
+             money, "What runs paid for GPU or CPU time they did not use (MLflow system metrics): cost x (1 - "
+             "utilization). Runs without system metrics add nothing (MLIdleSpend).", w=8),
+        table_("Utilization by experiment", f"mlops_experiment_utilization_ratio{{{EXP}}}", "percentunit",
+               "Cost-weighted mean utilization of each experiment's completed runs with system metrics, by "
+               "resource (gpu, cpu, gpu_memory peak): low GPU with high CPU means the input pipeline starves the GPU.",
+               w=16),
         table_("Top costly runs", f"topk(20, mlops_run_cost{{{EXP}}} * on (job, experiment) group_left (experiment_id) "
               "mlops_experiment_info)", money, "Running runs and the latest ended ones; click a row to open the run "
               "in MLflow.", links=[mlflow_run]),

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from mlops_kpi_exporter.sources.run_sync import RunSync
 
 TOP_RUNS = 15
+MAX_SYSTEM_RUNS = 5_000  # runs whose system metrics a report reads (one request per metric and 100 runs)
 STRIP_POINTS = 300  # run-time points kept per experiment (a uniform sample of them)
 
 
@@ -71,6 +72,8 @@ class Figures:
     run_hours: dict[str, list[float]] = field(default_factory=dict)
     _seen_per_experiment: Counter = field(default_factory=Counter)
     top: list = field(default_factory=list)  # heap of (cost, run_id, row)
+    system: list = field(default_factory=list)  # (facts, cost in the period) of runs with system metrics
+    system_left_out: int = 0  # beyond MAX_SYSTEM_RUNS
 
     def add(self, row: dict[str, Any], cost: int, tags: dict[str, str], rng: random.Random) -> None:
         """A run of the period; a child on its parent's machine (row machine == "parent") counts as a
@@ -129,6 +132,11 @@ def collect(runs: RunSync, period: Period, now_ms: int, rows_out=None, seed: int
             return  # ran entirely outside the period
         row = _row(facts, experiments, hours, cost, machine)
         figures.add(row, cost, dict(zip(runs.rules.allocation_tags, facts.allocation)), rng)
+        if facts.system and cost:
+            if len(figures.system) < MAX_SYSTEM_RUNS:
+                figures.system.append((facts, cost))
+            else:
+                figures.system_left_out += 1
         if rows_out is not None:
             rows_out.writerow({k: row[k] for k in CSV_FIELDS})
 
@@ -365,6 +373,45 @@ def billed_runs(config: Config, runs: RunSync, period: Period, now_ms: int, bill
     }
 
 
+def idle_spend(config: Config, runs: RunSync, figures: Figures) -> dict | None:
+    """Where the money idled: the period's runs with MLflow system metrics, their histories read as
+    the exporter reads them, each run's cost in the period x (1 - its utilization)."""
+    from mlops_kpi_exporter.sources.utilization import UtilizationReader, latest, summarize
+
+    if not config.utilization.enabled:
+        return None
+    reader = UtilizationReader(len(figures.system) or 1, config.utilization.max_points, lambda: runs.client)
+    completed = [facts for facts, _ in figures.system if not facts.open]
+    read: dict[str, Any] = {}
+    for start in range(0, len(completed), 100):
+        chunk = completed[start:start + 100]
+        series = reader.histories(chunk)
+        read.update({facts.run_id: summarize(series.get(facts.run_id, {})) for facts in chunk})
+    per_exp: dict[str, list[float]] = {}
+    rows = []
+    experiments = runs.experiments or runs.matching_experiments()
+    for facts, cost in figures.system:
+        figures_of = latest(facts) if facts.open else read.get(facts.run_id)
+        if figures_of is None or figures_of.busy is None:
+            continue
+        name = experiments.get(facts.experiment_id, facts.experiment_id)
+        idle = cost * (1 - figures_of.busy) / NANO
+        sums = per_exp.setdefault(name, [0.0, 0.0, 0])
+        per_exp[name] = [sums[0] + idle, sums[1] + cost / NANO, sums[2] + 1]
+        rows.append((idle, facts.run_id, {"run_name": facts.run_name, "experiment": name,
+                                          "instance_type": facts.instance_type or "", "cost": round(cost / NANO, 6),
+                                          "utilization": round(figures_of.busy, 4),
+                                          "resource": "gpu" if figures_of.gpu is not None else "cpu",
+                                          "idle_cost": round(idle, 6)}))
+    return {
+        "by_experiment": {name: {"idle_cost": round(v[0], 6), "cost": round(v[1], 6), "runs": v[2]}
+                          for name, v in sorted(per_exp.items(), key=lambda kv: -kv[1][0])},
+        "top_runs": [r for _, _, r in sorted(rows, key=lambda r: (-r[0], r[1]))[:TOP_RUNS]],
+        "runs_without_system_metrics": figures.runs - len(figures.system) - figures.system_left_out,
+        "runs_not_read": figures.system_left_out,
+    }
+
+
 def _only_months(bill, months: set[str]):
     """The bill with its joined rows of these months only (the report's period)."""
     from dataclasses import replace
@@ -400,6 +447,13 @@ def insights(data: dict) -> list[str]:
     over = [b["budget"] for b in data["budgets"] if b["spent"] > b["period_budget"]]
     if over:
         out.append(f"Over budget for the period: {', '.join(over)}.")
+    idle = data.get("idle_spend") or {}
+    if idle.get("by_experiment"):
+        wasted = sum(v["idle_cost"] for v in idle["by_experiment"].values())
+        watched = sum(v["cost"] for v in idle["by_experiment"].values())
+        worst, figures = next(iter(idle["by_experiment"].items()))
+        out.append(f"{money(wasted, cur)} of the {money(watched, cur)} spent on runs with system metrics paid for idle "
+                   f"GPU or CPU time ({wasted / watched:.0%}); most in {worst} ({money(figures['idle_cost'], cur)}).")
     bill = data.get("cloud_bill") or {}
     for month in bill.get("months", []):
         rows = [r for r in bill["totals"] if r["month"] == month]
@@ -453,6 +507,7 @@ def write_report(config: Config, mlflow: MlflowConnection, period: Period, fmt: 
     bills = read_bills(config)
     data["cloud_bill"] = cloud_bill(config, runs, period, now_ms, bills)
     data["billed_runs"] = billed_runs(config, runs, period, now_ms, bills)
+    data["idle_spend"] = idle_spend(config, runs, figures)
     data["what_to_look_at"] = insights(data)
     if fmt == "json":
         out.write(json.dumps(data, indent=2) + "\n")

@@ -132,6 +132,17 @@ def render_html(data: dict) -> str:
                 f"{html.escape(k)} {html.escape(v[:16])}" for k, v in bill["last_charge"].items()) + " (UTC).</p>")
         for name, error in bill["errors"].items():
             parts.append(f"<p class=bad>The bill {html.escape(name)} could not be read: {html.escape(error)}</p>")
+    idle = data.get("idle_spend")
+    if idle and idle["by_experiment"]:
+        parts.append("<h2>Where the money idled</h2><p class=sub>Runs that logged MLflow system metrics: each run's "
+                     "cost in the period x (1 - the mean utilization of its GPUs, else its CPU). "
+                     f"{idle['runs_without_system_metrics']} runs of the period logged none and are not in it.</p>")
+        rows = [[html.escape(name), str(v["runs"]), m(v["cost"]), m(v["idle_cost"]),
+                 f"{v['idle_cost'] / v['cost']:.0%}" if v["cost"] else "-"] for name, v in idle["by_experiment"].items()]
+        parts.append(_table(["experiment", "runs with system metrics", "their cost", "idle", "idle share"], rows))
+        rows = [[html.escape(r["run_name"]), html.escape(r["experiment"]), html.escape(r["instance_type"]),
+                 f"{r['utilization']:.0%} {r['resource']}", m(r["cost"]), m(r["idle_cost"])] for r in idle["top_runs"]]
+        parts.append(_table(["run", "experiment", "machine", "utilization", "cost", "idle"], rows))
     joined = data.get("billed_runs")
     if joined:
         parts.append("<h2>What the runs really cost: the bill joined to them</h2><p class=sub>Bill rows tagged with a "

@@ -85,3 +85,25 @@ def test_idle_cost_from_known_utilization_histories(store):
     source.poll()
     assert source.runs.last_full_sync != synced  # that poll was a full resync
     assert reader.requests == requests
+
+
+def test_the_report_says_where_the_money_idled(store):
+    import io
+    import json
+
+    from mlops_kpi_exporter.report import Period, write_report
+
+    config, runs, now, exp = store
+    out = io.StringIO()
+    write_report(config, connected(config)[1], Period(now - 100 * 24 * HOUR_MS, now), "json", out, now)
+    data = json.loads(out.getvalue())
+    idle = data["idle_spend"]
+    fed, starved, cpu, long, live = 0.526 * 2, 3.06, 0.096 * 10, 0.526, 0.526
+    assert idle["by_experiment"][exp]["idle_cost"] == pytest.approx(
+        fed * 0.5 + starved * 0.25 + cpu * 0.75 + long * 0.6 + live * 0.7, rel=1e-6)
+    assert idle["by_experiment"][exp]["runs"] == 5 and idle["runs_without_system_metrics"] == 1
+    assert idle["top_runs"][0]["run_name"] == "starved" and idle["top_runs"][0]["utilization"] == 0.75
+    assert any("paid for idle GPU or CPU time" in s for s in data["what_to_look_at"])
+    page = io.StringIO()
+    write_report(config, connected(config)[1], Period(now - 100 * 24 * HOUR_MS, now), "html", page, now)
+    assert "Where the money idled" in page.getvalue()

@@ -21,6 +21,7 @@ PANELS = {
     "mlops-costs": ["Spend, last 24 h", "Spend, last 7 days", "Month to date", "Month-end forecast", "Budgets",
                     "Burning now", "Spend rate by experiment (per hour)", "Burn rate now (per hour)",
                     "Month to date vs budget", "Forecast vs budget", "Cost by status (failed-run waste)",
+                    "Idle cost by experiment", "Utilization by experiment",
                     "Top costly runs", "Stale runs (to clean up)", "Run time per experiment (median and p90)",
                     "Runs by start hour", "Estimator distribution", "Cost by team (allocation tag)",
                     "Fixed monthly costs by category", "Total cost of ownership this month"],
@@ -39,7 +40,7 @@ PANELS = {
                        "Skipped runs by reason", "Scrape size", "Runs tracked"],
 }
 ALERTS = {"MLCostSpike", "MLBudgetForecastExceeded", "MLBudgetExceeded", "MLRunawayRun", "MLStaleRuns",
-          "MLFailedRunWaste", "MLEndpointDown", "MLEndpointHighErrorRate", "MLEndpointLatencyHigh",
+          "MLFailedRunWaste", "MLIdleSpend", "MLEndpointDown", "MLEndpointHighErrorRate", "MLEndpointLatencyHigh",
           "MLEndpointUnderutilized", "MLKPIBelowTarget", "MLCloudBillOverBudget", "MLCloudUntaggedSpend", "MLCloudBillStale",
           "MLBillAttributionFell", "MLPriceCalibrationOff", "MLJoinIdleCostHigh", "MLExporterDown", "MLflowUnreachable", "MLExporterPollStale"}
 

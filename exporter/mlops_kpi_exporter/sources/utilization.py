@@ -97,7 +97,7 @@ class UtilizationReader:
         for start in range(0, len(batch), MAX_RUNS_PER_REQUEST):
             chunk = batch[start:start + MAX_RUNS_PER_REQUEST]
             try:
-                series = self._histories(chunk)
+                series = self.histories(chunk)
             except Exception as exc:  # noqa: BLE001 - one failed read leaves its runs pending, not the poll failed
                 log.info("cannot read system metrics of %d runs: %s", len(chunk), exc)
                 failed += len(chunk)
@@ -108,7 +108,7 @@ class UtilizationReader:
         self.errors += failed
         return f"system metrics of {len(batch) - failed} runs read ({failed} failed, {len(self.pending)} pending)"
 
-    def _histories(self, runs: list[RunFacts]) -> dict[str, dict[str, list[float]]]:
+    def histories(self, runs: list[RunFacts]) -> dict[str, dict[str, list[float]]]:
         """run id -> key -> sampled values, one request per key the runs report."""
         out: dict[str, dict[str, list[float]]] = {}
         keys = sorted({key for run in runs for key, _ in run.system})
