@@ -74,15 +74,20 @@ def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
 
     shared = SharedBills() if config.pricing.calibrate_from_bill or config.billing.run_join else None
     sources: list[Source] = [MlflowSource(config, mlflow, bills=shared)]
-    if config.kpis:
+    # Sharded (mlflow.shard): every shard watches its own experiments; what is not split by experiment
+    # (KPIs, the registry, the bill's own figures, endpoints) runs on the first shard only, so that
+    # Prometheus can sum the shards. The others still read the bill for their runs' join and
+    # calibration, without exporting it.
+    first = config.mlflow.shard is None or config.mlflow.shard.first
+    if config.kpis and first:
         sources.append(KpiSource(config, mlflow))
-    if config.registry.enabled:
+    if config.registry.enabled and first:
         sources.append(RegistrySource(config, mlflow))
-    if config.billing.sources:
+    if config.billing.sources and (first or shared is not None):
         from mlops_kpi_exporter.sources.billing import bill_sources
 
-        sources += bill_sources(config, shared)
-    if config.endpoints:
+        sources += bill_sources(config, shared, export=first)
+    if config.endpoints and first:
         from mlops_kpi_exporter.sources.endpoints import EndpointSource
         from mlops_kpi_exporter.pricing import Pricer
 
@@ -93,9 +98,9 @@ def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
 
 def build_registry(store: SnapshotStore, config: Config) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(
-        ExporterCollector(store, __version__, config.pricing.currency, fixed_costs(config) + billing.budget(config))
-    )
+    first = config.mlflow.shard is None or config.mlflow.shard.first  # the config's figures once, not per shard
+    static = fixed_costs(config) + billing.budget(config) if first else []
+    registry.register(ExporterCollector(store, __version__, config.pricing.currency, static))
     return registry
 
 

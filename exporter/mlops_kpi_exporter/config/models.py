@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import zlib
 import zoneinfo
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -21,6 +23,7 @@ from mlops_kpi_exporter.config.common import (
 from mlops_kpi_exporter.config.durations import parse_duration
 from mlops_kpi_exporter.config.billing import BillingConfig
 from mlops_kpi_exporter.config.endpoints import EndpointConfig
+from mlops_kpi_exporter.config.traces import TracesConfig
 from mlops_kpi_exporter.config.web import DEFAULT_PORT, parse_listen
 
 
@@ -56,6 +59,43 @@ class MlflowAuth(_Strict):
         return self
 
 
+SHARD_INDEX_ENV = "MLOPS_SHARD_INDEX"
+
+
+class ShardConfig(_Strict):
+    """Several exporters share one MLflow: each watches the experiments whose id hashes to its index."""
+
+    count: int = Field(ge=1, le=256)
+    # this process's index, 0 to count - 1; else the MLOPS_SHARD_INDEX environment variable (a
+    # Kubernetes StatefulSet sets it from the pod's ordinal)
+    index: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _index(self) -> ShardConfig:
+        index = self.index
+        if index is None:
+            text = os.environ.get(SHARD_INDEX_ENV, "").strip()
+            if not text and self.count > 1:
+                raise ValueError(f"set shard.index or the {SHARD_INDEX_ENV} environment variable (0 to {self.count - 1})")
+            try:
+                index = int(text or 0)
+            except ValueError:
+                raise ValueError(f"{SHARD_INDEX_ENV}={text[:20]!r} is not a whole number") from None
+        if not 0 <= index < self.count:
+            raise ValueError(f"shard index {index} is not from 0 to {self.count - 1}")
+        object.__setattr__(self, "index", index)
+        return self
+
+    def owns(self, experiment_id: str) -> bool:
+        """Whether this shard watches the experiment: a stable hash of its id, the same in every process."""
+        return zlib.crc32(str(experiment_id).encode()) % self.count == self.index
+
+    @property
+    def first(self) -> bool:
+        """The shard that also runs what is not split by experiment (registry, KPIs, bills, endpoints)."""
+        return self.index == 0
+
+
 class MlflowConfig(_Strict):
     tracking_uri: str
     poll_interval: Duration = 60.0
@@ -66,6 +106,7 @@ class MlflowConfig(_Strict):
     retry_backoff: Duration = 5.0
     watermark_overlap: Duration = 300.0
     page_size: int = Field(1000, ge=1, le=50000)
+    shard: ShardConfig | None = None  # several exporters sharing one MLflow (see "Sizing")
     auth: MlflowAuth = Field(default_factory=MlflowAuth)
     ui_url: str | None = None
     ca_bundle: ExistingFile | None = None  # TLS verification is always on
@@ -280,6 +321,7 @@ class Config(_Strict):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     endpoints: Annotated[list[EndpointConfig], AfterValidator(_unique_names)] = Field(default_factory=list)
     billing: BillingConfig = Field(default_factory=BillingConfig)
+    traces: TracesConfig = Field(default_factory=TracesConfig)
 
     @model_validator(mode="after")
     def _aliases_of_tags(self) -> Config:

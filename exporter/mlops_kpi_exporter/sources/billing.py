@@ -366,10 +366,11 @@ class BillingSource:
 
 
 class Sharing:
-    """A billing source that, after each good read, hands its bill to the MLflow source (SharedBills)."""
+    """A billing source that, after each good read, hands its bill to the MLflow source (SharedBills);
+    with export off (a shard other than the first) it exports nothing of its own."""
 
-    def __init__(self, source, shared: SharedBills):
-        self.source, self.shared = source, shared
+    def __init__(self, source, shared: SharedBills, export: bool = True):
+        self.source, self.shared, self.export = source, shared, export
         self.name, self.label = source.name, source.label
         self.interval, self.retry_backoff = source.interval, source.retry_backoff
 
@@ -382,19 +383,22 @@ class Sharing:
     def poll(self) -> tuple[list[Metric], str]:
         families, summary = self.source.poll()
         self.shared.update(self.source.last_bill)
-        return families, summary
+        return (families if self.export else []), summary
 
 
-def bill_sources(config: Config, shared: SharedBills | None = None) -> list:
+def bill_sources(config: Config, shared: SharedBills | None = None, export: bool = True) -> list:
     """One source per configured bill: FOCUS files (local or s3://) or AWS Cost Explorer; each hands
-    its bill to the MLflow source when `shared` (calibration, run join)."""
+    its bill to the MLflow source when `shared` (calibration, run join). Not exporting (a shard other
+    than the first), only FOCUS bills are read: Cost Explorer calls are billed and carry no run join."""
     out = []
     for source in config.billing.sources:
+        if source.cost_explorer is not None and not export:
+            continue
         if source.cost_explorer is not None:
             from mlops_kpi_exporter.sources.cost_explorer import CostExplorerSource
 
             reader = CostExplorerSource(source, config)
         else:
             reader = BillingSource(source, config)
-        out.append(reader if shared is None else Sharing(reader, shared))
+        out.append(reader if shared is None else Sharing(reader, shared, export))
     return out

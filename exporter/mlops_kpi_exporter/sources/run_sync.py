@@ -82,7 +82,7 @@ class RunSync(MlflowReader):
         """Id -> name of the watched experiments, as MLflow lists them now."""
         out: dict[str, str] = {}
         for exp in paged(self.client.search_experiments, view_type=ViewType.ACTIVE_ONLY, max_results=1000):
-            if self._watched(exp.name):
+            if self._watched(exp.name) and (self.cfg.shard is None or self.cfg.shard.owns(exp.experiment_id)):
                 out[exp.experiment_id] = exp.name
                 self._created[exp.experiment_id] = exp.creation_time
         return out
