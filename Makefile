@@ -32,10 +32,12 @@ unit: install
 	$(BIN)/pytest tests/unit
 
 # Regenerate what is generated: alert rules and dashboards (from deploy/monitoring.yml and
-# alerts/src/), and the README's metric reference (from the catalogue). Tests fail when they drift.
+# alerts/src/), their Kubernetes copies (PrometheusRule, dashboard ConfigMaps), and the README's
+# metric reference (from the catalogue). Tests fail when they drift.
 generate: install
 	$(BIN)/python alerts/generate.py
 	$(BIN)/python dashboards/build.py
+	$(BIN)/python deploy/kubernetes/build.py
 	$(BIN)/python -m mlops_kpi_exporter.metrics.catalogue --write README.md
 
 # Property tests at random and at length (make test runs them with a fixed, bounded profile).

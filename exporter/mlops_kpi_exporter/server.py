@@ -1,4 +1,4 @@
-"""The HTTP side: `/metrics`, `/healthz`, `/runbooks` and a landing page, and nothing else.
+"""The HTTP side: `/metrics`, `/healthz`, `/readyz`, `/runbooks` and a landing page, and nothing else.
 
 `/metrics` renders the snapshot store only. A rendered page is kept until the store changes, so
 scrapes between two polls cost a dictionary look-up, however many Prometheus servers scrape.
@@ -29,7 +29,7 @@ from mlops_kpi_exporter.snapshot import SnapshotStore
 log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., object]
-OPEN_PATHS = ("/healthz", "/runbooks")  # served without basic auth (see ExporterApp.__call__)
+OPEN_PATHS = ("/healthz", "/readyz", "/runbooks")  # served without basic auth (see ExporterApp.__call__)
 
 
 class BasicAuth:
@@ -91,7 +91,8 @@ class ExporterApp:
         path = environ.get("PATH_INFO", "/")
         if method not in ("GET", "HEAD"):
             return self._reply(start_response, "405 Method Not Allowed", b"only GET and HEAD\n", extra=[("Allow", "GET, HEAD")])
-        # /healthz stays open: container health checks carry no credentials, and it says only "ok".
+        # /healthz and /readyz stay open: container probes carry no credentials, and they say only
+        # "ok" or how many sources are still waiting.
         # /runbooks too: it holds no secrets, and whoever follows an alert's link has no scrape credentials.
         if self.auth is not None and path not in OPEN_PATHS and not self.auth.allows(environ.get("HTTP_AUTHORIZATION")):
             return self._reply(start_response, "401 Unauthorized", b"unauthorized\n",
@@ -101,6 +102,12 @@ class ExporterApp:
             return self._metrics(environ, start_response, head=head)
         if path == "/healthz":
             return self._reply(start_response, "200 OK", b"ok\n", head=head)
+        if path == "/readyz":
+            waiting = self.waiting()
+            if waiting:
+                return self._reply(start_response, "503 Service Unavailable",
+                                   f"not ready: {waiting} source(s) not polled yet\n".encode(), head=head)
+            return self._reply(start_response, "200 OK", b"ready\n", head=head)
         if path == "/runbooks":
             return self._reply(start_response, "200 OK", runbooks.page(), "text/html; charset=utf-8", head=head)
         if path == "/":
@@ -137,6 +144,14 @@ class ExporterApp:
         start_response("200 OK", headers)
         return [] if head else [body]
 
+    def waiting(self) -> int:
+        """Sources not yet polled once, successfully or not: /readyz turns 200 at 0, after the first
+        complete round, so that /metrics then shows every source's figures or its failure (a source
+        that cannot be read is not a reason to restart or unlist the exporter). A config reload
+        starts a new round. Counts only: the names stay behind auth, on the landing page."""
+        _, states = self.store.states()
+        return sum(1 for s in states if s.polls_total == 0)
+
     def _landing(self) -> str:
         _, states = self.store.states()
         rows = []
@@ -153,7 +168,8 @@ class ExporterApp:
 <html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}</style></head>
 <body><h1>{html.escape(self.title)}</h1>
-<p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a> &middot; <a href="/runbooks">/runbooks</a></p>
+<p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a> &middot; <a href="/readyz">/readyz</a>
+&middot; <a href="/runbooks">/runbooks</a></p>
 <ul>{links}</ul>
 <table><tr><th>source</th><th>status</th><th>last success</th><th>errors</th><th>detail</th></tr>
 {''.join(rows)}</table></body></html>
