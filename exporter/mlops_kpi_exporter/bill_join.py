@@ -26,17 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mlops_kpi_exporter.runs import RunFacts
+from mlops_kpi_exporter.sources.billing import add_costs as _add
 
 Costs = list[int]  # nano: billed, effective, list
-
-
-def _add(table: dict, key: tuple, costs: Costs) -> None:
-    current = table.get(key)
-    if current is None:
-        table[key] = list(costs)
-    else:
-        for i, value in enumerate(costs):
-            current[i] += value
 
 
 @dataclass

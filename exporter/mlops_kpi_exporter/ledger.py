@@ -313,11 +313,7 @@ class RunLedger:
         """Cost in nano by (month, allocation tag index, value), running runs up to now."""
         out = Counter(self.month_tag_cost)
         for run in self._costed_open():
-            if run.status == ACCRUING_STATUS:
-                pieces = rules.month_costs(run.hourly, run.start_ms, max(run.start_ms, now_ms))
-            else:
-                pieces = run.month_costs
-            for month, piece in pieces:
+            for month, piece in _open_month_costs(run, now_ms, rules):
                 for index, tag_value in enumerate(run.allocation):
                     out[(month, index, tag_value)] += piece
         return out
@@ -332,11 +328,7 @@ class RunLedger:
                 continue
             kind = run.instance_type or ""
             by_exp[(run.experiment_id, run.catalog_provider, kind)] += run.cost_nano(now_ms)
-            if run.status == ACCRUING_STATUS:
-                pieces = rules.month_costs(run.hourly, run.start_ms, max(run.start_ms, now_ms))
-            else:
-                pieces = run.month_costs
-            for month, piece in pieces:
+            for month, piece in _open_month_costs(run, now_ms, rules):
                 for index, tag_value in enumerate(run.allocation):
                     by_month[(run.catalog_provider, kind, month, index, tag_value)] += piece
         return by_exp, by_month
@@ -359,6 +351,13 @@ class RunLedger:
 
     def skip_counts(self) -> Counter[str]:
         return Counter(reason for _, reason in self.skipped.values())
+
+
+def _open_month_costs(run: RunFacts, now_ms: int, rules: RunRules) -> tuple[tuple[str, int], ...]:
+    """An open run's cost by month: a running one up to now, a STALE one to its last sign of life."""
+    if run.status == ACCRUING_STATUS:
+        return tuple(rules.month_costs(run.hourly, run.start_ms, max(run.start_ms, now_ms)))
+    return run.month_costs
 
 
 def _bump(counter: Counter, key: object, amount: int) -> None:  # type: ignore[type-arg]

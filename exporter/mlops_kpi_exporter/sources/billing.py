@@ -104,7 +104,8 @@ class FileTotals:
     rows: int = 0
 
 
-def _add(table: dict, key: tuple, costs: Costs) -> None:
+def add_costs(table: dict, key: tuple, costs: Costs) -> None:
+    """Add a row's costs (one per basis) to the group `key` of `table`."""
     current = table.get(key)
     if current is None:
         table[key] = list(costs)
@@ -150,15 +151,15 @@ class FocusReader:
         if billed_in not in MISSING and billed_in != self.currency:
             raise ValueError(f"BillingCurrency {billed_in}, not pricing.currency {self.currency}")
         costs = [_nano(row.get(column)) for column in COST_COLUMNS]
-        _add(totals.costs, (month, provider, service, category), costs)
+        add_costs(totals.costs, (month, provider, service, category), costs)
         tags = _tags(row.get("Tags"))
         compute = category in COMPUTE_CATEGORIES
         charge = str(row.get("ChargeCategory") or "").strip()
         if compute and charge in ("Usage", *MISSING):
-            _add(totals.compute_usage, (month, provider), costs)
+            add_costs(totals.compute_usage, (month, provider), costs)
         for tag, keys in self.keys.items():
             value = next((tags[k] for k in keys if k in tags), UNTAGGED)[:100]
-            _add(totals.by_tag, (month, tag, value, compute), costs)
+            add_costs(totals.by_tag, (month, tag, value, compute), costs)
         if end is not None:
             totals.last_charge[provider] = max(totals.last_charge.get(provider, 0.0), end.timestamp())
             if self.join_keys:
@@ -174,7 +175,7 @@ class FocusReader:
             value = next((found[k] for found in (allocated, tags) for k in keys if found.get(k)), None)
             if value is not None and value != "true":
                 key = (index, value[:250], provider, month, int(start.timestamp() * 1000), int(end.timestamp() * 1000))
-                _add(totals.joined, key, costs)
+                add_costs(totals.joined, key, costs)
                 return
 
     @staticmethod
@@ -298,13 +299,13 @@ class Bill:
 
     def add(self, part: FileTotals) -> None:
         for key, costs in part.joined.items():
-            _add(self.joined, key, costs)
+            add_costs(self.joined, key, costs)
         for key, costs in part.costs.items():
-            _add(self.costs, key, costs)
+            add_costs(self.costs, key, costs)
         for key, costs in part.compute_usage.items():
-            _add(self.compute_usage, key, costs)
+            add_costs(self.compute_usage, key, costs)
         for key, costs in part.by_tag.items():
-            _add(self.by_tag, key, costs)
+            add_costs(self.by_tag, key, costs)
         for provider, end in part.last_charge.items():
             self.last_charge[provider] = max(self.last_charge.get(provider, 0.0), end)
         self.files += 1
