@@ -83,6 +83,10 @@ def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
         sources.append(KpiSource(config, mlflow))
     if config.registry.enabled and first:
         sources.append(RegistrySource(config, mlflow))
+    if config.traces.enabled:  # split by experiment like the runs: every shard counts its own traces
+        from mlops_kpi_exporter.sources.traces import TraceSource
+
+        sources.append(TraceSource(config, mlflow))
     if config.billing.sources and (first or shared is not None):
         from mlops_kpi_exporter.sources.billing import bill_sources
 

@@ -36,12 +36,13 @@ from mlops_kpi_exporter.config.models import (
     RunsConfig,
     ServerConfig,
 )
+from mlops_kpi_exporter.config.traces import TokenPrice, TracesConfig
 from mlops_kpi_exporter.config.web import DEFAULT_PORT, TlsServerConfig, WebConfig, load_web_config, parse_listen
 
 __all__ = [
     "DEFAULT_PORT", "LABEL_SAFE", "MAX_HOURLY_COST", "MAX_INSTANCE_COUNT", "PRESET_NAMES", "AllocationConfig",
     "ArtifactsConfig", "BudgetConfig", "Config", "ConfigError", "CustomMapping", "EndpointConfig",
     "FixedCostConfig", "KpiConfig", "MetricSelector", "MlflowAuth", "MlflowConfig", "PricingConfig", "ProbeConfig",
-    "RegistryConfig", "RunsConfig", "ServerConfig", "TlsServerConfig", "WebConfig", "config_from_dict",
-    "format_duration", "load_config", "load_web_config", "parse_duration", "parse_listen", "redact_uri",
+    "RegistryConfig", "RunsConfig", "ServerConfig", "TlsServerConfig", "TokenPrice", "TracesConfig", "WebConfig",
+    "config_from_dict", "format_duration", "load_config", "load_web_config", "parse_duration", "parse_listen", "redact_uri",
 ]

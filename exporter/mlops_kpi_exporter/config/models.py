@@ -23,6 +23,7 @@ from mlops_kpi_exporter.config.common import (
 from mlops_kpi_exporter.config.durations import parse_duration
 from mlops_kpi_exporter.config.billing import BillingConfig
 from mlops_kpi_exporter.config.endpoints import EndpointConfig
+from mlops_kpi_exporter.config.traces import TracesConfig
 from mlops_kpi_exporter.config.web import DEFAULT_PORT, parse_listen
 
 
@@ -320,6 +321,7 @@ class Config(_Strict):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     endpoints: Annotated[list[EndpointConfig], AfterValidator(_unique_names)] = Field(default_factory=list)
     billing: BillingConfig = Field(default_factory=BillingConfig)
+    traces: TracesConfig = Field(default_factory=TracesConfig)
 
     @model_validator(mode="after")
     def _aliases_of_tags(self) -> Config:

@@ -317,6 +317,56 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _spec("mlops_calibrated_cost_by_tag_month", "gauge", ("month", "tag", "value"),
           "mlops_cost_by_tag_month with catalog prices scaled as in mlops_experiment_calibrated_cost. {polled}",
           "`mlops_cost_by_tag_month` calibrated by the bill, the same values (`pricing.calibrate_from_bill`)", "costs"),
+    # -- GenAI traces: metrics/genai.py ---------------------------------------------------------
+    _spec("mlops_genai_traces", "gauge", ("experiment", "status"),
+          "MLflow traces of the experiment by state (OK, ERROR, IN_PROGRESS); traces whose data cannot be read "
+          "are left out (mlops_genai_traces_skipped). Recomputed from MLflow, so it only falls when traces are "
+          "deleted. {polled}",
+          "traces by state (`OK`, `ERROR`, `IN_PROGRESS`), cumulative; the error ratio is "
+          "`ERROR / (OK + ERROR)`", "genai"),
+    _spec("mlops_genai_tokens", "gauge", ("experiment", "model", "token_type"),
+          "LLM tokens of the experiment's ended traces by model (the LLM spans' mlflow.llm.model; 'unknown' when "
+          "none is recorded; beyond traces.max_models the rest as 'other') and type: input (not from a prompt "
+          "cache), output, cached_input (read from the cache), cache_creation_input (written to it); the types "
+          "are disjoint and add up to MLflow's total_tokens. {polled}",
+          "tokens by model and `token_type`: `input` (not cached), `output`, and where recorded `cached_input` "
+          "(cache reads) and `cache_creation_input` (cache writes); disjoint, they add up to the total", "genai"),
+    _spec("mlops_genai_cost", "gauge", ("experiment", "model"),
+          "Cumulative cost in {currency} of the experiment's LLM calls by model: MLflow's recorded cost "
+          "(mlflow.llm.cost, USD, used when the currency is USD), else tokens x traces.token_prices, else the "
+          "shipped token price catalog (USD only); unpriced tokens add nothing (see "
+          "mlops_genai_tokens_by_price_source). {polled}",
+          "cumulative LLM cost by model: MLflow's own cost, else tokens x `traces.token_prices`, else the "
+          "shipped catalog; never a guess for unpriced models", "genai"),
+    _spec("mlops_genai_cost_month_to_date", "gauge", ("experiment",),
+          "Cost in {currency} of the experiment's LLM calls in traces started within the current calendar month "
+          "in {timezone}. {polled}",
+          "LLM cost of traces started this calendar month (`runs.timezone`): what budgets add to compute",
+          "genai"),
+    _spec("mlops_genai_tokens_by_price_source", "gauge", ("experiment", "model", "price_source"),
+          "Tokens by how they were priced: mlflow (MLflow recorded the cost), config (traces.token_prices), "
+          "catalog (the shipped list prices) or unpriced (no price known: their cost is not counted). {polled}",
+          "tokens by `price_source`: `mlflow`, `config`, `catalog`, or `unpriced` (counted, not costed: add the "
+          "model to `traces.token_prices`)", "genai"),
+    _spec("mlops_genai_trace_duration_seconds", "histogram", ("experiment",),
+          "Latency of the experiment's ended traces (MLflow's execution duration), buckets "
+          "traces.duration_buckets. {polled}",
+          "latency of ended traces (`traces.duration_buckets`): p95 with `histogram_quantile`", "genai"),
+    _spec("mlops_genai_cost_by_user", "gauge", ("experiment", "user"),
+          "Cumulative LLM cost in {currency} by the trace's user (mlflow.trace.user; 'unknown' when unset), the "
+          "top traces.max_breakdown_values per experiment, the rest as 'other'. {polled}",
+          "LLM cost by end user (`traces.breakdown: user`), top N per experiment, the rest `other`", "genai"),
+    _spec("mlops_genai_cost_by_session", "gauge", ("experiment", "session"),
+          "Cumulative LLM cost in {currency} by the trace's session (mlflow.trace.session; 'unknown' when "
+          "unset), the top traces.max_breakdown_values per experiment, the rest as 'other'. {polled}",
+          "LLM cost by session (`traces.breakdown: session`), top N per experiment, the rest `other`", "genai"),
+    _spec("mlops_genai_traces_skipped", "gauge", ("reason",),
+          "Traces left out of every GenAI figure because their data cannot be read, by reason. {polled}",
+          "traces left out: `invalid_token_usage` (not whole non-negative numbers, JSON that does not parse), "
+          "`invalid_cost`, `unknown_status`, `invalid_time`, `invalid_data`", "genai"),
+    _spec("mlops_genai_last_resync_timestamp_seconds", "gauge", (),
+          "Unix time of the traces source's last full recount, or check against the server's aggregation.",
+          "time of the last recount (or aggregate check) of the traces", "genai"),
     # -- the bill joined to runs (billing.run_join): metrics/bill_join.py ---------------------------
     _spec("mlops_experiment_billed_cost", "gauge", ("experiment", "month", "cost_basis"),
           "Cost in {currency} on the cloud bill joined to the experiment's runs (billing.run_join), by month of the "

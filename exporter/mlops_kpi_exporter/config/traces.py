@@ -1,0 +1,87 @@
+"""The traces part of the config: GenAI spend (LLM tokens, cost, latency) read from MLflow 3 traces."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from mlops_kpi_exporter.config.common import Duration, _Strict
+from mlops_kpi_exporter.config.durations import parse_duration
+
+# A price per million tokens above this is a unit or typing mistake (the dearest hosted models cost
+# well under 1,000 per million output tokens); it would also overflow the exact integer cost.
+MAX_TOKEN_PRICE = 100_000.0
+
+DEFAULT_TRACE_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)  # seconds
+
+
+class TokenPrice(_Strict):
+    """Prices per million tokens, in pricing.currency."""
+
+    input: float = Field(ge=0, le=MAX_TOKEN_PRICE, allow_inf_nan=False)
+    output: float = Field(ge=0, le=MAX_TOKEN_PRICE, allow_inf_nan=False)
+    # Input tokens served from the provider's prompt cache; unset: the input price (never underpriced).
+    cached_input: float | None = Field(None, ge=0, le=MAX_TOKEN_PRICE, allow_inf_nan=False)
+    # Input tokens written to the prompt cache (Anthropic); unset: the input price, as MLflow does.
+    cache_write: float | None = Field(None, ge=0, le=MAX_TOKEN_PRICE, allow_inf_nan=False)
+
+
+def _buckets(value: Any) -> Any:
+    if isinstance(value, list):
+        return [parse_duration(v) if isinstance(v, str) else v for v in value]
+    return value
+
+
+class TracesConfig(_Strict):
+    enabled: bool = True
+    poll_interval: Duration = 300.0
+    resync_interval: Duration = 3600.0
+    # auto: aggregate when the server answers its trace metrics API, else incremental.
+    # aggregate: the periodic resync checks the books against the server's aggregation per experiment
+    #   and recounts only the experiments that differ; incremental: it recounts every experiment.
+    mode: Literal["auto", "aggregate", "incremental"] = "auto"
+    token_prices: dict[str, TokenPrice] = Field(default_factory=dict)
+    use_catalog: bool = True  # the shipped USD token price catalog (used only when pricing.currency is USD)
+    max_models: int = Field(10, ge=1, le=1000)  # per experiment; the rest as "other"
+    breakdown: Literal["none", "user", "session"] = "none"
+    max_breakdown_values: int = Field(20, ge=1, le=500)  # per experiment; the rest as "other"
+    duration_buckets: Annotated[list[float], BeforeValidator(_buckets)] = Field(
+        default_factory=lambda: [float(b) for b in DEFAULT_TRACE_BUCKETS], min_length=1, max_length=30
+    )
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _poll(cls, value: float) -> float:
+        if value < 30:
+            raise ValueError("must be at least 30s")
+        return value
+
+    @field_validator("token_prices")
+    @classmethod
+    def _names(cls, value: dict[str, TokenPrice]) -> dict[str, TokenPrice]:
+        lowered: dict[str, str] = {}
+        for name in value:
+            if not name.strip():
+                raise ValueError("a model name must not be empty")
+            if name.lower() in lowered:
+                raise ValueError(f"{lowered[name.lower()]!r} and {name!r} differ only in case: models match "
+                                 "case-insensitively, keep one")
+            lowered[name.lower()] = name
+        return value
+
+    @field_validator("duration_buckets")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(not math.isfinite(v) or v <= 0 for v in value):
+            raise ValueError("bucket bounds must be positive finite numbers")
+        if any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError("bucket bounds must be strictly increasing")
+        return value
+
+    @model_validator(mode="after")
+    def _resync_after_poll(self) -> TracesConfig:
+        if self.resync_interval < self.poll_interval:
+            raise ValueError("resync_interval must not be shorter than poll_interval")
+        return self
