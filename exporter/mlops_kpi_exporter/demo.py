@@ -90,6 +90,8 @@ def demo_config_dict(db: Path) -> dict:
                     "sources": [{"name": cloud, "focus": str(db.parent.resolve() / "bill" / cloud)}
                                 for cloud in ("aws", "gcp", "azure")]},
         "artifacts": {"enabled": True},
+        # the support assistant's self-hosted model, which no catalog prices; spend by user
+        "traces": {"token_prices": {"llama-3-8b-internal": {"input": 0.10, "output": 0.10}}, "breakdown": "user"},
         "registry": {"deploy_alias": "champion"},
     }
 
@@ -191,6 +193,7 @@ def seed(tracking_uri: str, artifact_root: Path | None, now_ms: int, rng_seed: i
     total += 1
     total += _sweep_and_crash(client, now_ms)
     total += _shared_cluster(client, now_ms)
+    _genai_traces(tracking_uri, now_ms)
     _register(client, "churn-classifier", sorted(finished["churn-training"])[-3:], {"champion": 2, "challenger": 3})
     _register(client, "fraud-detector", sorted(finished["fraud-detection"])[-2:], {"champion": 2})
     shutil.rmtree(scratch, ignore_errors=True)
@@ -253,6 +256,50 @@ def _log_system_metrics(client, run_id: str, start: int, end: int, profile: tupl
         step += 1
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
+# A GenAI app (a support assistant) with a month of traces over three models: two hosted ones MLflow
+# prices itself, and a self-hosted one priced from the config (traces.token_prices); some errors.
+GENAI_EXPERIMENT = "support-assistant"
+GENAI_MODELS = (("gpt-4o-mini", "openai", 0.6), ("claude-sonnet-4-5", "anthropic", 0.25), ("llama-3-8b-internal", None, 0.15))
+GENAI_TRACES = 120
+
+
+def _genai_traces(tracking_uri: str, now_ms: int) -> None:
+    """Traces written through MLflow's tracing API with their own times, offline: MLflow prices LLM
+    spans as it stores them, from its bundled catalog when the download of a fresher one is off."""
+    import os
+
+    os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")  # no download: nothing leaves the machine
+    os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    rng = random.Random("genai")
+    exp_id = mlflow.MlflowClient(tracking_uri).create_experiment(GENAI_EXPERIMENT)
+    for i in range(GENAI_TRACES):
+        start_ms = now_ms - 30 * DAY_MS + i * (30 * DAY_MS // GENAI_TRACES) + rng.randrange(3_600_000)
+        start_ms = min(start_ms, now_ms - 120_000)
+        model, provider, _ = rng.choices(GENAI_MODELS, weights=[m[2] for m in GENAI_MODELS])[0]
+        user = rng.choice(("alice", "bob", "carol", "dan"))
+        root = mlflow.start_span_no_context("answer", span_type="AGENT", experiment_id=exp_id,
+                                            start_time_ns=start_ms * 1_000_000,
+                                            metadata={"mlflow.trace.user": user, "mlflow.trace.session": f"{user}-{i // 5}"})
+        at = start_ms + rng.randrange(50, 300)
+        for step in range(rng.choice((1, 1, 2))):  # a retrieval round trip now and then: two LLM calls
+            prompt, answer = rng.randrange(2000, 12000), rng.randrange(150, 900)  # retrieved context in the prompt
+            usage = {"input_tokens": prompt, "output_tokens": answer, "total_tokens": prompt + answer}
+            if provider and rng.random() < 0.4:
+                usage["cache_read_input_tokens"] = prompt // 2
+            span = mlflow.start_span_no_context(f"llm-{step}", span_type="LLM", parent_span=root,
+                                                start_time_ns=at * 1_000_000)
+            span.set_attribute("mlflow.chat.tokenUsage", usage)
+            span.set_attribute("mlflow.llm.model", model)
+            if provider:
+                span.set_attribute("mlflow.llm.provider", provider)
+            at += int(answer * rng.uniform(8, 20))  # ms per output token
+            span.end(end_time_ns=at * 1_000_000)
+        root.end(status="ERROR" if rng.random() < 0.05 else "OK", end_time_ns=(at + rng.randrange(20, 200)) * 1_000_000)
 
 
 def _shared_cluster(client, now_ms: int) -> int:
