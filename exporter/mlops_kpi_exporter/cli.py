@@ -68,12 +68,14 @@ def prepare(config: Config) -> tuple[MlflowConnection, list[Source]]:
 
 def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
     from mlops_kpi_exporter.bill_share import SharedBills
+    from mlops_kpi_exporter.genai_share import Publishing, SharedGenAI
     from mlops_kpi_exporter.sources.kpis import KpiSource
     from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource
     from mlops_kpi_exporter.sources.registry import RegistrySource
 
     shared = SharedBills() if config.pricing.calibrate_from_bill or config.billing.run_join else None
-    sources: list[Source] = [MlflowSource(config, mlflow, bills=shared)]
+    genai = SharedGenAI() if any("genai" in b.include for b in config.budgets) else None
+    sources: list[Source] = [MlflowSource(config, mlflow, bills=shared, genai=genai)]
     # Sharded (mlflow.shard): every shard watches its own experiments; what is not split by experiment
     # (KPIs, the registry, the bill's own figures, endpoints) runs on the first shard only, so that
     # Prometheus can sum the shards. The others still read the bill for their runs' join and
@@ -86,7 +88,8 @@ def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
     if config.traces.enabled:  # split by experiment like the runs: every shard counts its own traces
         from mlops_kpi_exporter.sources.traces import TraceSource
 
-        sources.append(TraceSource(config, mlflow))
+        traces = TraceSource(config, mlflow)
+        sources.append(traces if genai is None else Publishing(traces, genai))
     if config.billing.sources and (first or shared is not None):
         from mlops_kpi_exporter.sources.billing import bill_sources
 

@@ -45,6 +45,7 @@ class RunsView:
     max_join_keys: int = 20
     utilization: dict | None = None  # run id -> Utilization of completed runs read; None: utilization off
     utilization_pending: int = 0
+    genai_month_to_date: dict[str, float] | None = None  # experiment name -> GenAI cost (budgets include genai)
 
     def name(self, experiment_id: str) -> str:
         return self.experiments.get(experiment_id, experiment_id)

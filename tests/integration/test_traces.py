@@ -279,3 +279,29 @@ def test_no_traces_renders_nothing(server, prefix):
     MlflowClient(server.url).create_experiment(f"{prefix}-empty")
     families, summary = source(server.url, prefix).poll()
     assert families == [] and "0 traces" in summary, summary
+
+
+def test_a_budget_that_includes_genai_counts_the_traces_spend(server, prefix):
+    """budgets[].include: [compute, genai]: the budget's month to date adds the experiments' GenAI cost."""
+    from mlops_kpi_exporter.cli import prepare
+
+    seed(prefix)
+    cfg = config_from_dict({
+        "mlflow": {"tracking_uri": server.url, "experiments": [f"{prefix}-*"], "timeout": "10s"},
+        "traces": {"token_prices": {"my-finetune": FINETUNE}},
+        "registry": {"enabled": False},
+        "budgets": [{"name": "chat-all", "experiments": [f"{prefix}-chat"], "monthly": 1, "include": ["compute", "genai"]},
+                    {"name": "chat-genai", "experiments": [f"{prefix}-chat"], "monthly": 1, "include": ["genai"]},
+                    {"name": "chat-compute", "experiments": [f"{prefix}-chat"], "monthly": 1}],
+    })
+    mlflow, sources = prepare(cfg)
+    mlflow.apply()
+    by_name = {s.name: s for s in sources}
+    by_name["traces"].poll()  # the traces first, as a later MLflow poll sees them
+    m = samples(render(by_name["mlflow"].poll()[0]))
+    assert value(m, "mlops_budget_cost_month_to_date", budget="chat-all") == pytest.approx(0.0101995, abs=1e-12)
+    assert value(m, "mlops_budget_cost_month_to_date", budget="chat-genai") == pytest.approx(0.0101995, abs=1e-12)
+    assert value(m, "mlops_budget_cost_month_to_date", budget="chat-compute") == 0.0  # no runs: no compute
+    with pytest.raises(Exception, match="a budget includes genai, but traces.enabled is false"):
+        config_from_dict({"mlflow": {"tracking_uri": server.url}, "traces": {"enabled": False},
+                          "budgets": [{"name": "b", "experiments": ["*"], "monthly": 1, "include": ["genai"]}]})

@@ -259,6 +259,15 @@ class BudgetConfig(_Strict):
     name: str = Field(pattern=LABEL_SAFE)
     experiments: Annotated[list[str], BeforeValidator(_one_or_many)] = Field(min_length=1)
     monthly: float = Field(gt=0, allow_inf_nan=False)
+    # what the budget covers: run compute (estimated from run times) and/or GenAI spend (LLM traces)
+    include: list[Literal["compute", "genai"]] = Field(default_factory=lambda: ["compute"], min_length=1)
+
+    @field_validator("include")
+    @classmethod
+    def _once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("list compute and genai at most once each")
+        return value
 
 
 class FixedCostConfig(_Strict):
@@ -330,6 +339,12 @@ class Config(_Strict):
         if unknown:
             raise ValueError(f"allocation.tag_aliases for {', '.join(unknown)}, which neither allocation.tags nor "
                              "billing.run_join[].bill_tag names")
+        return self
+
+    @model_validator(mode="after")
+    def _genai_budgets_need_traces(self) -> Config:
+        if any("genai" in b.include for b in self.budgets) and not self.traces.enabled:
+            raise ValueError("a budget includes genai, but traces.enabled is false: nothing would count it")
         return self
 
     @model_validator(mode="after")

@@ -33,12 +33,16 @@ def families(view: RunsView) -> list[Metric]:
     used = family("mlops_budget_cost_month_to_date", currency=cur)
     projected = family("mlops_budget_cost_forecast_month", currency=cur)
     info = family("mlops_budget_info")
+    genai = view.genai_month_to_date or {}
     for budget in view.budgets:
         covered = [e for e, name in view.experiments.items()
                    if any(fnmatch.fnmatchcase(name, g) for g in budget.experiments)]
-        spent = sum(mtd.get(e, 0) for e in covered) / NANO
+        spent = sum(mtd.get(e, 0) for e in covered) / NANO if "compute" in budget.include else 0.0
+        if "genai" in budget.include:  # the traces source's figures of the same month, same experiments
+            spent += sum(cost for name, cost in genai.items()
+                         if any(fnmatch.fnmatchcase(name, g) for g in budget.experiments))
         monthly.add_metric([budget.name], budget.monthly)
         used.add_metric([budget.name], spent)
         projected.add_metric([budget.name], spent * scale)
-        info.add_metric([budget.name, ",".join(budget.experiments)], {})
+        info.add_metric([budget.name, ",".join(budget.experiments), "+".join(budget.include)], {})
     return [*out, monthly, used, projected, info]

@@ -168,8 +168,9 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _spec("mlops_budget_cost_forecast_month", "gauge", ("budget",),
           "Straight-line month-end forecast in {currency} of the experiments the budget covers. {polled}",
           "month-end forecast of the same", "budgets"),
-    _spec("mlops_budget_info", "info", ("budget", "experiments"), "Experiment globs each budget covers.",
-          "the globs each budget covers", "budgets"),
+    _spec("mlops_budget_info", "info", ("budget", "experiments", "include"),
+          "Experiment globs each budget covers, and what spend it counts (compute, genai).",
+          "the globs each budget covers and what it counts (`compute`, `genai`, or `compute+genai`)", "budgets"),
     # -- kpis: metrics/kpis.py --------------------------------------------------------------------
     _spec("mlops_kpi", "gauge", ("kpi", "experiment"),
           "Current value of a business or quality KPI read from MLflow metrics. {polled}",

@@ -10,6 +10,7 @@ from prometheus_client.metrics_core import Metric
 from mlops_kpi_exporter.bill_join import calibration_ratios, join
 from mlops_kpi_exporter.bill_share import SharedBills, catalog_provider
 from mlops_kpi_exporter.config import Config
+from mlops_kpi_exporter.genai_share import SharedGenAI
 from mlops_kpi_exporter.ledger import RunLedger
 from mlops_kpi_exporter.views import RunsView
 from mlops_kpi_exporter.metrics import activity, budgets, costs
@@ -57,8 +58,10 @@ def run_rules(config: Config) -> RunRules:
 class MlflowSource:
     name = "mlflow"
 
-    def __init__(self, config: Config, mlflow: MlflowConnection, clock=time.time, bills: SharedBills | None = None):
+    def __init__(self, config: Config, mlflow: MlflowConnection, clock=time.time, bills: SharedBills | None = None,
+                 genai: SharedGenAI | None = None):
         self.config = config
+        self.genai = genai  # the traces source's month to date, for budgets that include GenAI spend
         self.bills = bills  # the billing sources' latest bills: calibration and the run join
         self.rules = run_rules(config)
         self.interval = config.mlflow.poll_interval
@@ -154,4 +157,5 @@ class MlflowSource:
             max_join_keys=cfg.billing.max_join_keys,
             utilization=self.utilization.figures() if self.utilization is not None else None,
             utilization_pending=len(self.utilization.pending) if self.utilization is not None else 0,
+            genai_month_to_date=self.genai.month_to_date() if self.genai is not None else None,
         )
