@@ -194,13 +194,12 @@ def once(config: Config) -> int:
     mlflow.apply()
     store = SnapshotStore()
     poller = Poller(sources, store)
-    # the bills first: the MLflow source's calibrated and joined figures use what they read
-    # (`serve` polls all at once and has them from the MLflow source's next poll)
-    bills = [s for s in sources if s.name.startswith("billing:")]
-    rest = [s for s in sources if s not in bills]
+    # the MLflow source last: its calibrated and joined figures and GenAI budgets use what the bills and
+    # the traces read (`serve` polls all at once and has them from the MLflow source's next poll)
+    first = [s for s in sources if s.name != "mlflow"]
     with ThreadPoolExecutor(max_workers=max(1, len(sources))) as pool:
-        failed = [ok for ok in pool.map(poller.poll_once, bills) if not ok]
-        failed += [ok for ok in pool.map(poller.poll_once, rest) if not ok]
+        failed = [ok for ok in pool.map(poller.poll_once, first) if not ok]
+        failed += [ok for ok in pool.map(poller.poll_once, [s for s in sources if s.name == "mlflow"]) if not ok]
     sys.stdout.write(generate_latest(build_registry(store, config)).decode())
     _, states = store.states()
     for state in states:

@@ -68,6 +68,7 @@ def demo_config_dict(db: Path) -> dict:
         "budgets": [
             {"name": "churn", "experiments": ["churn-*"], "monthly": 150},
             {"name": "recsys", "experiments": ["recsys-embeddings"], "monthly": 250},
+            {"name": "support-assistant", "experiments": ["support-assistant"], "monthly": 5, "include": ["compute", "genai"]},
             {"name": "all-ml", "experiments": ["*"], "monthly": 600},
         ],
         "fixed_costs": [
