@@ -275,6 +275,50 @@ def kpis() -> dict:
                      "Business and quality KPIs against their targets, and the model registry.")
 
 
+def genai(money: str) -> dict:
+    ok_or_error = f'status=~"OK|ERROR",{EXP}'
+    panels = [
+        stat_("GenAI spend, last 24 h", f"sum(clamp_min(delta(mlops_genai_cost{{{EXP}}}[1d]), 0))", money,
+              "LLM spend of the selected experiments' traces over the last 24 hours."),
+        stat_("GenAI month to date", f"sum(mlops_genai_cost_month_to_date{{{EXP}}})", money,
+              "LLM spend of the traces started this calendar month."),
+        stat_("Traces, last 24 h", f"sum(clamp_min(delta(mlops_genai_traces{{{ok_or_error}}}[1d]), 0))", "short",
+              "Traces that ended (OK or ERROR) over the last 24 hours."),
+        stat_("Cost per 1,000 traces", f"1000 * sum(clamp_min(delta(mlops_genai_cost{{{EXP}}}[1d]), 0)) / "
+              f"sum(clamp_min(delta(mlops_genai_traces{{{ok_or_error}}}[1d]), 0))", money,
+              "LLM spend over the last day per thousand traces."),
+        stat_("Unpriced tokens", f'sum(mlops_genai_tokens_by_price_source{{price_source="unpriced",{EXP}}})',
+              "short", "Tokens of models with no price (add them to traces.token_prices): counted, never costed."),
+        stat_("Cached share of input", f'sum(mlops_genai_tokens{{token_type="cached_input",{EXP}}}) / '
+              f'sum(mlops_genai_tokens{{token_type=~"input|cached_input|cache_creation_input",{EXP}}})', "percentunit",
+              "Input tokens served from the providers' prompt caches (priced lower)."),
+        bars("Spend by model", f"sum by (model) (mlops_genai_cost{{{EXP}}})", "{{model}}", money,
+             "Cumulative LLM cost by model: MLflow's own cost, else traces.token_prices, else the shipped catalog."),
+        bars("Spend by experiment", f"sum by (experiment) (mlops_genai_cost{{{EXP}}})", "{{experiment}}", money,
+             "Cumulative LLM cost by experiment (GenAI app)."),
+        series("Spend rate (per hour)", [target(f"sum by (experiment) (mlops:genai_spend:hourly{{{EXP}}})",
+                                                "{{experiment}}")], money,
+               "LLM spend over the last hour, by experiment (MLGenAISpendSpike)."),
+        series("Tokens per trace", [target(f"sum by (experiment) (clamp_min(delta(mlops_genai_tokens{{{EXP}}}[1h]), 0)) / "
+                                           f"sum by (experiment) (mlops:genai_traces:1h{{{EXP}}})", "{{experiment}}")],
+               "short", "Tokens of all types per trace over the last hour: prompts growing, retrieval bringing more."),
+        series("Error ratio", [target(f"mlops:genai_error_ratio:1h{{{EXP}}}", "{{experiment}}")], "percentunit",
+               "Share of the last hour's traces that ended in ERROR (MLGenAITraceErrors)."),
+        series("Latency p50 / p95", [
+            target(f"histogram_quantile(0.5, sum by (experiment, le) (clamp_min(delta("
+                   f"mlops_genai_trace_duration_seconds_bucket{{{EXP}}}[1h]), 0)))", "{{experiment}} p50"),
+            target(f"mlops:genai_trace_duration_seconds:p95_1h{{{EXP}}}", "{{experiment}} p95", ref="B")], "s",
+               "Trace latency over the last hour (MLGenAITracesSlow at p95)."),
+        bars("Spend by user", f"sum by (user) (mlops_genai_cost_by_user{{{EXP}}})", "{{user}}", money,
+             "LLM cost by the traces' mlflow.trace.user (traces.breakdown: user), the largest and the rest as other."),
+        table_("Tokens by price source", f"mlops_genai_tokens_by_price_source{{{EXP}}}", "short",
+               "Where each model's price came from: mlflow, config, catalog, or unpriced."),
+    ]
+    variables = [query_var("experiment", "mlops_genai_traces", "experiment")]
+    return board("mlops-genai", "GenAI spend", panels, variables,
+                 "LLM tokens, cost and latency of the MLflow 3 traces of GenAI apps and agents.")
+
+
 def exporter() -> dict:
     def per_instance(expr: str) -> str:  # shards of one job: the instance variable picks among them
         return scoped(expr, 'instance=~"$instance"')
@@ -373,7 +417,7 @@ def panel_bars_two(title: str, targets: list, unit: str, description: str, w: in
 
 def build(currency: str | None = None) -> dict[str, dict]:
     money = f"currency{currency or OPS['currency']}"
-    return {d["uid"]: d for d in (costs(money), serving(money), kpis(), exporter(), bill(money))}
+    return {d["uid"]: d for d in (costs(money), serving(money), kpis(), exporter(), bill(money), genai(money))}
 
 
 def main() -> None:

@@ -259,10 +259,12 @@ def _log_system_metrics(client, run_id: str, start: int, end: int, profile: tupl
         client.log_batch(run_id, metrics=metrics[i:i + 1000])
 
 
-# A GenAI app (a support assistant) with a month of traces over three models: two hosted ones MLflow
-# prices itself, and a self-hosted one priced from the config (traces.token_prices); some errors.
+# A GenAI app (a support assistant) with a month of traces over four models: two hosted ones MLflow
+# prices itself, a self-hosted one priced from the config (traces.token_prices) and a lab model with no
+# price (counted unpriced); some errors.
 GENAI_EXPERIMENT = "support-assistant"
-GENAI_MODELS = (("gpt-4o-mini", "openai", 0.6), ("claude-sonnet-4-5", "anthropic", 0.25), ("llama-3-8b-internal", None, 0.15))
+GENAI_MODELS = (("gpt-4o-mini", "openai", 0.6), ("claude-sonnet-4-5", "anthropic", 0.25), ("llama-3-8b-internal", None, 0.12),
+                ("mistral-7b-lab", None, 0.03))  # the last one nobody priced: its tokens count, never a guessed cost
 GENAI_TRACES = 120
 
 

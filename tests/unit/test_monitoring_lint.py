@@ -36,11 +36,15 @@ PANELS = {
                    "Untagged share of the latest month", "Latest month so far",
                    "Estimate vs bill, by experiment", "Bill joined to runs (coverage)", "Costliest runs on the bill",
                    "Idle cost of shared clusters", "Billed over estimate, by machine type"],
+    "mlops-genai": ["GenAI spend, last 24 h", "GenAI month to date", "Traces, last 24 h", "Cost per 1,000 traces",
+                    "Unpriced tokens", "Cached share of input", "Spend by model", "Spend by experiment",
+                    "Spend rate (per hour)", "Tokens per trace", "Error ratio", "Latency p50 / p95", "Spend by user",
+                    "Tokens by price source"],
     "mlops-exporter": ["Sources up", "Poll duration", "Poll errors", "Time since last successful poll",
                        "Skipped runs by reason", "Scrape size", "Runs tracked"],
 }
 ALERTS = {"MLCostSpike", "MLBudgetForecastExceeded", "MLBudgetExceeded", "MLRunawayRun", "MLStaleRuns",
-          "MLFailedRunWaste", "MLIdleSpend", "MLEndpointDown", "MLEndpointHighErrorRate", "MLEndpointLatencyHigh",
+          "MLFailedRunWaste", "MLIdleSpend", "MLGenAISpendSpike", "MLGenAITraceErrors", "MLGenAITracesSlow", "MLEndpointDown", "MLEndpointHighErrorRate", "MLEndpointLatencyHigh",
           "MLEndpointUnderutilized", "MLKPIBelowTarget", "MLCloudBillOverBudget", "MLCloudUntaggedSpend", "MLCloudBillStale",
           "MLBillAttributionFell", "MLPriceCalibrationOff", "MLJoinIdleCostHigh", "MLExporterDown", "MLflowUnreachable", "MLExporterPollStale"}
 
