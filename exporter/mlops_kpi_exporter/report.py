@@ -412,6 +412,30 @@ def idle_spend(config: Config, runs: RunSync, figures: Figures) -> dict | None:
     }
 
 
+def genai_spend(config: Config, mlflow: MlflowConnection, period: Period) -> dict | None:
+    """GenAI spend of the traces started in the period, read as the traces source reads them: by
+    experiment and model, tokens, cost and where the price came from."""
+    if not config.traces.enabled:
+        return None
+    from mlops_kpi_exporter.sources.traces import TraceSource
+
+    experiments, spend = TraceSource(config, mlflow).spend_between(period.start_ms, period.end_ms)
+    rows = []
+    for exp_id, books in spend.items():
+        name = experiments.get(exp_id, exp_id)
+        models = {model for model, _ in books.tokens} | set(books.cost)
+        for model in sorted(models):
+            tokens = {kind: n for (m, kind), n in books.tokens.items() if m == model}
+            unpriced = sum(n for (m, source), n in books.priced_tokens.items() if m == model and source == "unpriced")
+            rows.append({"experiment": name, "model": model, "tokens": tokens, "cost": books.cost.get(model, 0) / NANO,
+                         "unpriced_tokens": unpriced,
+                         "price_sources": sorted({s for (m, s), n in books.priced_tokens.items() if m == model and n})})
+    traces = {experiments.get(e, e): dict(books.traces) for e, books in spend.items() if books.traces}
+    rows.sort(key=lambda r: (-r["cost"], r["experiment"], r["model"]))
+    total = sum(sum(books.cost.values()) for books in spend.values()) / NANO  # exact: LLM calls cost fractions of a cent
+    return {"by_model": rows, "traces": traces, "total": total}
+
+
 def _only_months(bill, months: set[str]):
     """The bill with its joined rows of these months only (the report's period)."""
     from dataclasses import replace
@@ -419,12 +443,9 @@ def _only_months(bill, months: set[str]):
     return replace(bill, joined={k: v for k, v in bill.joined.items() if k[3] in months})
 
 
-def insights(data: dict) -> list[str]:
-    """A few sentences naming the largest drivers."""
+def _compute_insights(data: dict) -> list[str]:
     cur, total = data["currency"], data["total_compute"]
     out = []
-    if not data["runs"]:
-        return ["No run ran in this period: nothing was spent on compute."]
     exp, cost = next(iter(data["by_experiment"].items()))
     out.append(f"{exp} drove {cost / total:.0%} of compute spend ({money(cost, cur)} of {money(total, cur)}).")
     waste = sum(v for k, v in data["by_status"].items() if k in ("FAILED", "KILLED"))
@@ -441,12 +462,31 @@ def insights(data: dict) -> list[str]:
         untagged = values.get(UNTAGGED, 0)
         if untagged:
             out.append(f"{untagged / total:.0%} of spend carries no '{tag}' tag: it cannot be allocated.")
+    return out
+
+
+def insights(data: dict) -> list[str]:
+    """A few sentences naming the largest drivers."""
+    cur = data["currency"]
+    out = []
+    if not data["runs"]:
+        out.append("No run ran in this period: nothing was spent on compute.")
+    else:
+        out += _compute_insights(data)
     missed = [k["kpi"] for k in data["kpis"] if k["met"] is False]
     if missed:
         out.append(f"KPIs below target: {', '.join(missed)}.")
     over = [b["budget"] for b in data["budgets"] if b["spent"] > b["period_budget"]]
     if over:
         out.append(f"Over budget for the period: {', '.join(over)}.")
+    genai = data.get("genai") or {}
+    if genai.get("total"):
+        top = genai["by_model"][0]
+        out.append(f"GenAI apps spent {money(genai['total'], cur)} on LLM calls in the period; the most on {top['model']} "
+                   f"in {top['experiment']} ({money(top['cost'], cur)}).")
+    unpriced = sorted({r["model"] for r in genai.get("by_model", []) if r["unpriced_tokens"]})
+    if unpriced:
+        out.append(f"Tokens of {', '.join(unpriced)} have no price (traces.token_prices): their cost is not counted.")
     idle = data.get("idle_spend") or {}
     if idle.get("by_experiment"):
         wasted = sum(v["idle_cost"] for v in idle["by_experiment"].values())
@@ -508,6 +548,12 @@ def write_report(config: Config, mlflow: MlflowConnection, period: Period, fmt: 
     data["cloud_bill"] = cloud_bill(config, runs, period, now_ms, bills)
     data["billed_runs"] = billed_runs(config, runs, period, now_ms, bills)
     data["idle_spend"] = idle_spend(config, runs, figures)
+    try:
+        data["genai"] = genai_spend(config, mlflow, period)
+    except Exception as exc:  # noqa: BLE001 - a server without traces: said in the report, not fatal
+        from mlops_kpi_exporter.poller import describe_error
+
+        data["genai"] = {"error": describe_error(exc)}
     data["what_to_look_at"] = insights(data)
     if fmt == "json":
         out.write(json.dumps(data, indent=2) + "\n")

@@ -132,6 +132,17 @@ def render_html(data: dict) -> str:
                 f"{html.escape(k)} {html.escape(v[:16])}" for k, v in bill["last_charge"].items()) + " (UTC).</p>")
         for name, error in bill["errors"].items():
             parts.append(f"<p class=bad>The bill {html.escape(name)} could not be read: {html.escape(error)}</p>")
+    genai = data.get("genai")
+    if genai and genai.get("by_model"):
+        parts.append(f"<h2>GenAI spend</h2><p class=sub>LLM calls of the traces started in the period: "
+                     f"{m(genai['total'])} in all. Priced by MLflow's recorded cost, else traces.token_prices, "
+                     "else the shipped catalog; unpriced tokens are counted, never costed.</p>")
+        rows = [[html.escape(r["experiment"]), html.escape(r["model"]),
+                 html.escape(", ".join(f"{k} {v:,}" for k, v in sorted(r["tokens"].items()))), m(r["cost"]),
+                 html.escape(", ".join(r["price_sources"]))] for r in genai["by_model"]]
+        parts.append(_table(["experiment", "model", "tokens", "cost", "priced by"], rows))
+    elif genai and genai.get("error"):
+        parts.append(f"<p class=bad>GenAI traces could not be read: {html.escape(genai['error'])}</p>")
     idle = data.get("idle_spend")
     if idle and idle["by_experiment"]:
         parts.append("<h2>Where the money idled</h2><p class=sub>Runs that logged MLflow system metrics: each run's "

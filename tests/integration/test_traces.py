@@ -305,3 +305,31 @@ def test_a_budget_that_includes_genai_counts_the_traces_spend(server, prefix):
     with pytest.raises(Exception, match="a budget includes genai, but traces.enabled is false"):
         config_from_dict({"mlflow": {"tracking_uri": server.url}, "traces": {"enabled": False},
                           "budgets": [{"name": "b", "experiments": ["*"], "monthly": 1, "include": ["genai"]}]})
+
+
+def test_the_report_shows_genai_spend_by_experiment_and_model(server, prefix):
+    import io
+    import json
+
+    from mlops_kpi_exporter.report import Period, write_report
+
+    seed(prefix)
+    cfg = config_from_dict({
+        "mlflow": {"tracking_uri": server.url, "experiments": [f"{prefix}-*"], "timeout": "10s"},
+        "traces": {"token_prices": {"my-finetune": FINETUNE}},
+    })
+    now = int(time.time() * 1000)
+    out = io.StringIO()
+    write_report(cfg, connected(cfg)[1], Period(now - 3_600_000, now + 60_000), "json", out, now)
+    data = json.loads(out.getvalue())
+    genai = data["genai"]
+    by = {(r["experiment"], r["model"]): r for r in genai["by_model"]}
+    assert by[(f"{prefix}-chat", "gpt-4o")]["cost"] == pytest.approx(0.00725, abs=1e-12)
+    assert by[(f"{prefix}-chat", "my-finetune")]["cost"] == pytest.approx(0.0029, abs=1e-12)
+    assert by[(f"{prefix}-chat", "mystery-llm")]["unpriced_tokens"] == 400
+    assert genai["total"] == pytest.approx(0.0101995 + 0.005925, abs=1e-9)
+    assert genai["traces"][f"{prefix}-chat"] == {"OK": 4, "ERROR": 1}
+    assert any("mystery-llm have no price" in s for s in data["what_to_look_at"])
+    page = io.StringIO()
+    write_report(cfg, connected(cfg)[1], Period(now - 3_600_000, now + 60_000), "html", page, now)
+    assert "GenAI spend" in page.getvalue() and "my-finetune" in page.getvalue()
