@@ -24,6 +24,11 @@ settings.register_profile("ci", derandomize=True, database=None, max_examples=15
 settings.register_profile("explore", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# Tests send traffic to loopback only: MLflow's usage telemetry off, and no download of its LLM price
+# catalog, in this process and (child_env) in every process it starts.
+for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "MLFLOW_MODEL_CATALOG_URI": ""}.items():
+    os.environ.setdefault(_key, _value)
+
 BIN = Path(sys.executable).parent
 EXPORTER = str(BIN / "mlops-kpi-exporter")
 HOUR_MS = 3_600_000
@@ -62,6 +67,8 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job-consumer processes: starts in seconds
+    # nothing leaves 127.0.0.1: no usage telemetry, no download of MLflow's LLM price catalog
+    env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "MLFLOW_MODEL_CATALOG_URI": ""})
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
