@@ -63,7 +63,8 @@ from mlops_kpi_exporter.config.billing import tag_keys
 from mlops_kpi_exporter.metrics import billing as billing_metrics
 from mlops_kpi_exporter.runs import UNTAGGED
 from mlops_kpi_exporter.sources import aws
-from mlops_kpi_exporter.sources.billing import COMPUTE_CATEGORIES, Bill, FileTotals, _add, _nano
+from mlops_kpi_exporter.sources.billing import COMPUTE_CATEGORIES, Bill, FileTotals, _nano
+from mlops_kpi_exporter.sources.billing import add_costs as _add
 
 log = logging.getLogger(__name__)
 
