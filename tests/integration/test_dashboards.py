@@ -55,7 +55,8 @@ def test_provisioning_opens_the_stacks_own_prometheus_with_no_clicks():
     ops = yaml.safe_load((ROOT / "deploy" / "monitoring.yml").read_text())
     assert provisioned["uid"] == ops["datasource_uid"]
     boards = dashboards()
-    assert set(boards) == {"mlops-costs", "mlops-serving", "mlops-kpis", "mlops-exporter", "mlops-bill"}  # alerts link to these
+    assert set(boards) == {"mlops-costs", "mlops-serving", "mlops-kpis", "mlops-exporter", "mlops-bill",
+                           "mlops-genai"}  # alerts link to these
     for uid, board in boards.items():
         assert board["uid"] == uid and "id" not in board and "__inputs" not in board
         assert any(link.get("tags") == ["mlops"] for link in board["links"])  # links between the dashboards
