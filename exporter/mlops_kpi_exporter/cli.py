@@ -27,6 +27,7 @@ from mlops_kpi_exporter.config import (
     parse_listen,
     redact_uri,
 )
+from mlops_kpi_exporter.extras import MissingExtra
 from mlops_kpi_exporter.mlflow_client import MlflowConnection
 from mlops_kpi_exporter.poller import Poller, Source, describe_error
 from mlops_kpi_exporter.metrics import billing
@@ -244,13 +245,14 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", parents=[common], help="validate the config and reach every source")
     c.add_argument("--config", required=True, metavar="FILE")
     d = sub.add_parser(
-        "demo", parents=[common], help="serve built-in demo data from a local MLflow store (no server, no config)"
+        "demo", parents=[common], help="serve built-in demo data from a local MLflow store (no server, no config; needs the 'local' extra)"
     )
     d.add_argument("--listen", type=_listen_address, default=("127.0.0.1", DEFAULT_PORT), metavar="HOST:PORT")
     d.add_argument("--data-dir", type=Path, default=Path("demo-data"), metavar="DIR")
     d.add_argument("--reset", action="store_true", help="recreate the demo store (start times relative to now)")
     d.add_argument("--print-config", action="store_true", help="print the demo's config file and exit")
-    sd = sub.add_parser("seed", parents=[common], help="write the demo history and a tiny servable model to a tracking server")
+    sd = sub.add_parser("seed", parents=[common], help="write the demo history and a tiny servable model to a tracking server "
+                        "(needs the 'local' extra)")
     sd.add_argument("--tracking-uri", required=True)
     tr = sub.add_parser("traffic", parents=[common], help="send steady demo predictions to a model server")
     tr.add_argument("--url", required=True, help="e.g. http://model:8080/invocations")
@@ -336,10 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from mlops_kpi_exporter import demo
 
-            config = demo.prepare(args.data_dir, reset=args.reset)
-            if args.print_config:
+            if args.print_config:  # the settings only: no store is made, no extra needed
                 print(demo.config_yaml(args.data_dir), end="")
                 return EXIT_OK
+            config = demo.prepare(args.data_dir, reset=args.reset)
             return serve(config, args.listen, title="mlops-kpi-exporter (demo data)")
         if args.command == "estimate":
             return estimate_command(args)
@@ -361,4 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         return check(config, args.config)
     except ConfigError as exc:
         print(f"config error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except MissingExtra as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -14,9 +14,9 @@ import time
 import warnings
 from pathlib import Path
 
-import mlflow.pyfunc
 import yaml
 
+from mlops_kpi_exporter import extras
 from mlops_kpi_exporter.config import Config, config_from_dict
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,9 @@ def config_yaml(data_dir: Path) -> str:
 
 
 def prepare(data_dir: Path, reset: bool = False) -> Config:
-    """The demo's config, making the store under data_dir first if it is not there yet."""
+    """The demo's config, making the store under data_dir first if it is not there yet. Raises
+    extras.MissingExtra without the `local` extra: the demo writes and reads a local MLflow store."""
+    extras.require("local", "the demo (a local MLflow store, and a Parquet bill)", extras.DEMO)
     data_dir = Path(data_dir)
     db = data_dir / "mlflow.db"
     if reset or not (data_dir / MARKER).exists():
@@ -363,9 +365,13 @@ DEMO_MODEL = "demo-doubler"
 
 
 def seed_server(tracking_uri: str) -> str:
-    """Demo history and a tiny servable model (DEMO_MODEL@champion) in a tracking server; once."""
+    """Demo history and a tiny servable model (DEMO_MODEL@champion) in a tracking server; once. Raises
+    extras.MissingExtra without the `local` extra: logging a pyfunc model needs MLflow's model stack."""
+    extras.require("local", "seeding a tracking server with a servable model", extras.MODEL_LOGGING)
     import mlflow
     from mlflow.tracking import MlflowClient
+
+    from mlops_kpi_exporter.demo_model import Doubler
 
     client = MlflowClient(tracking_uri=tracking_uri)
     if client.get_experiment_by_name("churn-training") is not None:
@@ -378,16 +384,6 @@ def seed_server(tracking_uri: str) -> str:
         info = mlflow.pyfunc.log_model(name="model", python_model=Doubler(), registered_model_name=DEMO_MODEL)
     client.set_registered_model_alias(DEMO_MODEL, "champion", str(info.registered_model_version))
     return f"{runs} demo runs and model {DEMO_MODEL}@champion written to {tracking_uri}"
-
-
-with warnings.catch_warnings():  # mlflow advises type hints on predict() when the class is made
-    warnings.simplefilter("ignore")
-
-    class Doubler(mlflow.pyfunc.PythonModel):
-        """Twice its input's first column: a model small enough to serve anywhere (the demo's endpoint)."""
-
-        def predict(self, context, model_input, params=None):
-            return [2 * float(x) for x in model_input.iloc[:, 0]]
 
 
 def traffic(url: str, rps: float, duration: float | None = None, metrics_port: int | None = None) -> int:
@@ -423,3 +419,12 @@ def traffic(url: str, rps: float, duration: float | None = None, metrics_port: i
         time.sleep(1 / rps)
     log.info("sent %d requests (%d failed)", sent, failed)
     return sent
+
+
+def __getattr__(name: str):
+    """`demo.Doubler`, where models seeded before it moved to demo_model (pickled by reference) find it."""
+    if name == "Doubler":
+        from mlops_kpi_exporter.demo_model import Doubler
+
+        return Doubler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,10 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Imported here, once, in the importing thread: mlflow's first import is not thread-safe, and two
-# sources polling in parallel threads would otherwise race into a circular-import error.
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from mlops_kpi_exporter import extras
 from mlops_kpi_exporter.config import Config, ConfigError, redact_uri
 from mlops_kpi_exporter.config.secrets import Credentials, resolve_credentials, take_over
 
@@ -34,6 +31,21 @@ MAX_MLFLOW_REPLY_BYTES = 256 << 20  # a page of 50,000 runs with tags and params
 
 class SourceError(Exception):
     """A source could not be read; the message is safe to log and show."""
+
+
+def import_mlflow() -> None:
+    """Import MLflow's client, in the calling thread. Done when a connection is made (in the main thread,
+    before any source polls): mlflow's first import is not thread-safe, and two sources polling in
+    parallel threads would otherwise race into a circular-import error. Not at this module's import,
+    so that `--help`, `estimate`, `demo --print-config` and a refused config never load MLflow."""
+    import mlflow.exceptions  # noqa: F401
+    import mlflow.tracking  # noqa: F401
+
+
+def _mlflow_exception() -> type[Exception]:
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException
 
 
 def _refuse_huge_replies(response: Any, *args: Any, **kwargs: Any) -> None:
@@ -83,7 +95,7 @@ def is_not_found(exc: BaseException) -> bool:
 
 def is_data_error(exc: BaseException) -> bool:
     """An error in what MLflow holds (one odd item: skip it), not in reaching MLflow (fail the poll)."""
-    return not isinstance(exc, (MlflowException, OSError, SourceError, ConfigError))
+    return not isinstance(exc, (_mlflow_exception(), OSError, SourceError, ConfigError))
 
 
 def paged(fetch: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
@@ -108,9 +120,18 @@ class MlflowConnection:
 
     @classmethod
     def from_config(cls, config: Config) -> MlflowConnection:
-        """No side effect: raises ConfigError (a missing secret) and changes nothing."""
+        """No side effect: raises ConfigError (a missing secret, a local store without the `local` extra)
+        and changes nothing."""
         cfg = config.mlflow
-        return cls(cfg.tracking_uri, cfg.timeout, resolve_credentials(cfg.auth), cfg.ca_bundle)
+        if extras.is_database_uri(cfg.tracking_uri):
+            try:
+                extras.require("local", f"reading the local MLflow store {redact_uri(cfg.tracking_uri)}",
+                               extras.SQL_STORE)
+            except extras.MissingExtra as exc:
+                raise ConfigError(f"mlflow.tracking_uri: {exc}") from None
+        connection = cls(cfg.tracking_uri, cfg.timeout, resolve_credentials(cfg.auth), cfg.ca_bundle)
+        import_mlflow()
+        return connection
 
     @property
     def uri_for_humans(self) -> str:
@@ -146,6 +167,8 @@ class MlflowConnection:
         if path is not None and not path.is_file():
             # MLflow would silently create an empty store there; a typo must not look like no runs.
             raise SourceError(f"no MLflow database at {path} (from mlflow.tracking_uri)")
+        from mlflow.tracking import MlflowClient
+
         return MlflowClient(tracking_uri=self.tracking_uri)
 
 

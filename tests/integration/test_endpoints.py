@@ -169,7 +169,7 @@ def mlflow_model_server(tmp_path_factory):
     mlflow.set_tracking_uri(tracking)
     mlflow.set_experiment("serving")
 
-    from mlops_kpi_exporter.demo import Doubler
+    from mlops_kpi_exporter.demo_model import Doubler
 
     import warnings
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from prometheus_client.metrics_core import Metric
 
+from mlops_kpi_exporter import extras
 from mlops_kpi_exporter.bill_share import SharedBills
 from mlops_kpi_exporter.config import Config, ConfigError
 from mlops_kpi_exporter.config.billing import BillingSource as BillingSourceConfig
@@ -194,6 +195,7 @@ class FocusReader:
             yield from reader
 
     def _parquet_rows(self, path: Path, name: str):
+        extras.require("parquet", f"{name}: reading a Parquet FOCUS export", ("pyarrow",))
         import pyarrow.parquet as pq
 
         try:
@@ -339,7 +341,11 @@ class BillingSource:
     def check(self) -> str:
         if isinstance(self.files, S3Objects):
             return f"FOCUS objects under {self.where} (listed at the first poll)"
-        return f"{len(self.files.list())} FOCUS files under {self.where}"
+        files = self.files.list()
+        parquet = [name for name, _ in files if name.endswith(".parquet")]
+        if parquet:  # said now, not at the first poll
+            extras.require("parquet", f"{parquet[0]}: reading a Parquet FOCUS export", ("pyarrow",))
+        return f"{len(files)} FOCUS files under {self.where}"
 
     def poll(self) -> tuple[list[Metric], str]:
         bill = self.last_bill = self.read()
