@@ -6,15 +6,23 @@ DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium
 
 .PHONY: demo test unit fuzz generate install system-deps bench clean
 
+# Two installs in one .venv: the demo needs the runtime and the `local` extra (the full MLflow, for its
+# local store); the tests, benches and generators need `test`, which holds all of `local`.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(BIN)/.installed-local
+
+$(BIN)/.installed-local: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[local]'
 	touch $@
 
 install: $(BIN)/.installed
 
-demo: install
+demo: $(BIN)/.installed-local
 	$(BIN)/mlops-kpi-exporter demo
 
 # The tests run real promtool/Prometheus/Alertmanager binaries from Debian; as root they are installed here.
@@ -49,6 +57,7 @@ bench: install
 	$(BIN)/python bench/bench_endpoints.py
 	$(BIN)/python bench/bench_billing.py
 	$(BIN)/python bench/soak.py --duration 120
+	$(BIN)/python bench/bench_runtime.py
 
 clean:
 	rm -rf $(VENV) demo-data bench/.work .pytest_cache

@@ -356,7 +356,8 @@ def compose_problems(objs: Objects) -> list[str]:
     problems = []
     exporter = COMPOSE["services"]["exporter"]
     c = container(objs)
-    image = defaults(COMPOSE["x-app"]["image"])
+    # `demo` writes a local MLflow store: the image with the `local` extra; everything else the lean one
+    image = defaults(COMPOSE["x-local" if c.get("args", [""])[0] == "demo" else "x-app"]["image"])
     if c.get("image") != image:
         problems.append(f"exporter: image {c.get('image')}, the compose stack builds {image}")
     port = int(defaults(exporter["ports"][0]).split(":")[1])
@@ -654,6 +655,9 @@ def test_demo_checks_fail_on_a_broken_demo(rendered):
     objs = copy.deepcopy(rendered["overlays/demo"])
     container(objs)["args"][2] = "127.0.0.1:10150"
     assert config_problems(objs) and compose_problems(objs) == []
+    objs = copy.deepcopy(rendered["overlays/demo"])
+    container(objs).update(image=defaults(COMPOSE["x-app"]["image"]))  # the lean image cannot run the demo
+    assert "the compose stack builds" in " ".join(compose_problems(objs))
 
 
 def test_a_broken_tree_fails_to_render_and_says_why(tmp_path):
