@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from typing import Annotated, Literal
 
-from mlops_kpi_exporter.config.common import LABEL_SAFE, Duration, _Strict
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+
+from mlops_kpi_exporter.config.common import LABEL_SAFE, Duration, _Strict, at_least
 
 
 class AwsAccess(_Strict):
@@ -71,7 +72,7 @@ class JoinRule(_Strict):
 
 
 class BillingConfig(_Strict):
-    poll_interval: Duration = 3600.0
+    poll_interval: Annotated[Duration, AfterValidator(at_least(60, "bills change a few times a day"))] = 3600.0
     months: int = Field(3, ge=1, le=24)  # the latest N billing months present in the data are exported
     max_services: int = Field(20, ge=1, le=500)  # per provider and month; the rest summed as "other"
     monthly_budget: float | None = Field(None, gt=0, allow_inf_nan=False)  # the whole bill, per month
@@ -80,13 +81,6 @@ class BillingConfig(_Strict):
     run_join: list[JoinRule] = Field(default_factory=list, max_length=20)
     max_join_keys: int = Field(20, ge=1, le=500)  # idle cost series per bill, provider and month; the rest "other"
     calibration_window: Duration = 30 * 86400.0  # joined runs that ended this recently give the calibration ratio
-
-    @field_validator("poll_interval")
-    @classmethod
-    def _slow(cls, value: float) -> float:
-        if value < 60:
-            raise ValueError("must be at least 1m (bills change a few times a day)")
-        return value
 
     @field_validator("sources")
     @classmethod

@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
+import math
+from collections.abc import Callable
+
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationInfo
 
-from mlops_kpi_exporter.config.durations import parse_duration
+from mlops_kpi_exporter.config.durations import format_duration, parse_duration
 
 # Sane bounds for prices and machine counts, in the config and in run tags (README: "Skipped runs").
 # More is a unit or typing mistake, and would make the integer cost overflow.
@@ -22,6 +25,34 @@ class ConfigError(Exception):
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def at_least(seconds: float, why: str = "") -> Callable[[float], float]:
+    """A floor for a duration key: `Annotated[Duration, AfterValidator(at_least(60, "why"))]`."""
+    def check(value: float) -> float:
+        if value < seconds:
+            raise ValueError(f"must be at least {format_duration(seconds)}" + (f" ({why})" if why else ""))
+        return value
+    return check
+
+
+def _increasing(value: list[float]) -> list[float]:
+    if any(not math.isfinite(v) or v <= 0 for v in value):
+        raise ValueError("bucket bounds must be positive finite numbers")
+    if any(b <= a for a, b in zip(value, value[1:])):
+        raise ValueError("bucket bounds must be strictly increasing")
+    return value
+
+
+def _durations(value: Any) -> Any:
+    if isinstance(value, list):
+        return [parse_duration(v) if isinstance(v, str) else v for v in value]
+    return value
+
+
+# Histogram bucket bounds: positive, strictly increasing; of durations, "5m" as well as 300.
+Bounds = Annotated[list[float], AfterValidator(_increasing)]
+DurationBounds = Annotated[list[float], BeforeValidator(_durations), AfterValidator(_increasing)]
 
 
 def redact_uri(uri: str) -> str:

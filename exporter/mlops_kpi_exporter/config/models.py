@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import zlib
 import zoneinfo
@@ -19,8 +18,10 @@ from mlops_kpi_exporter.config.common import (
     ExistingFile,
     _Strict,
     redact_uri,
+    Bounds,
+    DurationBounds,
+    at_least,
 )
-from mlops_kpi_exporter.config.durations import parse_duration
 from mlops_kpi_exporter.config.billing import BillingConfig
 from mlops_kpi_exporter.config.endpoints import EndpointConfig
 from mlops_kpi_exporter.config.traces import TracesConfig
@@ -157,12 +158,6 @@ DEFAULT_DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400,
 DEFAULT_COST_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 10, 50, 100, 500, 1000)
 
 
-def _buckets(value: Any) -> Any:
-    if isinstance(value, list):
-        return [parse_duration(v) if isinstance(v, str) else v for v in value]
-    return value
-
-
 class RunsConfig(_Strict):
     # `estimator` for runs that say it themselves; the two tags MLflow's autologging writes
     # (scikit-learn, XGBoost, LightGBM...): the class name, and its full path (shortened in the label).
@@ -171,23 +166,17 @@ class RunsConfig(_Strict):
     max_estimators: int = Field(20, ge=1, le=1000)
     activity_window: Duration = 30 * 86400.0
     timezone: str = "UTC"
-    duration_buckets: Annotated[list[float], BeforeValidator(_buckets)] = Field(
+    duration_buckets: DurationBounds = Field(
         default_factory=lambda: [float(b) for b in DEFAULT_DURATION_BUCKETS], min_length=1, max_length=30
     )
-    cost_buckets: list[float] = Field(
+    cost_buckets: Bounds = Field(
         default_factory=lambda: [float(b) for b in DEFAULT_COST_BUCKETS], min_length=1, max_length=30
     )
     # Child runs (mlflow.parentRunId: tuning trials): auto = on the parent's machine unless they name
     # another; within_parent = always; separate = each on its own machine (SageMaker tuning, Katib, Ray).
     nested: Literal["auto", "within_parent", "separate"] = "auto"
-    stale_after: Duration = 86400.0  # a RUNNING run silent this long is STALE: its process is gone
-
-    @field_validator("stale_after")
-    @classmethod
-    def _stale_after(cls, value: float) -> float:
-        if value < 600:
-            raise ValueError("must be at least 10m (system metrics are logged every ~10 s, metrics far less often)")
-        return value
+    stale_after: Annotated[Duration, AfterValidator(at_least(
+        600, "system metrics are logged every ~10 s, metrics far less often"))] = 86400.0  # a RUNNING run silent this long is STALE
 
     @field_validator("timezone")
     @classmethod
@@ -196,15 +185,6 @@ class RunsConfig(_Strict):
             zoneinfo.ZoneInfo(value)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'UTC' or 'Europe/Paris'")
-        return value
-
-    @field_validator("duration_buckets", "cost_buckets")
-    @classmethod
-    def _increasing(cls, value: list[float]) -> list[float]:
-        if any(not math.isfinite(v) or v <= 0 for v in value):
-            raise ValueError("bucket bounds must be positive finite numbers")
-        if any(b <= a for a, b in zip(value, value[1:])):
-            raise ValueError("bucket bounds must be strictly increasing")
         return value
 
     @field_validator("activity_window")

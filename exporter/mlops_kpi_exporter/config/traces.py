@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from mlops_kpi_exporter.config.common import Duration, _Strict
-from mlops_kpi_exporter.config.durations import parse_duration
+from mlops_kpi_exporter.config.common import Duration, DurationBounds, _Strict, at_least
 
 # A price per million tokens above this is a unit or typing mistake (the dearest hosted models cost
 # well under 1,000 per million output tokens); it would also overflow the exact integer cost.
@@ -28,15 +26,9 @@ class TokenPrice(_Strict):
     cache_write: float | None = Field(None, ge=0, le=MAX_TOKEN_PRICE, allow_inf_nan=False)
 
 
-def _buckets(value: Any) -> Any:
-    if isinstance(value, list):
-        return [parse_duration(v) if isinstance(v, str) else v for v in value]
-    return value
-
-
 class TracesConfig(_Strict):
     enabled: bool = True
-    poll_interval: Duration = 300.0
+    poll_interval: Annotated[Duration, AfterValidator(at_least(30))] = 300.0
     resync_interval: Duration = 3600.0
     # auto: aggregate when the server answers its trace metrics API, else incremental.
     # aggregate: the periodic resync checks the books against the server's aggregation per experiment
@@ -47,16 +39,9 @@ class TracesConfig(_Strict):
     max_models: int = Field(10, ge=1, le=1000)  # per experiment; the rest as "other"
     breakdown: Literal["none", "user", "session"] = "none"
     max_breakdown_values: int = Field(20, ge=1, le=500)  # per experiment; the rest as "other"
-    duration_buckets: Annotated[list[float], BeforeValidator(_buckets)] = Field(
+    duration_buckets: DurationBounds = Field(
         default_factory=lambda: [float(b) for b in DEFAULT_TRACE_BUCKETS], min_length=1, max_length=30
     )
-
-    @field_validator("poll_interval")
-    @classmethod
-    def _poll(cls, value: float) -> float:
-        if value < 30:
-            raise ValueError("must be at least 30s")
-        return value
 
     @field_validator("token_prices")
     @classmethod
@@ -69,15 +54,6 @@ class TracesConfig(_Strict):
                 raise ValueError(f"{lowered[name.lower()]!r} and {name!r} differ only in case: models match "
                                  "case-insensitively, keep one")
             lowered[name.lower()] = name
-        return value
-
-    @field_validator("duration_buckets")
-    @classmethod
-    def _increasing(cls, value: list[float]) -> list[float]:
-        if any(not math.isfinite(v) or v <= 0 for v in value):
-            raise ValueError("bucket bounds must be positive finite numbers")
-        if any(b <= a for a, b in zip(value, value[1:])):
-            raise ValueError("bucket bounds must be strictly increasing")
         return value
 
     @model_validator(mode="after")
