@@ -9,6 +9,7 @@ and do not depend on the order runs arrived in: a restarted exporter reports bit
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -81,7 +82,8 @@ class RunLedger:
     are its parent's; per run it shows its share of the parent's cost (`cost_of`).
     """
 
-    def __init__(self, duration_buckets: tuple[float, ...], cost_buckets: tuple[float, ...], nested: str = "auto"):
+    def __init__(self, duration_buckets: tuple[float, ...], cost_buckets: tuple[float, ...], nested: str = "auto",
+                 keep_recent: int = 100):
         self.nested = nested
         self.children: dict[str, set[str]] = {}  # parent run id -> ids of the known runs naming it
         self.within: set[str] = set()  # runs on their parent's machine, as they were accounted
@@ -96,8 +98,11 @@ class RunLedger:
         self.start_hours: Counter[tuple[str, int, int]] = Counter()  # (exp, epoch hour, local hour)
         self.duration_hist: dict[str, Histogram] = {}
         self.cost_hist: dict[str, Histogram] = {}
-        self.recent_closed: list[tuple[int, str]] = []  # (end_ms, run_id) of completed runs, see _sort_closed
-        self._closed_sorted = True
+        # (end_ms, run_id) of the keep_recent most recently ended runs, ascending (run_series): only these,
+        # not every completed run, so that the ledger holds no per-run index beyond `runs` itself
+        self.keep_recent = keep_recent
+        self.recent_closed: list[tuple[int, str]] = []
+        self._recent_whole = True  # False once one of them went: rebuilt from every run when next read
         self.month_cost: Counter[tuple[str, str]] = Counter()  # (exp, YYYY-MM) -> nano, completed runs
         self.tag_cost: Counter[tuple[int, str]] = Counter()  # (allocation tag index, value) -> nano, completed
         self.month_tag_cost: Counter[tuple[str, int, str]] = Counter()  # (YYYY-MM, tag index, value) -> nano
@@ -126,11 +131,14 @@ class RunLedger:
 
     def skip(self, run_id: str, experiment_id: str, reason: str) -> bool:
         """Record a run that cannot be counted (replacing any counted version of it)."""
-        changed = self.remove(run_id)
         if self.skipped.get(run_id) == (experiment_id, reason):
-            return changed
+            return False  # skipped already, for the same reason (a counted version would not be skipped)
+        self.remove(run_id)
         self.skipped[run_id] = (experiment_id, reason)
         return True
+
+    def forget_skipped(self, run_id: str) -> bool:
+        return self.skipped.pop(run_id, None) is not None
 
     def remove(self, run_id: str) -> bool:
         self.skipped.pop(run_id, None)
@@ -212,18 +220,7 @@ class RunLedger:
                     _bump(self.catalog_cost, (exp, run.catalog_provider, run.instance_type or ""), sign * cost)
                 for index, tag_value in enumerate(run.allocation):
                     _bump(self.tag_cost, (index, tag_value), sign * cost)
-            key = (run.end_ms or 0, run.run_id)
-            if sign > 0:
-                # Appended, sorted lazily: a full sync brings runs newest first, and inserting each
-                # at its place would shift the whole list every time (quadratic at 100k runs).
-                if self.recent_closed and key < self.recent_closed[-1]:
-                    self._closed_sorted = False
-                self.recent_closed.append(key)
-            else:
-                self._sort_closed()
-                index = bisect.bisect_left(self.recent_closed, key)
-                if index < len(self.recent_closed) and self.recent_closed[index] == key:
-                    del self.recent_closed[index]
+            self._note_closed((run.end_ms or 0, run.run_id), sign)
         if totals.runs == 0:
             del self.totals[(exp, run.status)]
 
@@ -269,18 +266,36 @@ class RunLedger:
             del self.start_hours[key]
         return out
 
-    def _sort_closed(self) -> None:
-        if not self._closed_sorted:
-            self.recent_closed.sort()
-            self._closed_sorted = True
+    def _note_closed(self, key: tuple[int, str], sign: int) -> None:
+        """Keep recent_closed the newest keep_recent completed runs as one comes or goes."""
+        recent = self.recent_closed
+        if sign > 0:
+            if self._recent_whole and (len(recent) < self.keep_recent or key > recent[0]):
+                bisect.insort(recent, key)
+                if len(recent) > self.keep_recent:
+                    del recent[0]
+            return
+        index = bisect.bisect_left(recent, key)
+        if index < len(recent) and recent[index] == key:
+            del recent[index]
+            self._recent_whole = False  # an older run may now belong: found again when read
+
+    def _recent(self, limit: int) -> list[tuple[int, str]]:
+        if limit > self.keep_recent:
+            self.keep_recent, self._recent_whole = limit, False
+        if not self._recent_whole:
+            closed = ((run.end_ms or 0, run.run_id) for run in self.runs.values() if not run.open)
+            self.recent_closed = sorted(heapq.nlargest(self.keep_recent, closed))
+            self._recent_whole = True
+        return self.recent_closed
 
     def run_series(self, limit: int) -> list[RunFacts]:
         """Running runs first (newest first), then the most recently ended ones, `limit` in all."""
         if limit <= 0:
             return []
-        self._sort_closed()
+        recent = self._recent(limit)
         chosen = sorted(self.open_runs.values(), key=lambda r: (r.start_ms, r.run_id), reverse=True)[:limit]
-        for _, run_id in reversed(self.recent_closed[-(limit - len(chosen)) :] if len(chosen) < limit else []):
+        for _, run_id in reversed(recent[-(limit - len(chosen)) :] if len(chosen) < limit else []):
             chosen.append(self.runs[run_id])
         return chosen
 

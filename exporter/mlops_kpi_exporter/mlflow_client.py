@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,15 +100,87 @@ def is_data_error(exc: BaseException) -> bool:
     return not isinstance(exc, (_mlflow_exception(), OSError, SourceError, ConfigError))
 
 
-def paged(fetch: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
-    """Every item of an MLflow search, page after page (every MLflow `search_*` call pages alike)."""
+def pages(fetch: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+    """The pages of an MLflow search, one after another (every MLflow `search_*` call pages alike)."""
     token = None
     while True:
         page = fetch(page_token=token, **kwargs)
-        yield from page
+        yield page
         token = page.token
         if not token:
             return
+
+
+def paged(fetch: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+    """Every item of an MLflow search, page after page."""
+    for page in pages(fetch, **kwargs):
+        yield from page
+
+
+_DONE = object()
+
+
+def pages_in_parallel(streams: list[Callable[[], Iterator[Any]]], workers: int) -> Iterator[tuple[int, Any]]:
+    """(stream index, page) of several paged searches, read by up to `workers` threads while the caller
+    works on the pages that came before: MLflow prepares the next page while this process turns the
+    last one into facts, and a server with several workers answers several searches at once.
+
+    At most `workers` pages wait unread, so memory stays a few pages whatever the history. The first
+    error of any stream is raised here; the other threads stop at their next page. workers <= 0 reads
+    in the calling thread (a local store: its queries run in this process anyway)."""
+    if workers <= 0 or not streams:
+        for index, stream in enumerate(streams):
+            for page in stream():
+                yield index, page
+        return
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for item in enumerate(streams):
+        todo.put(item)
+    ready: queue.Queue = queue.Queue(maxsize=workers)
+    stop = threading.Event()
+
+    def hand_over(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.2)  # wakes to notice `stop` when the caller left early
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    index, stream = todo.get_nowait()
+                except queue.Empty:
+                    return
+                for page in stream():
+                    if not hand_over((index, page)):
+                        return
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
+            hand_over(exc)
+        finally:
+            hand_over(_DONE)
+
+    threads = [threading.Thread(target=work, name=f"mlflow-pages-{i}", daemon=True)
+               for i in range(min(workers, len(streams)))]
+    for thread in threads:
+        thread.start()
+    running = len(threads)
+    try:
+        while running:
+            item = ready.get()
+            if item is _DONE:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 @dataclass(frozen=True)

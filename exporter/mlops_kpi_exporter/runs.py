@@ -63,7 +63,10 @@ class RunFacts:
     estimator: str
     start_local_hour: int  # hour of day of the start, in the configured time zone
     allocation: tuple[str, ...] = ()  # values of the allocation tags, in config order
-    month_costs: tuple[tuple[str, int], ...] = ()  # runs with an end: (YYYY-MM, cost in nano) per month spanned
+    # runs with an end: the month (YYYY-MM) it lies in, or "" and its cost per month when it spans more
+    # than one (see month_costs); one month is the common case and needs no tuple of its own
+    month: str = ""
+    month_split: tuple[tuple[str, int], ...] = ()
     parent_run_id: str | None = None
     last_alive_ms: int = 0  # the latest time it logged anything (its start when it logged nothing)
     catalog_provider: str | None = None  # priced from the catalog (list prices) of this provider
@@ -73,6 +76,13 @@ class RunFacts:
     @property
     def open(self) -> bool:
         return self.status in OPEN_STATUSES
+
+    @property
+    def month_costs(self) -> tuple[tuple[str, int], ...]:
+        """(YYYY-MM, cost in nano) per month the run spans; () while it has no end."""
+        if self.month:
+            return ((self.month, self.cost_nano(0)),)
+        return self.month_split
 
     @property
     def start_epoch_hour(self) -> int:
@@ -212,24 +222,43 @@ def make_facts(
     months = rules.month_costs(rate.hourly, start_ms, end_ms) if end_ms is not None else ()
     return RunFacts(
         run_id=run_id,
-        experiment_id=experiment_id,
+        experiment_id=_shared(experiment_id),
         run_name=(run_name or tags.get("mlflow.runName") or run_id)[:200],
-        status=status,
+        status=_shared(status),
         start_ms=start_ms,
         end_ms=end_ms,
-        hourly=rate.hourly,
-        price_source=rate.source,
-        instance_type=rate.instance_type,
-        estimator=rules.estimator(tags, params),
+        hourly=_shared(rate.hourly),
+        price_source=_shared(rate.source),
+        instance_type=_shared(rate.instance_type),
+        estimator=_shared(rules.estimator(tags, params)),
         start_local_hour=rules.local_hour(start_ms),
-        allocation=rules.allocation(tags),
-        month_costs=months,
+        allocation=_shared(rules.allocation(tags)),
+        month=_shared(months[0][0]) if len(months) == 1 else "",
+        month_split=tuple((_shared(m), nano) for m, nano in months) if len(months) > 1 else (),
         parent_run_id=str(tags.get(PARENT_TAG) or "").strip()[:64] or None,
         last_alive_ms=last_alive,
-        catalog_provider=rate.provider,
+        catalog_provider=_shared(rate.provider),
         join_values=rules.join_values(tags),
         system=system_metrics(metrics or {}),
     )
+
+
+_SHARED: dict[object, object] = {}
+MAX_SHARED = 100_000  # distinct values kept; past it the table starts over (values stay correct, only less shared)
+
+
+def _shared(value: Any) -> Any:
+    """One object for equal values that many runs repeat (experiment ids, statuses, prices, instance
+    types, estimators, allocation values, months): the ledger holds 100,000s of runs, and each run
+    would otherwise hold its own copies, as MLflow's replies decode them."""
+    if value is None:
+        return None
+    found = _SHARED.get(value)
+    if found is None:
+        if len(_SHARED) >= MAX_SHARED:
+            _SHARED.clear()
+        found = _SHARED[value] = value
+    return found
 
 
 # MLflow's system metrics (log_system_metrics) that say how busy a run's machine was, in percent:

@@ -193,3 +193,33 @@ def test_per_run_series_are_bounded(mlflow_server, prefix):
     estimators = {dict(k[1])["estimator"]: v for k, v in m.items() if k[0] == "mlops_runs_by_estimator"}
     assert len(estimators) == 4 and estimators["other"] == 15  # 3 kept (5 runs each) + the rest
     assert sum(estimators.values()) == 30
+
+
+def test_a_resync_in_place_ends_where_a_fresh_exporter_starts(mlflow_server, prefix, seeded):
+    """The hourly resync updates the ledger in place: what incremental polls cannot see (a tag edited on
+    an old run, a deleted run, a skipped run deleted) is reconciled, and the figures then equal those
+    of an exporter that starts now, read with other page sizes and concurrencies."""
+    client, ids, now_ms = seeded["client"], seeded["ids"], seeded["now_ms"]
+    clock = Clock(now_ms / 1000)
+    source = MlflowSource(*connected(make_config(mlflow_server.url, prefix)), clock=clock)
+    poll(source)
+    ledger = source.ledger
+    client.set_tag(ids["A"], "instance_type", "m5.xlarge")  # old run: no incremental search finds it
+    client.delete_run(ids["B"])
+    client.delete_run(ids["F"])  # a skipped run
+    clock.t += 60
+    m, summary = poll(source)
+    assert "incremental" in summary
+    assert source.ledger.runs[ids["A"]].instance_type == "p3.2xlarge" and ids["F"] in source.ledger.skipped
+
+    clock.t += 3600
+    resynced, summary = poll(source)
+    assert "full sync" in summary and "3 changed" in summary  # A re-priced, B and F gone
+    assert source.ledger is ledger  # the same ledger, updated in place
+    assert source.ledger.runs[ids["A"]].instance_type == "m5.xlarge"
+    assert ids["B"] not in source.ledger.runs and ids["F"] not in source.ledger.skipped
+    for mlflow in ({"page_size": 1, "concurrency": 4}, {"page_size": 2, "concurrency": 1}):
+        config = make_config(mlflow_server.url, prefix)
+        config = config.model_copy(update={"mlflow": config.mlflow.model_copy(update=mlflow)})
+        fresh, _ = poll(MlflowSource(*connected(config), clock=clock))
+        assert fresh == resynced, mlflow

@@ -195,3 +195,42 @@ def test_recent_runs_stay_in_order_whatever_the_arrival_order():
     book.remove("r4")
     book.upsert(facts("r6", start=NOW - 10 * MS_PER_HOUR, end=NOW - 3 * MS_PER_HOUR))
     assert [r.run_id for r in book.run_series(4)] == ["r6", "r5", "r3", "r2"]
+
+
+# a sequence of ledger changes: (run number, None to remove it, or the hour it ended; -1 for running)
+changes_strategy = st.lists(st.tuples(st.integers(0, 15), st.one_of(st.none(), st.integers(-1, 30))), max_size=60)
+
+
+@given(changes_strategy, st.integers(1, 6), st.integers(1, 8))
+def test_the_ledger_keeps_only_the_newest_ended_runs_and_still_shows_the_right_ones(changes, keep, limit):
+    """run_series reads from the keep_recent newest ended runs only, not an index of every run: what it
+    shows must still be what a full scan of every run picks, through adds, edits and removals."""
+    book = RunLedger((60.0,), (1.0,), keep_recent=keep)
+    for number, end_hour in changes:
+        if end_hour is None:
+            book.remove(f"r{number}")
+        elif end_hour < 0:
+            book.upsert(facts(f"r{number}", status="RUNNING", start=NOW - 40 * MS_PER_HOUR, end=None))
+        else:
+            book.upsert(facts(f"r{number}", start=NOW - 40 * MS_PER_HOUR, end=NOW - (30 - end_hour) * MS_PER_HOUR))
+        assert len(book.recent_closed) <= max(keep, limit)
+        running = sorted((r for r in book.runs.values() if r.open), key=lambda r: (r.start_ms, r.run_id), reverse=True)
+        ended = sorted((r for r in book.runs.values() if not r.open), key=lambda r: (r.end_ms, r.run_id), reverse=True)
+        expected = [r.run_id for r in (running + ended)[:limit]]
+        assert [r.run_id for r in book.run_series(limit)] == expected
+
+
+def test_a_run_within_one_month_holds_its_month_not_a_table_of_months():
+    """The common case, a run inside one calendar month, costs the ledger one shared month string; a
+    run across a month boundary keeps its split. Both read the same through month_costs."""
+    first = 1_801_008_000_000  # 2027-01-26 ... a fixed time; the month boundary found by the rules
+    _, month_start, _ = RULES.month_bounds(first)
+    inside = facts("in", start=month_start + MS_PER_HOUR, end=month_start + 3 * MS_PER_HOUR)
+    across = facts("across", start=month_start - MS_PER_HOUR, end=month_start + 2 * MS_PER_HOUR)
+    assert inside.month and not inside.month_split
+    assert inside.month_costs == ((inside.month, 2 * NANO),)
+    assert not across.month and [nano for _, nano in across.month_costs] == [NANO, 2 * NANO]
+    assert across.month_costs == RULES.month_costs(1.0, month_start - MS_PER_HOUR, month_start + 2 * MS_PER_HOUR)
+    # equal values that many runs repeat are one object, not a copy per run
+    again = facts("in2", start=month_start + MS_PER_HOUR, end=month_start + 2 * MS_PER_HOUR)
+    assert again.month is inside.month and again.status is inside.status

@@ -1,19 +1,22 @@
 """The runs of the watched experiments, kept in step with MLflow in a RunLedger.
 
-The first sync (and every `resync_interval`) pages through all runs of the watched experiments and
-builds a fresh ledger. In between, a sync asks only for what can have changed: runs RUNNING now,
-runs that ended or started since the last sync (minus an overlap for late clocks), the full history
-of newly watched experiments, and, one by one, the open runs we knew that have since disappeared
-from the RUNNING set. Its cost follows the number of changes, not the size of the history.
-Everything is read before the ledger is touched: a failed sync leaves it whole.
+The first sync (and every `resync_interval`) pages through all runs of the watched experiments, a
+few searches in parallel (mlflow.concurrency), and drops what it did not see. In between, a sync asks
+only for what can have changed: runs RUNNING now, runs that ended or started since the last sync
+(minus an overlap for late clocks), the full history of newly watched experiments, and, one by one,
+the open runs we knew that have since disappeared from the RUNNING set. Its cost follows the number
+of changes, not the size of the history. An incremental sync reads everything before the ledger is
+touched: a failed one leaves it whole (the full sync: see _full_sync).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from mlflow.entities import ViewType
@@ -21,7 +24,15 @@ from mlflow.exceptions import MlflowException
 
 from mlops_kpi_exporter.config import Config
 from mlops_kpi_exporter.ledger import RunLedger
-from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, is_not_found, paged
+from mlops_kpi_exporter.extras import is_database_uri
+from mlops_kpi_exporter.mlflow_client import (
+    MlflowConnection,
+    MlflowReader,
+    is_not_found,
+    pages,
+    pages_in_parallel,
+    paged,
+)
 from mlops_kpi_exporter.pricing import BadRunData
 from mlops_kpi_exporter.runs import RunFacts, RunRules, facts_of
 
@@ -65,6 +76,7 @@ class RunSync(MlflowReader):
         self.cfg = config.mlflow
         self.buckets = (tuple(config.runs.duration_buckets), tuple(config.runs.cost_buckets))
         self.nested = config.runs.nested
+        self.keep_recent = config.runs.max_run_series
         self.rules = rules
         self.on_costed = on_costed or (lambda facts: None)
         self.on_experiment_gone = on_experiment_gone or (lambda experiment_id: None)
@@ -93,16 +105,30 @@ class RunSync(MlflowReader):
         )
 
     def search(self, experiment_ids: Iterable[str], filter_string: str = "") -> Iterator[Any]:
-        """Every active run of the experiments that matches the filter, page by page."""
+        """Every active run of the experiments that matches the filter, in no particular order."""
+        for _, page in self._search_pages(experiment_ids, (filter_string,)):
+            yield from page
+
+    def _search_pages(self, experiment_ids: Iterable[str], filters: tuple[str, ...]) -> Iterator[tuple[int, Any]]:
+        """(index of the filter, page) of every active run of the experiments matching each filter.
+
+        Up to mlflow.concurrency searches are in flight (mlflow_client.pages_in_parallel). A search
+        names at most EXPERIMENT_CHUNK experiments; when there are fewer searches than that
+        concurrency, the experiments are dealt round-robin into more of them, so that one large
+        read (the full sync) is shared between the workers too, and each of MLflow's deep-offset
+        pages sorts only its part of the history."""
         ids = sorted(experiment_ids)
-        for start in range(0, len(ids), EXPERIMENT_CHUNK):
-            yield from paged(
-                self.client.search_runs,
-                experiment_ids=ids[start : start + EXPERIMENT_CHUNK],
-                filter_string=filter_string,
-                run_view_type=ViewType.ACTIVE_ONLY,
-                max_results=self.cfg.page_size,
-            )
+        workers = 0 if is_database_uri(self.mlflow.tracking_uri) else self.cfg.concurrency
+        groups = max(math.ceil(len(ids) / EXPERIMENT_CHUNK), min(len(ids), math.ceil(workers / len(filters))))
+        streams, owners = [], []
+        for index, filter_string in enumerate(filters):
+            for group in range(groups):
+                streams.append(partial(
+                    pages, self.client.search_runs, experiment_ids=ids[group::groups], filter_string=filter_string,
+                    run_view_type=ViewType.ACTIVE_ONLY, max_results=self.cfg.page_size))
+                owners.append(index)
+        for stream, page in pages_in_parallel(streams, workers):
+            yield owners[stream], page
 
     def refetch(self, run_id: str) -> Any | None:
         """A run looked up by id; None when it is gone (deleted or purged)."""
@@ -116,7 +142,7 @@ class RunSync(MlflowReader):
 
     # -- syncing -----------------------------------------------------------------------------------
     def new_ledger(self) -> RunLedger:
-        return RunLedger(*self.buckets, nested=self.nested)
+        return RunLedger(*self.buckets, nested=self.nested, keep_recent=self.keep_recent)
 
     def sync(self, now: float) -> PollReport:
         now_ms = int(now * 1000)
@@ -134,13 +160,25 @@ class RunSync(MlflowReader):
         return replace(report, stale=sum(self.ledger.stale_counts().values()))
 
     def _full_sync(self, experiments: dict[str, str], now_ms: int) -> PollReport:
-        ledger = self.new_ledger()  # built aside and swapped in whole: a failed sync changes nothing
-        fetched = 0
+        """Every run read again, applied as it comes (pages are not all held at once); the runs not
+        seen are then dropped: deleted, purged, moved or of experiments no longer watched.
+
+        The first sync builds a ledger aside and installs it only when complete. A resync updates
+        the ledger in place, each run to what MLflow says of it now, and drops the unseen only once
+        every page was read: a resync that fails half way leaves every figure true to some moment,
+        and the next poll resyncs again."""
+        ledger = self.ledger if self.ledger is not None else self.new_ledger()
+        seen: set[str] = set()
+        changed = 0
         for run in self.search(experiments):
-            fetched += 1
-            self._apply(ledger, run, now_ms)
+            seen.add(run.info.run_id)
+            changed += self._apply(ledger, run, now_ms)
+        for run_id in [r for r in ledger.runs if r not in seen]:
+            changed += ledger.remove(run_id)
+        for run_id in [r for r in ledger.skipped if r not in seen]:
+            changed += ledger.forget_skipped(run_id)
         self.ledger = ledger
-        return PollReport(True, fetched, fetched, len(ledger), len(ledger.skipped), len(experiments))
+        return PollReport(True, len(seen), changed, len(ledger), len(ledger.skipped), len(experiments))
 
     def _incremental(self, experiments: dict[str, str], now_ms: int) -> PollReport:
         ledger = self.ledger
@@ -163,12 +201,12 @@ class RunSync(MlflowReader):
         replaced = {e for e in experiments if e in before and self._created.get(e) != self._created_before.get(e)}
         known = [e for e in experiments if e in before and e not in replaced]
         changes = _Changes(gone=[e for e in before if e not in experiments or e in replaced])
-        for filter_string in (
-            "attributes.status = 'RUNNING'",
-            f"attributes.end_time >= {since}",
-            f"attributes.start_time >= {since}",
-        ):
-            for run in self.search(known, filter_string):
+        filters = ("attributes.status = 'RUNNING'", f"attributes.end_time >= {since}", f"attributes.start_time >= {since}")
+        found: list[list[Any]] = [[] for _ in filters]
+        for index, page in self._search_pages(known, filters):  # read in parallel,
+            found[index].extend(page)
+        for runs in found:  # merged in this order: a run both RUNNING and since ended keeps its ended self
+            for run in runs:
                 changes.fetched[run.info.run_id] = run
         for run in self.search(e for e in experiments if e not in known):  # new (or replaced): all of it
             changes.fetched[run.info.run_id] = run
