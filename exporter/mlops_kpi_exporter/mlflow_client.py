@@ -100,11 +100,34 @@ def is_data_error(exc: BaseException) -> bool:
     return not isinstance(exc, (_mlflow_exception(), OSError, SourceError, ConfigError))
 
 
+def dropped_connection(exc: BaseException) -> bool:
+    """Whether an MLflow error was a connection that broke before any reply (requests' ConnectionError,
+    which MLflow's client wraps without `from`, so it is found as the error's context)."""
+    import requests
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, requests.exceptions.ConnectionError) and not isinstance(seen, requests.exceptions.Timeout):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def pages(fetch: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
-    """The pages of an MLflow search, one after another (every MLflow `search_*` call pages alike)."""
+    """The pages of an MLflow search, one after another (every MLflow `search_*` call pages alike).
+
+    A page whose request broke on its connection is asked once more at once: servers close idle
+    keep-alive connections (uvicorn after 5 s), and a request sent on one as it closes fails without
+    reaching MLflow. MLflow's own retries are off (see MlflowConnection.environment), so this is the
+    only retry; a server that is down fails the second request as fast as the first."""
     token = None
     while True:
-        page = fetch(page_token=token, **kwargs)
+        try:
+            page = fetch(page_token=token, **kwargs)
+        except Exception as exc:
+            if not dropped_connection(exc):
+                raise
+            page = fetch(page_token=token, **kwargs)
         yield page
         token = page.token
         if not token:
@@ -125,7 +148,8 @@ def pages_in_parallel(streams: list[Callable[[], Iterator[Any]]], workers: int) 
     works on the pages that came before: MLflow prepares the next page while this process turns the
     last one into facts, and a server with several workers answers several searches at once.
 
-    At most `workers` pages wait unread, so memory stays a few pages whatever the history. The first
+    One page waits while the caller works on another and each worker reads the next, so memory
+    stays a few pages whatever the history. The first
     error of any stream is raised here; the other threads stop at their next page. workers <= 0 reads
     in the calling thread (a local store: its queries run in this process anyway)."""
     if workers <= 0 or not streams:
@@ -136,7 +160,7 @@ def pages_in_parallel(streams: list[Callable[[], Iterator[Any]]], workers: int) 
     todo: queue.SimpleQueue = queue.SimpleQueue()
     for item in enumerate(streams):
         todo.put(item)
-    ready: queue.Queue = queue.Queue(maxsize=workers)
+    ready: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
 
     def hand_over(item: Any) -> bool:

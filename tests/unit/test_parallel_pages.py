@@ -7,9 +7,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+import requests
 
 from mlops_kpi_exporter.config import config_from_dict
-from mlops_kpi_exporter.mlflow_client import MlflowConnection, pages_in_parallel
+from mlops_kpi_exporter.mlflow_client import MlflowConnection, pages, pages_in_parallel
 from mlops_kpi_exporter.sources.run_sync import RunSync
 from mlops_kpi_exporter.sources.mlflow_runs import run_rules
 
@@ -55,11 +56,11 @@ def test_pages_read_ahead_are_bounded_and_a_caller_that_leaves_stops_the_readers
     reader = pages_in_parallel([stream("a", 1000, served=served), stream("b", 1000, served=served)], 2)
     first = next(reader)
     assert first[1] in (["a0"], ["b0"])
-    # two pages waiting in the queue, one more in each worker's hand: never the whole history
-    assert len(served) <= 2 + 2 + 1
+    # one page waiting, one more in each worker's hand: never the whole history
+    assert len(served) <= 1 + 2 + 1
     reader.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("mlflow-pages")]
-    assert len(served) <= 2 + 2 + 1
+    assert len(served) <= 1 + 2 + 1
 
 
 class Info:
@@ -98,3 +99,46 @@ def test_a_run_seen_both_running_and_ended_in_one_incremental_sync_keeps_its_end
     sync.experiments = {"1": "exp"}
     changes = sync._read_changes({"1": "exp"}, sync.new_ledger())
     assert changes.fetched["r1"].info.status == "FINISHED"
+
+
+def mlflow_error_from(cause: Exception) -> Exception:
+    """What MLflow's REST client raises: its own exception, the requests error only as context."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        try:
+            raise cause
+        except Exception as e:
+            raise MlflowException(f"API request failed with exception {e}")
+    except MlflowException as wrapped:
+        return wrapped
+
+
+@pytest.mark.parametrize("cause, retried", [
+    (requests.exceptions.ConnectionError("('Connection aborted.', ConnectionResetError(104))"), True),
+    (requests.exceptions.ReadTimeout("read timed out"), False),  # a slow MLflow: fail within the timeout
+    (ValueError("bad reply"), False),
+])
+def test_a_page_whose_connection_broke_is_asked_once_more(cause, retried):
+    calls = []
+
+    def fetch(page_token=None):
+        calls.append(page_token)
+        if len(calls) == 1:
+            raise mlflow_error_from(cause)
+        return Page(["run"])
+
+    if retried:
+        assert list(pages(fetch)) == [["run"]] and calls == [None, None]
+    else:
+        with pytest.raises(Exception):
+            list(pages(fetch))
+        assert calls == [None]
+
+
+def test_a_connection_that_breaks_twice_fails_the_read():
+    def fetch(page_token=None):
+        raise mlflow_error_from(requests.exceptions.ConnectionError("connection refused"))
+
+    with pytest.raises(Exception, match="connection refused"):
+        list(pages(fetch))

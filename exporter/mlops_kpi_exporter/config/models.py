@@ -106,7 +106,7 @@ class MlflowConfig(_Strict):
     timeout: Duration = 30.0
     retry_backoff: Duration = 5.0
     watermark_overlap: Duration = 300.0
-    page_size: int = Field(5000, ge=1, le=50000)
+    page_size: int = Field(1000, ge=1, le=50000)
     concurrency: int = Field(2, ge=1, le=16)  # searches in flight at once while syncing (see "Sizing")
     shard: ShardConfig | None = None  # several exporters sharing one MLflow (see "Sizing")
     auth: MlflowAuth = Field(default_factory=MlflowAuth)
