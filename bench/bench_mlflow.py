@@ -147,7 +147,7 @@ def measured(fn, *args) -> tuple[float, float]:
 SERVER_PGID = [0]
 
 
-def bench_size(runs: int, compare_max: int) -> dict:
+def bench_size(runs: int, compare_max: int, page_size: int | None = None) -> dict:
     db = WORK / f"store-{runs}.db"
     build_s, expected = timed(build, db, runs)
     proc, url = start_server(db)
@@ -155,7 +155,7 @@ def bench_size(runs: int, compare_max: int) -> dict:
     out: dict = {"runs": runs, "build_s": build_s}
     try:
         rss_before = rss_mb()
-        out["full_s"], out["full_cpu_s"], source = first_sync(url)
+        out["full_s"], out["full_cpu_s"], source = first_sync(url, {"page_size": page_size} if page_size else None)
         rss_after = rss_mb()
         families = source.poll()[0]
         hours = sum(s.value for f in families if f.name == "mlops_experiment_run_seconds"
@@ -226,6 +226,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--page-size", type=int, help="mlflow.page_size of the exporter (default: the exporter's)")
     parser.add_argument("--compare-max", type=int, default=100_000,
                         help="largest size at which the naive poll and the old first sync are run too")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
@@ -234,15 +235,16 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         print(f"--- {size:,} runs", flush=True)
-        rows.append(bench_size(size, args.compare_max))
+        rows.append(bench_size(size, args.compare_max, args.page_size))
         print(rows[-1], flush=True)
     import mlflow
 
     header = (
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, MLflow {mlflow.__version__}, `mlflow server` on SQLite, one worker.\n"
-        f"Command: `.venv/bin/python bench/bench_mlflow.py --sizes {' '.join(map(str, args.sizes))}`"
+        f"Command: `.venv/bin/python bench/bench_mlflow.py --sizes {' '.join(map(str, args.sizes))}"
         f"{'' if args.compare_max == 100_000 else f' --compare-max {args.compare_max}'}"
+        f"{f' --page-size {args.page_size}' if args.page_size else ''}`"
     )
     text = f"{header}\n\n{table(rows)}\n"
     print(text)

@@ -111,6 +111,10 @@ class RunLedger:
         # (provider, instance type, month, tag index, value) -> nano, completed
         self.catalog_month_tag_cost: Counter[tuple[str, str, str, int, str]] = Counter()
         self.join_index: dict[tuple[int, str], set[str]] = {}  # (join tag index, value) -> run ids (billing.run_join)
+        # runs that report utilization system metrics, and per experiment the number that do not: the
+        # idle-spend figures read these, not every run (metrics/utilization.py)
+        self.system_runs: set[str] = set()
+        self.without_system: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -191,6 +195,13 @@ class RunLedger:
                     ids.discard(run.run_id)
                     if not ids:
                         del self.join_index[(index, value)]
+        if run.system:
+            if sign > 0:
+                self.system_runs.add(run.run_id)
+            else:
+                self.system_runs.discard(run.run_id)
+        else:
+            _bump(self.without_system, exp, sign)
         totals = self.totals.setdefault((exp, run.status), Totals())
         totals.runs += sign
         _bump(self.estimators, (exp, run.estimator), sign)

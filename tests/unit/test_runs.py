@@ -112,6 +112,7 @@ def test_upsert_replace_remove_keep_totals_exact():
     book.remove("b")
     assert book.status_totals(NOW) == {}
     assert not book.estimators and not book.start_hours and not book.recent_closed
+    assert not book.without_system and not book.system_runs
     assert book.duration_hist["1"].count == 0 and book.duration_hist["1"].total == 0
 
 

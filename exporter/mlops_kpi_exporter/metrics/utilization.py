@@ -23,12 +23,10 @@ def families(view: RunsView) -> list[Metric]:
     weighted: dict[tuple[str, str], list[float]] = {}  # (experiment, resource) -> [sum of cost x ratio, sum of cost]
     idle: dict[str, float] = {exp_id: 0.0 for exp_id in view.experiments}
     with_metrics: dict[str, int] = {exp_id: 0 for exp_id in view.experiments}
-    without: dict[str, int] = {exp_id: 0 for exp_id in view.experiments}
-    for run in ledger.runs.values():
+    without: dict[str, int] = {exp_id: ledger.without_system.get(exp_id, 0) for exp_id in view.experiments}
+    for run_id in sorted(ledger.system_runs):  # only runs with system metrics; sorted: the same sums every time
+        run = ledger.runs[run_id]
         exp = run.experiment_id
-        if not run.system:
-            without[exp] = without.get(exp, 0) + 1
-            continue
         with_metrics[exp] = with_metrics.get(exp, 0) + 1
         figures = latest(run) if run.open else read.get(run.run_id)
         if figures is None or figures.busy is None:
