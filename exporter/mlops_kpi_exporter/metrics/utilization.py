@@ -6,6 +6,8 @@ latest values. Runs without system metrics are counted and add no idle cost."""
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client.metrics_core import Metric
 
 from mlops_kpi_exporter.metrics.catalogue import family
@@ -20,11 +22,13 @@ def families(view: RunsView) -> list[Metric]:
     if view.utilization is None:
         return []
     ledger, now, read = view.ledger, view.now_ms, view.utilization
-    weighted: dict[tuple[str, str], list[float]] = {}  # (experiment, resource) -> [sum of cost x ratio, sum of cost]
-    idle: dict[str, float] = {exp_id: 0.0 for exp_id in view.experiments}
+    # (experiment, resource) -> ([cost x ratio], [cost]) and experiment -> [idle cost], summed with fsum:
+    # the same figures whatever order the runs arrived in
+    weighted: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+    idle: dict[str, list[float]] = {exp_id: [] for exp_id in view.experiments}
     with_metrics: dict[str, int] = {exp_id: 0 for exp_id in view.experiments}
     without: dict[str, int] = {exp_id: ledger.without_system.get(exp_id, 0) for exp_id in view.experiments}
-    for run_id in sorted(ledger.system_runs):  # only runs with system metrics; sorted: the same sums every time
+    for run_id in ledger.system_runs:  # only the runs with system metrics, not every run
         run = ledger.runs[run_id]
         exp = run.experiment_id
         with_metrics[exp] = with_metrics.get(exp, 0) + 1
@@ -32,24 +36,25 @@ def families(view: RunsView) -> list[Metric]:
         if figures is None or figures.busy is None:
             continue  # a completed run not read yet (pending)
         cost = ledger.cost_of(run, now) / NANO
-        idle[exp] = idle.get(exp, 0.0) + cost * (1 - figures.busy)
+        idle.setdefault(exp, []).append(cost * (1 - figures.busy))
         if run.open:
             continue  # the utilization figures are of completed runs
         for resource in RESOURCES:
             ratio = getattr(figures, resource)
             if ratio is not None:
-                sums = weighted.setdefault((exp, resource), [0.0, 0.0])
-                sums[0] += cost * ratio
-                sums[1] += cost
+                busy, costs = weighted.setdefault((exp, resource), ([], []))
+                busy.append(cost * ratio)
+                costs.append(cost)
     ratio_family = family("mlops_experiment_utilization_ratio")
-    for (exp, resource), (busy, cost) in sorted(weighted.items(), key=lambda kv: (view.name(kv[0][0]), kv[0][1])):
-        if cost > 0:
-            ratio_family.add_metric([view.name(exp), resource], busy / cost)
+    for (exp, resource), (busy, costs) in sorted(weighted.items(), key=lambda kv: (view.name(kv[0][0]), kv[0][1])):
+        total = math.fsum(costs)
+        if total > 0:
+            ratio_family.add_metric([view.name(exp), resource], math.fsum(busy) / total)
     idle_family = family("mlops_experiment_idle_cost", currency=view.currency)
     counted = family("mlops_runs_with_system_metrics")
     uncounted = family("mlops_runs_without_system_metrics")
     for exp in sorted(idle, key=view.name):
-        idle_family.add_metric([view.name(exp)], idle[exp])
+        idle_family.add_metric([view.name(exp)], math.fsum(idle[exp]))
         counted.add_metric([view.name(exp)], with_metrics.get(exp, 0))
         uncounted.add_metric([view.name(exp)], without.get(exp, 0))
     per_run = family("mlops_run_utilization_ratio")
