@@ -11,7 +11,6 @@ touched: a failed one leaves it whole (the full sync: see _full_sync).
 
 from __future__ import annotations
 
-import ctypes
 import fnmatch
 import logging
 import math
@@ -67,16 +66,6 @@ class _Changes:
     fetched: dict[str, Any] = field(default_factory=dict)  # run_id -> run
     vanished: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)  # experiments no longer watched (or replaced)
-
-
-def release_freed_memory() -> None:
-    """Give back to the system the memory a full read used for its pages. glibc's malloc keeps freed
-    heap for reuse, so without this the exporter would stay at the size of the read's peak (pages in
-    flight, their JSON) for as long as it runs. Nothing to do elsewhere (musl, macOS)."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class RunSync(MlflowReader):
@@ -189,10 +178,7 @@ class RunSync(MlflowReader):
         for run_id in [r for r in ledger.skipped if r not in seen]:
             changed += ledger.forget_skipped(run_id)
         self.ledger = ledger
-        fetched = len(seen)
-        del seen
-        release_freed_memory()
-        return PollReport(True, fetched, changed, len(ledger), len(ledger.skipped), len(experiments))
+        return PollReport(True, len(seen), changed, len(ledger), len(ledger.skipped), len(experiments))
 
     def _incremental(self, experiments: dict[str, str], now_ms: int) -> PollReport:
         ledger = self.ledger
