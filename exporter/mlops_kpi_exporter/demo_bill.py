@@ -17,7 +17,7 @@ from mlops_kpi_exporter.ledger import RunLedger
 from mlops_kpi_exporter.mlflow_client import paged
 from mlops_kpi_exporter.runs import MS_PER_HOUR as HOUR_MS
 from mlops_kpi_exporter.runs import facts_of
-from mlops_kpi_exporter.sources.mlflow_runs import run_rules
+from mlops_kpi_exporter.resolved import run_rules
 
 # The demo's cloud bill, one FOCUS export per cloud as each delivers it: AWS Data Exports (gzip CSV,
 # FOCUS 1.2, tags as user:key), Google's FOCUS view exported as Parquet (FOCUS 1.3 columns), Azure

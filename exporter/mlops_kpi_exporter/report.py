@@ -529,7 +529,7 @@ def write_report(config: Config, mlflow: MlflowConnection, period: Period, fmt: 
     """Write the report to the open text file `out`; CSV rows are written as the runs stream in.
     `mlflow` is the applied connection, set up as for `serve`."""
     from mlops_kpi_exporter.sources.kpis import KpiSource
-    from mlops_kpi_exporter.sources.mlflow_runs import run_rules
+    from mlops_kpi_exporter.resolved import run_rules
     from mlops_kpi_exporter.sources.run_sync import RunSync
 
     now_ms = now_ms or int(time.time() * 1000)

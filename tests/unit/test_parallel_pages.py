@@ -12,7 +12,7 @@ import requests
 from mlops_kpi_exporter.config import config_from_dict
 from mlops_kpi_exporter.mlflow_client import MlflowConnection, pages, pages_in_parallel
 from mlops_kpi_exporter.sources.run_sync import RunSync
-from mlops_kpi_exporter.sources.mlflow_runs import run_rules
+from mlops_kpi_exporter.resolved import run_rules
 
 
 class Page(list):

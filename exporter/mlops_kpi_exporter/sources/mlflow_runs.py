@@ -17,8 +17,7 @@ from mlops_kpi_exporter.metrics import activity, budgets, costs
 from mlops_kpi_exporter.metrics import bill_join as bill_join_metrics
 from mlops_kpi_exporter.metrics import utilization as utilization_metrics
 from mlops_kpi_exporter.mlflow_client import MlflowConnection
-from mlops_kpi_exporter.pricing import Pricer
-from mlops_kpi_exporter.runs import RunRules
+from mlops_kpi_exporter.resolved import run_rules
 from mlops_kpi_exporter.sources.artifacts import ArtifactSizes
 from mlops_kpi_exporter.sources.utilization import UtilizationReader
 from mlops_kpi_exporter.sources.run_sync import PollReport, RunSync
@@ -41,18 +40,6 @@ def render(view: RunsView) -> list[Metric]:
         *costs.storage(view),
         *costs.sync(view),
     ]
-
-
-def run_rules(config: Config) -> RunRules:
-    """What turns a run's data into facts, from the config (the report uses the same)."""
-    return RunRules(
-        pricer=Pricer(config.pricing),
-        estimator_keys=tuple(config.runs.estimator_keys),
-        timezone=config.runs.timezone,
-        allocation_tags=tuple(config.allocation.tags),
-        stale_after_ms=int(config.runs.stale_after * 1000),
-        join_tags=tuple(dict.fromkeys(r.run_tag for r in config.billing.run_join if r.run_tag)),
-    )
 
 
 class MlflowSource:
