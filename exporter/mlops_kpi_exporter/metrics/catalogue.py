@@ -415,6 +415,11 @@ CATALOGUE: tuple[MetricSpec, ...] = (
           "1 when the last SIGHUP reload of the config succeeded; 0 when it was refused and the previous config "
           "stays in force.",
           "1 when the last SIGHUP reload succeeded, 0 when it was refused (absent before any reload)", "exporter"),
+    _spec("mlops_derived_input_pending", "gauge", ("figure", "source"),
+          "1 while the figure waits for the source's first good poll (the figure is absent until every input is "
+          "in), else 0. figure: budgets, calibration or bill_join.",
+          "1 while a figure joined from several sources (`figure`: budgets, calibration, bill_join) waits for "
+          "`source`'s first good poll: the figure is absent until all its inputs are in, never partial", "exporter"),
 )
 BY_NAME = {spec.name: spec for spec in CATALOGUE}
 
