@@ -25,8 +25,8 @@ all as MLflow's bundled catalog and ours have them; my-finetune from the config:
 from __future__ import annotations
 
 import os
-import time
 import uuid
+from datetime import datetime, timezone
 
 import pytest
 
@@ -38,6 +38,11 @@ OFFLINE = {"MLFLOW_MODEL_CATALOG_URI": "", "MLFLOW_DISABLE_TELEMETRY": "true", "
            "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false"}
 FINETUNE = {"input": 0.50, "cached_input": 0.25, "output": 1.50}
 HOUR = 3600.0
+MS_NS = 1_000_000
+# Every trace is written at a fixed moment mid-month and every source polls a minute later, so the
+# month-to-date figures (and budgets) never depend on the day the tests run.
+WRITTEN_AT = datetime(2025, 6, 15, 12, tzinfo=timezone.utc).timestamp()
+POLLED_AT = WRITTEN_AT + 60
 
 
 @pytest.fixture(scope="module")
@@ -70,28 +75,24 @@ def usage(inp: int, out: int, cached: int | None = None, written: int | None = N
     return u
 
 
-def trace(experiment: str, *calls, user: str | None = None, error: bool = False) -> str:
-    """One trace: an AGENT root span with one LLM span per (model, provider, usage) call."""
+def trace(experiment: str, *calls, user: str | None = None, error: bool = False, at: float = WRITTEN_AT) -> str:
+    """One trace started at `at` (seconds): an AGENT root span with one LLM span per (model, provider, usage)
+    call, each a millisecond long."""
     import mlflow
 
     mlflow.set_experiment(experiment)
-    trace_id = ""
-    try:
-        with mlflow.start_span("agent", span_type="AGENT") as root:
-            trace_id = root.trace_id
-            if user:
-                mlflow.update_current_trace(metadata={"mlflow.trace.user": user, "mlflow.trace.session": f"s-{user}"})
-            for model, provider, tokens in calls:
-                with mlflow.start_span("llm", span_type="LLM") as span:
-                    span.set_attribute("mlflow.chat.tokenUsage", tokens)
-                    span.set_attribute("mlflow.llm.model", model)
-                    if provider:
-                        span.set_attribute("mlflow.llm.provider", provider)
-            if error:
-                raise RuntimeError("the model refused")
-    except RuntimeError:
-        pass
-    return trace_id
+    start_ns = int(at * 1e9)
+    metadata = {"mlflow.trace.user": user, "mlflow.trace.session": f"s-{user}"} if user else None
+    root = mlflow.start_span_no_context("agent", span_type="AGENT", metadata=metadata, start_time_ns=start_ns)
+    for i, (model, provider, tokens) in enumerate(calls):
+        attributes = {"mlflow.chat.tokenUsage": tokens, "mlflow.llm.model": model}
+        if provider:
+            attributes["mlflow.llm.provider"] = provider
+        span = mlflow.start_span_no_context("llm", span_type="LLM", parent_span=root, attributes=attributes,
+                                            start_time_ns=start_ns + i * MS_NS)
+        span.end(end_time_ns=start_ns + (i + 1) * MS_NS)
+    root.end(status="ERROR" if error else "OK", end_time_ns=start_ns + (len(calls) + 1) * MS_NS)
+    return root.trace_id
 
 
 def seed(prefix: str) -> dict[str, str]:
@@ -110,13 +111,14 @@ def seed(prefix: str) -> dict[str, str]:
 
 
 class Clock:
-    """Real time plus a shift: a resync comes due without waiting an hour."""
+    """A fixed moment, a minute after the seeded traces, plus a shift: a resync comes due without
+    waiting an hour, and the month's figures are the same whatever day the tests run."""
 
     def __init__(self):
         self.shift = 0.0
 
     def __call__(self) -> float:
-        return time.time() + self.shift
+        return POLLED_AT + self.shift
 
 
 def source(url: str, prefix: str, clock=None, **traces) -> TraceSource:
@@ -124,7 +126,7 @@ def source(url: str, prefix: str, clock=None, **traces) -> TraceSource:
         "mlflow": {"tracking_uri": url, "experiments": [f"{prefix}-*"], "timeout": "10s"},
         "traces": {"token_prices": {"my-finetune": FINETUNE}, **traces},
     })
-    return TraceSource(*connected(cfg), clock=clock or time.time)
+    return TraceSource(*connected(cfg), clock=clock or Clock())
 
 
 def genai(parsed: dict) -> dict:
@@ -194,7 +196,7 @@ def test_exact_figures_both_modes_and_a_restart(server, prefix):
 
     # What budgets and the report read: the month to date, and a period read afresh.
     assert agg.month_to_date() == pytest.approx({chat: 0.0101995, rag: 0.005925}, abs=1e-12)
-    now_ms = int(time.time() * 1000)
+    now_ms = int(POLLED_AT * 1000)
     names, spend = agg.spend_between(now_ms - 3_600_000, now_ms + 60_000)
     by_name = {names[e]: s for e, s in spend.items()}
     assert sum(by_name[chat].traces.values()) == 5 and sum(by_name[chat].cost.values()) == 10_199_500
@@ -215,7 +217,8 @@ def test_new_traces_once_in_progress_followed_deleted_at_resync(server, prefix):
         m, _ = poll(src)
         assert value(m, "mlops_genai_traces", experiment=chat, status="OK") == 4
 
-    trace(chat, ("gpt-4o", "openai", usage(1000, 0)))  # 1000 x 2.50 = 0.0025 more for gpt-4o
+    trace(chat, ("gpt-4o", "openai", usage(1000, 0)), at=clock())  # 1000 x 2.50 = 0.0025 more for gpt-4o
+    clock.shift = 60.0
     for src in (agg, inc):
         for _ in range(2):  # the second poll finds it again in its look-back window: still counted once
             m, summary = poll(src)
@@ -228,7 +231,7 @@ def test_new_traces_once_in_progress_followed_deleted_at_resync(server, prefix):
     running = f"tr-{uuid.uuid4().hex}"  # a trace still running: its spans have not all arrived
     client._tracing_client.store.start_trace(TraceInfo(
         trace_id=running, trace_location=TraceLocation.from_experiment_id(exp_id),
-        request_time=int(time.time() * 1000) - 1000, state=TraceState.IN_PROGRESS))
+        request_time=int(clock() * 1000) - 1000, state=TraceState.IN_PROGRESS))
     for src in (agg, inc):
         m, _ = poll(src)
         assert value(m, "mlops_genai_traces", experiment=chat, status="IN_PROGRESS") == 1
@@ -297,6 +300,7 @@ def test_a_budget_that_includes_genai_counts_the_traces_spend(server, prefix):
     mlflow, sources = prepare(cfg)
     mlflow.apply()
     by_name = {s.name: s for s in sources}
+    by_name["traces"].source.clock = by_name["mlflow"].clock = Clock()  # both read the month of the same moment
     by_name["traces"].poll()  # the traces first, as a later MLflow poll sees them
     m = samples(render(by_name["mlflow"].poll()[0]))
     assert value(m, "mlops_budget_cost_month_to_date", budget="chat-all") == pytest.approx(0.0101995, abs=1e-12)
@@ -318,7 +322,7 @@ def test_the_report_shows_genai_spend_by_experiment_and_model(server, prefix):
         "mlflow": {"tracking_uri": server.url, "experiments": [f"{prefix}-*"], "timeout": "10s"},
         "traces": {"token_prices": {"my-finetune": FINETUNE}},
     })
-    now = int(time.time() * 1000)
+    now = int(POLLED_AT * 1000)
     out = io.StringIO()
     write_report(cfg, connected(cfg)[1], Period(now - 3_600_000, now + 60_000), "json", out, now)
     data = json.loads(out.getvalue())
