@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -17,6 +17,9 @@ from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource
 
 DAY_MS = 24 * HOUR_MS
 P3 = {"instance_type": "p3.2xlarge"}
+# Every run is written relative to this moment and every source polls at it: a day and a half into a
+# month, so the healthy run's three days straddle the month's start (runs.timezone is UTC).
+NOW_MS = int(datetime(2025, 6, 2, 12, tzinfo=timezone.utc).timestamp() * 1000)
 
 
 def log_at(client, run_id: str, at_ms: int, key: str = "loss") -> None:
@@ -39,7 +42,7 @@ def store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("as-they-ran")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
-    now = int(time.time() * 1000)
+    now = NOW_MS
     start = now - 5 * HOUR_MS
     ids = {}
     for name, tags, overlapping in [("seq-untagged", {}, False), ("seq-tagged", P3, False), ("overlap", {}, True),
@@ -105,7 +108,8 @@ def test_crashed_runs_stop_costing_at_their_last_sign_of_life(store):
     assert value(m, "mlops_experiment_cost", experiment="crashes", status="KILLED") == pytest.approx(3.06)
     assert value(m, "mlops_experiment_cost", experiment="crashes", status="RUNNING") == pytest.approx(3.06 * 72)
     assert value(m, "mlops_running_hourly_cost", experiment="crashes") == pytest.approx(3.06)  # the healthy one only
-    assert value(m, "mlops_experiment_cost_month_to_date", experiment="crashes") <= 3.06 * 72 + 1e-6
+    # This month holds only the healthy run's 36 hours since June 1st; the others stopped costing in April.
+    assert value(m, "mlops_experiment_cost_month_to_date", experiment="crashes") == pytest.approx(3.06 * 36)
     assert "2 stale" in summary
     stale_ids = {dict(k[1])["run_id"] for k in m if k[0] == "mlops_run_cost" and dict(k[1])["status"] == "STALE"}
     assert stale_ids == {ids["crashed"], ids["silent"]}  # listed for the clean-up
