@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from conftest import free_port, render, samples, value
 from mlops_kpi_exporter.config import ConfigError, config_from_dict
 from mlops_kpi_exporter.metrics import serving
+from mlops_kpi_exporter.sources import endpoints
 from mlops_kpi_exporter.sources.endpoints import EndpointSource
 from mlops_kpi_exporter.pricing import Pricer
 from upstream import Reply, Upstream, fixture
@@ -59,30 +62,39 @@ def test_probe_outcomes(upstream):
 
 
 PRESET_CASES = {
-    # preset: (first scrape values, second scrape values, expected after two scrapes)
+    # preset: (first scrape values, second scrape values, expected after two scrapes); "capacity" is the
+    # requests between the scrapes, over the SCRAPE_GAP seconds between them, over 10 requests a second
     "triton": ({"OK": 100, "ERR": 2, "LAT_US": 5_000_000}, {"OK": 160, "ERR": 5, "LAT_US": 8_000_000},
-               {"requests": 165, "errors": 5, "latency_sum": 8.0, "latency_count": 160,
+               {"requests": 165, "errors": 5, "latency_sum": 8.0, "latency_count": 160, "capacity": (165 - 102) / 100,
                 "utilization": {"gpu": 0.4, "cpu": 0.25, "memory": 0.25}}),
     "torchserve": ({"OK": 50, "ERR": 1, "LAT_US": 2_000_000}, {"OK": 80, "ERR": 1, "LAT_US": 3_500_000},
-                   {"requests": 80, "errors": 1, "latency_sum": 3.5, "latency_count": 80,
+                   {"requests": 80, "errors": 1, "latency_sum": 3.5, "latency_count": 80, "capacity": (80 - 50) / 100,
                     "utilization": {"cpu": 0.4, "memory": 0.6, "gpu": 0.8}}),
     "bentoml": ({"OK": 10, "ERR": 1, "B1": 6, "B2": 9, "LAT_S": 2.0}, {"OK": 30, "ERR": 4, "B1": 20, "B2": 28, "LAT_S": 5.0},
-                {"requests": 34, "errors": 4, "latency_sum": 5.0, "latency_count": 30, "buckets": {"0.1": 20, "0.5": 28}}),
+                {"requests": 34, "errors": 4, "latency_sum": 5.0, "latency_count": 30, "capacity": (34 - 11) / 100,
+                 "buckets": {"0.1": 20, "0.5": 28}}),
     "kserve": ({"OK": 10, "B1": 6, "B2": 9, "LAT_S": 2.0}, {"OK": 30, "B1": 20, "B2": 28, "LAT_S": 5.0},
-               {"requests": 30, "latency_sum": 5.0, "latency_count": 30, "buckets": {"0.1": 20, "0.5": 28}}),
+               {"requests": 30, "latency_sum": 5.0, "latency_count": 30, "capacity": (30 - 10) / 100,
+                "buckets": {"0.1": 20, "0.5": 28}}),
     "vllm": ({"OK": 10, "ERR": 1, "B1": 6, "B2": 9, "LAT_S": 2.0}, {"OK": 30, "ERR": 2, "B1": 20, "B2": 28, "LAT_S": 5.0},
-             {"requests": 32, "errors": 2, "latency_sum": 5.0, "latency_count": 30, "utilization": {"kv_cache": 0.42}}),
+             {"requests": 32, "errors": 2, "latency_sum": 5.0, "latency_count": 30, "capacity": (32 - 11) / 100,
+              "utilization": {"kv_cache": 0.42}}),
 }
+SCRAPE_GAP = 10.0
 
 
 @pytest.mark.parametrize("preset", sorted(PRESET_CASES))
-def test_presets_normalize_documented_payloads(upstream, preset):
+def test_presets_normalize_documented_payloads(upstream, preset, monkeypatch):
     first, second, want = PRESET_CASES[preset]
     labels = {"model": "churn"} if preset == "triton" else {}
     source = source_for(upstream.url, f"{upstream.url}/metrics", preset=preset, probe=None, metrics_labels=labels,
                         capacity_rps=10)
+    # The source times its scrapes with time.monotonic: a clock of the test's own instead, for an exact rate.
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(endpoints, "time", SimpleNamespace(monotonic=lambda: clock["now"]))
     upstream.replies["/metrics"] = Reply(200, fixture(preset, **first))
     poll(source)
+    clock["now"] += SCRAPE_GAP
     upstream.replies["/metrics"] = Reply(200, fixture(preset, **second))
     m = poll(source)
     assert value(m, "mlops_endpoint_metrics_up", endpoint="churn") == 1
@@ -97,7 +109,8 @@ def test_presets_normalize_documented_payloads(upstream, preset):
         assert value(m, "mlops_endpoint_request_duration_seconds_bucket", endpoint="churn", le=le) == count
     for resource, ratio in want.get("utilization", {}).items():
         assert value(m, "mlops_endpoint_utilization_ratio", endpoint="churn", resource=resource) == pytest.approx(ratio)
-    assert value(m, "mlops_endpoint_utilization_ratio", endpoint="churn", resource="capacity") >= 0
+    assert value(m, "mlops_endpoint_utilization_ratio", endpoint="churn", resource="capacity") == pytest.approx(
+        want["capacity"])
 
 
 def test_upstream_restart_never_gives_negative_or_huge_rates(upstream):
