@@ -176,6 +176,30 @@ def render(families) -> str:
     return generate_latest(registry).decode()
 
 
+class InProcess:
+    """The exporter's own store, poller and registry over these sources, the derived stage included:
+    `poll()` polls them (each once, in order) and returns what /metrics shows then."""
+
+    def __init__(self, config, sources):
+        from mlops_kpi_exporter.cli import build_registry, build_store
+        from mlops_kpi_exporter.poller import Poller
+
+        self.config, self.sources = config, list(sources)
+        self.store = build_store(config, self.sources)
+        self.poller = Poller(self.sources, self.store)
+        self.registry = build_registry(self.store, config)
+
+    def poll(self, *sources) -> dict:
+        for source in sources or self.sources:
+            assert self.poller.poll_once(source), source.name
+        return self.samples()
+
+    def samples(self) -> dict:
+        from prometheus_client.exposition import generate_latest
+
+        return samples(generate_latest(self.registry).decode())
+
+
 @pytest.fixture(scope="session")
 def promtool() -> str:
     path = shutil.which("promtool")

@@ -24,10 +24,9 @@ def demo_exposition(workdir: Path) -> str:
     from prometheus_client.exposition import generate_latest
 
     from mlops_kpi_exporter import demo
-    from mlops_kpi_exporter.cli import build_registry, prepare
+    from mlops_kpi_exporter.cli import build_registry, build_store, prepare
     from mlops_kpi_exporter.config import config_from_dict
     from mlops_kpi_exporter.poller import Poller
-    from mlops_kpi_exporter.snapshot import SnapshotStore
 
     db = workdir / "mlflow.db"
     demo.seed(f"sqlite:///{db.resolve()}", workdir / "artifacts", now_ms=NOW_MS)
@@ -38,14 +37,11 @@ def demo_exposition(workdir: Path) -> str:
     mlflow, sources = prepare(config)
     mlflow.apply()
     for source in sources:
-        inner = getattr(source, "source", source)  # a source handing its figures on wraps the one with a clock
-        if hasattr(inner, "clock"):
-            inner.clock = lambda: NOW_MS / 1000
-    store = SnapshotStore()
+        if hasattr(source, "clock"):
+            source.clock = lambda: NOW_MS / 1000
+    store = build_store(config, sources)
     poller = Poller(sources, store)
-    # the bills and the traces first: the MLflow source's calibrated and joined figures, and the budgets that
-    # include GenAI spend, use what they read
-    for source in sorted(sources, key=lambda s: s.name == "mlflow"):
+    for source in sources:  # in any order: the derived stage joins their facts once all are in
         assert poller.poll_once(source), source.name
     return mask(generate_latest(build_registry(store, config)).decode(), str(workdir))
 

@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 a source could not be read; 2 bad config or usage; 3 ca
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
@@ -18,6 +19,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from mlops_kpi_exporter import __version__
+from mlops_kpi_exporter.derived import Plan, derive
 from mlops_kpi_exporter.config import (
     DEFAULT_PORT,
     Config,
@@ -68,20 +70,17 @@ def prepare(config: Config) -> tuple[MlflowConnection, list[Source]]:
 
 
 def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
-    from mlops_kpi_exporter.bill_share import SharedBills
-    from mlops_kpi_exporter.genai_share import Publishing, SharedGenAI
     from mlops_kpi_exporter.sources.kpis import KpiSource
     from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource
     from mlops_kpi_exporter.sources.registry import RegistrySource
 
-    shared = SharedBills() if config.pricing.calibrate_from_bill or config.billing.run_join else None
-    genai = SharedGenAI() if any("genai" in b.include for b in config.budgets) else None
-    sources: list[Source] = [MlflowSource(config, mlflow, bills=shared, genai=genai)]
+    sources: list[Source] = [MlflowSource(config, mlflow)]
     # Sharded (mlflow.shard): every shard watches its own experiments; what is not split by experiment
     # (KPIs, the registry, the bill's own figures, endpoints) runs on the first shard only, so that
-    # Prometheus can sum the shards. The others still read the bill for their runs' join and
-    # calibration, without exporting it.
+    # Prometheus can sum the shards. The others still read the FOCUS bills for their runs' join and
+    # calibration, without exporting them.
     first = config.mlflow.shard is None or config.mlflow.shard.first
+    joins_bill = config.pricing.calibrate_from_bill or bool(config.billing.run_join)
     if config.kpis and first:
         sources.append(KpiSource(config, mlflow))
     if config.registry.enabled and first:
@@ -89,12 +88,11 @@ def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
     if config.traces.enabled:  # split by experiment like the runs: every shard counts its own traces
         from mlops_kpi_exporter.sources.traces import TraceSource
 
-        traces = TraceSource(config, mlflow)
-        sources.append(traces if genai is None else Publishing(traces, genai))
-    if config.billing.sources and (first or shared is not None):
+        sources.append(TraceSource(config, mlflow))
+    if config.billing.sources and (first or joins_bill):
         from mlops_kpi_exporter.sources.billing import bill_sources
 
-        sources += bill_sources(config, shared, export=first)
+        sources += bill_sources(config, export=first)
     if config.endpoints and first:
         from mlops_kpi_exporter.sources.endpoints import EndpointSource
         from mlops_kpi_exporter.pricing import Pricer
@@ -102,6 +100,12 @@ def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
         pricer = Pricer(config.pricing)
         sources += [EndpointSource(endpoint, config, pricer) for endpoint in config.endpoints]
     return sources
+
+
+def build_store(config: Config, sources: list[Source]) -> SnapshotStore:
+    """The snapshot store of these sources, with the derived stage the config asks for."""
+    plan = Plan.of(config, [source.name for source in sources])
+    return SnapshotStore(derive=functools.partial(derive, plan))
 
 
 def build_registry(store: SnapshotStore, config: Config) -> CollectorRegistry:
@@ -132,7 +136,7 @@ def serve(config: Config, listen: tuple[str, int] | None, title: str = "mlops-kp
     web = load_web_config(web_file) if web_file else None
     mlflow, sources = prepare(config)
     mlflow.apply()
-    store = SnapshotStore()
+    store = build_store(config, sources)
     poller = Poller(sources, store)
     host, port = listen or parse_listen(config.server.listen)
     auth = BasicAuth(web.basic_auth_users) if web and web.basic_auth_users else None
@@ -180,7 +184,7 @@ def _reload(path: str | None, app: ExporterApp, poller: Poller) -> Poller | None
         return None
     poller.stop(wait=True)  # no poll of the old config may run with the new credentials
     mlflow.apply()
-    store = SnapshotStore()
+    store = build_store(config, sources)
     fresh = Poller(sources, store)
     store.reload_result(True)
     app.swap(build_registry(store, config), store, _links(config))
@@ -193,14 +197,11 @@ def _reload(path: str | None, app: ExporterApp, poller: Poller) -> Poller | None
 def once(config: Config) -> int:
     mlflow, sources = prepare(config)
     mlflow.apply()
-    store = SnapshotStore()
+    store = build_store(config, sources)
     poller = Poller(sources, store)
-    # the MLflow source last: its calibrated and joined figures and GenAI budgets use what the bills and
-    # the traces read (`serve` polls all at once and has them from the MLflow source's next poll)
-    first = [s for s in sources if s.name != "mlflow"]
+    # all at once, as `serve` starts them: the derived figures are whole once every input has polled
     with ThreadPoolExecutor(max_workers=max(1, len(sources))) as pool:
-        failed = [ok for ok in pool.map(poller.poll_once, first) if not ok]
-        failed += [ok for ok in pool.map(poller.poll_once, [s for s in sources if s.name == "mlflow"]) if not ok]
+        failed = [ok for ok in pool.map(poller.poll_once, sources) if not ok]
     sys.stdout.write(generate_latest(build_registry(store, config)).decode())
     _, states = store.states()
     for state in states:

@@ -364,12 +364,7 @@ class RunLedger:
         return (run for run in self.open_runs.values() if run.run_id not in self.within)
 
     def cost_of(self, run: RunFacts, now_ms: int) -> int:
-        """A run's cost in nano: its own, or its share of its parent's (see runs.shares)."""
-        if run.run_id not in self.within:
-            return run.cost_nano(now_ms)
-        parent = self.runs[run.parent_run_id]  # type: ignore[index]
-        siblings = [self.runs[c] for c in self.children[parent.run_id] if c in self.within]
-        return shares(parent, siblings, now_ms)[run.run_id]
+        return share_of(run, self.runs, self.children, self.within, now_ms)
 
     def stale_counts(self) -> Counter[str]:
         """Runs left RUNNING with no sign of life, per experiment."""
@@ -377,6 +372,14 @@ class RunLedger:
 
     def skip_counts(self) -> Counter[str]:
         return Counter(reason for _, reason in self.skipped.values())
+
+
+def share_of(run: RunFacts, runs, children, within, now_ms: int) -> int:
+    """A run's cost in nano: its own, or its share of its parent's (see runs.shares)."""
+    if run.run_id not in within:
+        return run.cost_nano(now_ms)
+    parent = runs[run.parent_run_id]
+    return shares(parent, [runs[c] for c in children[parent.run_id] if c in within], now_ms)[run.run_id]
 
 
 def _open_month_costs(run: RunFacts, now_ms: int, rules: RunRules) -> tuple[tuple[str, int], ...]:

@@ -30,6 +30,9 @@ class Source(Protocol):
     def check(self) -> str:
         """Reach the source once; a line for the person running `check`. Raises on failure."""
 
+    # Optional: `facts() -> object | None`, what the derived stage joins (facts.py), read right after
+    # each good poll in the same thread.
+
 
 def describe_error(exc: BaseException) -> str:
     """One line, bounded, for logs, the landing page and stderr (messages carry no credentials)."""
@@ -72,7 +75,8 @@ class Poller:
             return False
         duration = time.monotonic() - started
         self.failures[source.name] = 0
-        self.store.success(source.name, families, duration, summary)
+        facts = source.facts() if hasattr(source, "facts") else None
+        self.store.success(source.name, families, duration, summary, facts)
         report = getattr(source, "last_report", None)  # the MLflow source's counts, for JSON logs
         log.info("poll ok source=%s duration=%.3fs %s", source.name, duration, summary,
                  extra={"event": "poll", "source": source.name, "ok": True, "duration_seconds": round(duration, 4),

@@ -1,22 +1,35 @@
-"""The latest complete poll of every source, and the collector that renders it.
+"""The latest complete poll of every source, the derived figures over them, and the collector that
+renders it all.
 
-Sources poll in the background and hand over finished metric families; a scrape only reads what is
-here (it never calls MLflow or an endpoint). Each update replaces a source's whole immutable state,
-so a scrape sees either the old poll or the new one, never half of each. A failed poll keeps the
-last good families and only changes the source's health figures.
+Sources poll in the background and hand over finished metric families and their facts (facts.py);
+a scrape only reads what is here (it never calls MLflow or an endpoint). Each update replaces a
+source's whole immutable state and, when it brought new facts, the derived stage's figures
+(derived.py) in the same step, so a scrape sees either the old poll or the new one, never half of
+each, and never a joined figure of the old facts beside its sources' new ones. A failed poll keeps
+the last good families and facts and only changes the source's health figures.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from mlops_kpi_exporter.metrics.exporter import health
+
+log = logging.getLogger(__name__)
+SLOT_PREFIX = "__slot_"
+
+
+def slot(name: str) -> Metric:
+    """A marker in a source's families: the derived figures of place `name` are rendered here, so
+    that they keep their place in the exposition beside the figures they are read with."""
+    return Metric(SLOT_PREFIX + name, "", "untyped")
 
 
 @dataclass(frozen=True)
@@ -30,12 +43,33 @@ class SourceState:
     last_duration: float | None = None
     last_error: str | None = None
     detail: str = ""  # one line for the landing page, e.g. "1,234 runs in 5 experiments"
+    facts: object | None = None  # of the last good poll, for the derived stage (facts.py); None before one
+
+
+@dataclass(frozen=True)
+class Derived:
+    """The derived stage's output (derived.Derived has this shape): families by slot, and the
+    figures' pending inputs."""
+
+    slots: Mapping[str, tuple[Metric, ...]] = field(default_factory=dict)
+    pending: tuple[Metric, ...] = ()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: int
+    states: tuple[SourceState, ...]
+    derived: Derived
 
 
 class SnapshotStore:
-    def __init__(self) -> None:
+    def __init__(self, derive: Callable[[Mapping[str, object]], Derived] | None = None, clock=time.time) -> None:
         self._lock = threading.Lock()
+        self._derive_lock = threading.Lock()  # one derivation at a time, each from the latest facts
         self._states: dict[str, SourceState] = {}
+        self._derive = derive
+        self._derived = derive({}) if derive is not None else Derived()
+        self.clock = clock
         self.version = 0  # bumped on every change; lets the HTTP layer reuse a rendered page
         self.reload_ok: bool | None = None  # outcome of the last SIGHUP config reload; None before any
 
@@ -47,21 +81,29 @@ class SnapshotStore:
     def register(self, name: str) -> None:
         self._set(SourceState(name=name))
 
-    def success(self, name: str, families: Iterable[Metric], duration: float, detail: str = "") -> None:
-        with self._lock:
-            old = self._states[name]
-            new = replace(
-                old,
-                families=tuple(families),
-                up=True,
-                polls_total=old.polls_total + 1,
-                last_success=time.time(),
-                last_duration=duration,
-                last_error=None,
-                detail=detail,
-            )
-            self._states[name] = new
-            self.version += 1
+    def success(self, name: str, families: Iterable[Metric], duration: float, detail: str = "",
+                facts: object | None = None) -> None:
+        """A good poll; `facts`, when the source hands some, replace its last and the derived figures
+        are computed again before both are published together."""
+        with self._derive_lock:
+            with self._lock:
+                old = self._states[name]
+                new = replace(old, families=tuple(families), up=True, polls_total=old.polls_total + 1,
+                              last_success=self.clock(), last_duration=duration, last_error=None, detail=detail,
+                              facts=facts if facts is not None else old.facts)
+                inputs = {n: s.facts for n, s in self._states.items() if s.facts is not None and n != name}
+            derived = self._derived
+            if facts is not None and self._derive is not None:
+                if new.facts is not None:
+                    inputs[name] = new.facts
+                try:
+                    derived = self._derive(inputs)
+                except Exception:  # a defect on odd data: logged whole, the last derived figures stay
+                    log.exception("derived figures not updated after the poll of %s", name)
+            with self._lock:
+                self._states[name] = new
+                self._derived = derived
+                self.version += 1
 
     def failure(self, name: str, error: str, duration: float) -> None:
         with self._lock:
@@ -85,6 +127,10 @@ class SnapshotStore:
         with self._lock:
             return self.version, tuple(self._states.values())
 
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return Snapshot(self.version, tuple(self._states.values()), self._derived)
+
 
 class ExporterCollector(Collector):
     """Renders the store: exporter info, per-source health, then every source's last good poll."""
@@ -99,10 +145,24 @@ class ExporterCollector(Collector):
         return []  # nothing to probe at registration; collect() is cheap and side-effect free
 
     def collect(self) -> Iterator[Metric]:
-        _, states = self.store.states()
-        yield from health(states, self.version, self.currency, self.store.reload_ok)
+        snap = self.store.snapshot()
+        yield from health(snap.states, self.version, self.currency, self.store.reload_ok)
+        yield from snap.derived.pending
         yield from self.static
-        yield from merge_families(f for state in states for f in state.families)
+        yield from placed(merge_families(f for state in snap.states for f in state.families), snap.derived.slots)
+
+
+def placed(families: Iterable[Metric], slots: Mapping[str, tuple[Metric, ...]]) -> Iterator[Metric]:
+    """The families with each slot marker replaced by that slot's derived families; a slot whose
+    marker no source has given (its source not polled yet) comes last."""
+    left = dict(slots)
+    for family in families:
+        if family.name.startswith(SLOT_PREFIX):
+            yield from left.pop(family.name[len(SLOT_PREFIX):], ())
+        else:
+            yield family
+    for rest in left.values():
+        yield from rest
 
 
 def merge_families(families: Iterable[Metric]) -> list[Metric]:

@@ -7,9 +7,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import add_run, connected, render, samples, value
+from conftest import InProcess, add_run, connected, value
 from focus_rows import FOCUS_13_SPLIT, row, write_csv, write_parquet
-from mlops_kpi_exporter.bill_share import SharedBills
 from mlops_kpi_exporter.config import config_from_dict
 from mlops_kpi_exporter.sources.billing import bill_sources
 from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource
@@ -59,16 +58,11 @@ def setup(mlflow_server, prefix, folder, pricing=None, **billing):
                                  {"bill_tag": "ClusterId", "run_tag": "mlflow.databricks.cluster.id"}], **billing},
         "allocation": {"tag_aliases": {"mlflow_run_id": ["mlflow_run_id", "user:mlflow_run_id"]}},
     })
-    shared = SharedBills()
-    bills = bill_sources(config, shared)
-    mlflow = MlflowSource(*connected(config), clock=lambda: NOW.timestamp(), bills=shared)
-    return bills, mlflow
+    return InProcess(config, [MlflowSource(*connected(config), clock=lambda: NOW.timestamp()), *bill_sources(config)])
 
 
-def poll_all(bills, mlflow):
-    for bill in bills:
-        bill.poll()
-    return samples(render(mlflow.poll()[0]))
+def poll_all(exporter):
+    return exporter.poll()
 
 
 def write_bill(folder, ids, cluster_hour_one="12", restated=False):
@@ -101,8 +95,7 @@ def billed(m, prefix, run_id, name, exp="train", basis="billed", status="FINISHE
 def test_runs_joined_by_id_and_by_cluster_split_with_the_idle_rest(mlflow_server, runs, tmp_path):
     prefix, ids = runs
     write_bill(tmp_path / "bill", ids)
-    bills, mlflow = setup(mlflow_server, prefix, tmp_path / "bill")
-    m = poll_all(bills, mlflow)
+    m = poll_all(setup(mlflow_server, prefix, tmp_path / "bill"))
 
     assert billed(m, prefix, ids["a"], "a") == 5.5  # 5 compute + 0.5 storage
     assert billed(m, prefix, ids["a"], "a", basis="list") == 6.5
@@ -137,21 +130,21 @@ def test_a_late_bill_a_restated_month_and_a_restart(mlflow_server, runs, tmp_pat
     prefix, ids = runs
     folder = tmp_path / "bill"
     write_bill(folder, ids)
-    bills, mlflow = setup(mlflow_server, prefix, folder)
-    poll_all(bills, mlflow)
+    exporter = setup(mlflow_server, prefix, folder)
+    poll_all(exporter)
     # the bill catches up with this morning's run e: its billed cost appears
     write_csv(folder / "today.csv", [row("8", "7", "9", *period(ms(20, 9), ms(20, 11)), tags={"mlflow_run_id": ids["e"]})])
-    m = poll_all(bills, mlflow)
+    m = poll_all(exporter)
     assert billed(m, prefix, ids["e"], "e") == 8.0
     # the month restated: the cluster's first hour was 24, not 12; a late row for run a
     write_bill(folder, ids, cluster_hour_one="24", restated=True)
-    m = poll_all(bills, mlflow)
+    m = poll_all(exporter)
     assert billed(m, prefix, ids["c"], "c", exp="tune") == pytest.approx(24 * 0.75 / 2)  # replaced, not added
     assert billed(m, prefix, ids["a"], "a") == pytest.approx(5.5 + 2)
     assert value(m, "mlops_billing_join_idle_cost", bill="aws", provider="AWS", month="2026-11", key="c-1",
                  cost_basis="billed") == pytest.approx(6 + 12)
     # a restart: new sources over the same files give identical figures
-    again = poll_all(*setup(mlflow_server, prefix, folder))
+    again = poll_all(setup(mlflow_server, prefix, folder))
     joined = {k: v for k, v in m.items() if "billed" in k[0] or k[0].startswith("mlops_billing_")}
     assert joined and joined == {k: v for k, v in again.items() if k in joined}
 
@@ -164,8 +157,7 @@ def test_the_report_shows_billed_cost_per_experiment_and_run_beside_the_estimate
 
     prefix, ids = runs
     write_bill(tmp_path / "bill", ids)
-    bills, mlflow = setup(mlflow_server, prefix, tmp_path / "bill")
-    config = mlflow.config
+    config = setup(mlflow_server, prefix, tmp_path / "bill").config
     now = int(NOW.timestamp() * 1000)
     out = io.StringIO()
     write_report(config, connected(config)[1], Period(ms(1, 0), now), "json", out, now)
@@ -186,9 +178,29 @@ def test_the_report_shows_billed_cost_per_experiment_and_run_beside_the_estimate
 def test_calibration_uses_the_machine_types_billed_ratio_for_runs_not_yet_on_the_bill(mlflow_server, runs, tmp_path):
     prefix, ids = runs
     write_bill(tmp_path / "bill", ids)
-    m = poll_all(*setup(mlflow_server, prefix, tmp_path / "bill", pricing={"calibrate_from_bill": True}))
+    m = poll_all(setup(mlflow_server, prefix, tmp_path / "bill", pricing={"calibrate_from_bill": True}))
     # train: a (p3.2xlarge 1 h, 3.06), b (m5.xlarge 30 min, 0.096), e (p3.2xlarge 2 h, 6.12, not billed yet).
-    # p3.2xlarge was billed 5.5 for 3.06 of estimate; m5.xlarge 10 for 0.192 (b and c): each type its ratio
-    p3, m5 = 5.5 / 3.06, 10 / 0.192
+    # p3.2xlarge was billed 5.5 for 3.06 of estimate: e, not on the bill yet, is scaled by it. a and b are
+    # billed already: their estimate is left as it is (their billed cost stands apart, not scaled twice)
+    p3 = 5.5 / 3.06
     assert value(m, "mlops_experiment_calibrated_cost", experiment=f"{prefix}-train") == pytest.approx(
-        (3.06 + 6.12) * p3 + 0.096 * m5)
+        3.06 + 6.12 * p3 + 0.096)
+    assert value(m, "mlops_experiment_billed_cost", experiment=f"{prefix}-train", month="2026-11",
+                 cost_basis="billed") == pytest.approx(5.5 + 5.5)
+    # tune: c (m5.xlarge, billed) and d (g4dn.xlarge, billed): nothing left to scale
+    assert value(m, "mlops_experiment_calibrated_cost", experiment=f"{prefix}-tune") == pytest.approx(
+        value(m, "mlops_experiment_cost", experiment=f"{prefix}-tune", status="FINISHED"))
+
+
+def test_joined_figures_are_absent_until_the_bill_is_read_and_say_what_they_wait_for(mlflow_server, runs, tmp_path):
+    prefix, ids = runs
+    write_bill(tmp_path / "bill", ids)
+    exporter = setup(mlflow_server, prefix, tmp_path / "bill")
+    mlflow, bill = exporter.sources
+    m = exporter.poll(mlflow)  # the runs are in, the bill is not: no billed figure, not even a 0
+    assert not any("billed" in name or name.startswith("mlops_billing_join") for name, _ in m)
+    assert value(m, "mlops_derived_input_pending", figure="bill_join", source="billing:aws") == 1
+    assert value(m, "mlops_derived_input_pending", figure="bill_join", source="mlflow") == 0
+    m = exporter.poll(bill)
+    assert value(m, "mlops_experiment_billed_runs", experiment=f"{prefix}-train") == 2
+    assert value(m, "mlops_derived_input_pending", figure="bill_join", source="billing:aws") == 0

@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import HOUR_MS, add_run, connected, render, samples, value
+from conftest import HOUR_MS, InProcess, add_run, connected, value
 from focus_rows import row, write_csv
-from mlops_kpi_exporter.bill_share import SharedBills, catalog_provider
+from mlops_kpi_exporter.bill import catalog_provider
 from mlops_kpi_exporter.config import ConfigError, config_from_dict
 from mlops_kpi_exporter.sources.billing import bill_sources
 from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource
@@ -52,15 +52,14 @@ def test_catalog_prices_are_scaled_by_the_bills_effective_to_list_ratio(mlflow_s
         "allocation": {"tags": ["team"]},
         "billing": {"sources": [{"name": "aws", "focus": str(tmp_path / "bill.csv")}]},
     })
-    calibration = SharedBills()
-    (bill,) = bill_sources(config, calibration)
-    mlflow = MlflowSource(*connected(config), clock=lambda: NOW, bills=calibration)
+    mlflow = MlflowSource(*connected(config), clock=lambda: NOW)
+    exporter = InProcess(config, [mlflow, *bill_sources(config)])
 
-    before = samples(render(mlflow.poll()[0]))  # no bill read yet: no calibrated figure, never list shown as calibrated
+    before = exporter.poll(mlflow)  # no bill read yet: no calibrated figure, never list shown as calibrated
     assert not any(name.startswith("mlops_price_calibration") or "calibrated" in name for name, _ in before)
+    assert value(before, "mlops_derived_input_pending", figure="calibration", source="billing:aws") == 1
 
-    bill.poll()
-    m = samples(render(mlflow.poll()[0]))
+    m = exporter.poll(exporter.sources[1])
     assert value(m, "mlops_price_calibration_factor", provider="aws") == pytest.approx(0.6)
     assert value(m, "mlops_price_calibration_factor", provider="gcp") == pytest.approx(0.8)
     name = f"{prefix}-train"

@@ -13,7 +13,8 @@ from mlops_kpi_exporter.metrics import bill_join as metrics
 from mlops_kpi_exporter.pricing import Pricer
 from mlops_kpi_exporter.runs import MS_PER_HOUR, NANO, RunRules, make_facts
 from mlops_kpi_exporter.sources.billing import Bill
-from mlops_kpi_exporter.views import RunsView
+from mlops_kpi_exporter.facts import LedgerFacts
+from mlops_kpi_exporter.views import BillView
 
 NOW = 1_794_744_000_000  # 2026-11-15 12:00 UTC
 H = MS_PER_HOUR
@@ -69,9 +70,10 @@ def test_ten_thousand_joined_runs_keep_the_series_bounded():
         return [book.runs[i] for i in book.join_index.get((0, key), ())]
 
     joined = join([bill], (Rule(run="run_id"), Rule(run_tag="cluster")), runs_for, NOW)
-    ratios = calibration_ratios(joined, book, NOW, 30 * 24 * H)
-    view = RunsView(ledger=book, experiments={"0": "a", "1": "b", "2": "c"}, now_ms=NOW, rules=RULES, currency="USD",
-                    max_run_series=100, joined=joined, calibration_ratios=ratios, max_join_keys=20)
+    facts = LedgerFacts.of(book, {"0": "a", "1": "b", "2": "c"}, NOW, RULES, join=True, series=100)
+    ratios = calibration_ratios(joined, facts.runs, NOW, 30 * 24 * H)
+    view = BillView(ledger=facts, currency="USD", timezone="UTC", joined=joined, calibration_ratios=ratios,
+                    max_join_keys=20)
     m = samples(render(metrics.families(view)))
     count = lambda name: sum(1 for n, _ in m if n == name)  # noqa: E731
     assert count("mlops_run_billed_cost") == 100 * 3  # the per-run series' runs, three bases

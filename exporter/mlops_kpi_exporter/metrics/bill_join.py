@@ -10,7 +10,7 @@ from prometheus_client.metrics_core import Metric
 from mlops_kpi_exporter.metrics import OTHER
 from mlops_kpi_exporter.metrics.catalogue import family
 from mlops_kpi_exporter.runs import NANO
-from mlops_kpi_exporter.views import RunsView
+from mlops_kpi_exporter.views import BillView
 
 BASES = ("billed", "effective", "list")
 
@@ -24,15 +24,15 @@ def _sum(a: list[int], b: list[int]) -> list[int]:
     return [x + y for x, y in zip(a, b)]
 
 
-def families(view: RunsView) -> list[Metric]:
-    joined = view.joined
-    if joined is None:
+def families(view: BillView) -> list[Metric]:
+    joined, at_poll = view.joined, view.ledger.runs
+    if joined is None or at_poll is None:
         return []
-    cur, ledger = view.currency, view.ledger
+    cur = view.currency
     per_exp: dict[tuple[str, str], list[int]] = {}
-    complete: dict[str, int] = {exp_id: 0 for exp_id in view.experiments}
+    complete: dict[str, int] = {exp_id: 0 for exp_id in view.ledger.experiments}
     for run_id, months in joined.run_costs.items():
-        run = ledger.runs.get(run_id)
+        run = at_poll.runs.get(run_id)
         if run is None:
             continue
         for month, costs in months.items():
@@ -47,7 +47,7 @@ def families(view: RunsView) -> list[Metric]:
     for exp_id, count in sorted(complete.items(), key=lambda kv: view.name(kv[0])):
         runs.add_metric([view.name(exp_id)], count)
     per_run = family("mlops_run_billed_cost", currency=cur)
-    for run in ledger.run_series(view.max_run_series):
+    for run in at_poll.series:
         if joined.complete(run):
             _costs(per_run, [view.name(run.experiment_id), run.run_id, run.run_name, run.status],
                    joined.run_total(run.run_id))

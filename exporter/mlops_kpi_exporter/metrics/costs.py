@@ -7,7 +7,7 @@ from collections import Counter
 from prometheus_client.metrics_core import Metric
 
 from mlops_kpi_exporter.config import Config
-from mlops_kpi_exporter.views import RunsView
+from mlops_kpi_exporter.views import BillView, RunsView
 from mlops_kpi_exporter.metrics import OTHER
 from mlops_kpi_exporter.metrics.catalogue import family
 from mlops_kpi_exporter.runs import NANO, SKIP_REASONS, UNTAGGED
@@ -119,12 +119,14 @@ def allocation_by_month(view: RunsView) -> list[Metric]:
     return [by_month]
 
 
-def calibrated(view: RunsView) -> list[Metric]:
+def calibrated(view: BillView) -> list[Metric]:
     """The estimate with catalog (list) prices scaled by the bill's effective/list factor per provider,
-    beside the list-price figures; nothing until a bill has given a factor."""
+    beside the list-price figures; nothing until a bill has given a factor. Runs whose billed cost is
+    known (billing.run_join) are not scaled: their bill stands apart (mlops_experiment_billed_cost)."""
     if view.calibration is None or not view.calibration:
         return []
-    factors, by_type, cur = view.calibration, view.calibration_by_type, view.currency
+    factors, by_type, cur, facts = view.calibration, view.calibration_by_type, view.currency, view.ledger
+    billed_exp, billed_month = view.billed_catalog.get("by_exp", {}), view.billed_catalog.get("by_month", {})
 
     def scale(provider: str, instance_type: str) -> float:
         """What a catalog price becomes: the joined runs' billed/estimate ratio of its machine type
@@ -134,21 +136,21 @@ def calibrated(view: RunsView) -> list[Metric]:
     factor = family("mlops_price_calibration_factor")
     for provider, value in sorted(factors.items()):
         factor.add_metric([provider], value)
-    by_exp, by_month = view.ledger.catalog_costs(view.now_ms, view.rules)
-    per_exp: dict[str, float] = {}
-    for (exp_id, _), totals in view.ledger.status_totals(view.now_ms).items():
-        per_exp[exp_id] = per_exp.get(exp_id, 0.0) + totals.cost_nano
-    for (exp_id, provider, kind), nano in by_exp.items():
-        per_exp[exp_id] = per_exp.get(exp_id, 0.0) + nano * (scale(provider, kind) - 1)
+    per_exp: dict[str, float] = dict(facts.cost_by_experiment)
+    for (exp_id, provider, kind), nano in facts.catalog_by_experiment.items():
+        scaled = nano - billed_exp.get((exp_id, provider, kind), 0)
+        per_exp[exp_id] = per_exp.get(exp_id, 0.0) + scaled * (scale(provider, kind) - 1)
     experiment = family("mlops_experiment_calibrated_cost", currency=cur)
     for exp_id, nano in sorted(per_exp.items(), key=lambda kv: view.name(kv[0])):
         experiment.add_metric([view.name(exp_id)], nano / NANO)
     out = [factor, experiment]
     if view.allocation_tags and view.bill_months:
-        listed = view.ledger.month_tag_costs(view.now_ms, view.rules)
+        listed = facts.month_tag_cost
         shifted: dict[tuple[str, int, str], float] = dict(listed)
-        for (provider, kind, month, index, value), nano in by_month.items():
-            shifted[(month, index, value)] = shifted.get((month, index, value), 0) + nano * (scale(provider, kind) - 1)
+        for key, nano in facts.catalog_by_month_tag.items():
+            provider, kind, month, index, value = key
+            scaled = nano - billed_month.get(key, 0)
+            shifted[(month, index, value)] = shifted.get((month, index, value), 0) + scaled * (scale(provider, kind) - 1)
         by_tag = family("mlops_calibrated_cost_by_tag_month", currency=cur)
         for month in sorted({month for month, _, _ in listed})[-view.bill_months:]:
             for index, tag in enumerate(view.allocation_tags):

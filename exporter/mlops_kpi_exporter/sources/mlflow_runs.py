@@ -7,14 +7,12 @@ import time
 
 from prometheus_client.metrics_core import Metric
 
-from mlops_kpi_exporter.bill_join import calibration_ratios, join
-from mlops_kpi_exporter.bill_share import SharedBills, catalog_provider
 from mlops_kpi_exporter.config import Config
-from mlops_kpi_exporter.genai_share import SharedGenAI
+from mlops_kpi_exporter.facts import LedgerFacts
 from mlops_kpi_exporter.ledger import RunLedger
+from mlops_kpi_exporter.snapshot import slot
 from mlops_kpi_exporter.views import RunsView
 from mlops_kpi_exporter.metrics import activity, budgets, costs
-from mlops_kpi_exporter.metrics import bill_join as bill_join_metrics
 from mlops_kpi_exporter.metrics import utilization as utilization_metrics
 from mlops_kpi_exporter.mlflow_client import MlflowConnection
 from mlops_kpi_exporter.resolved import run_rules
@@ -24,18 +22,19 @@ from mlops_kpi_exporter.sources.run_sync import PollReport, RunSync
 
 
 def render(view: RunsView) -> list[Metric]:
-    """Every family of the MLflow source, in exposition order."""
+    """Every family of the MLflow source, in exposition order; the derived stage's figures (budgets,
+    the bill's calibration and join: they need other sources' facts too) take the marked places."""
     return [
         *costs.experiments(view),
         *costs.run_series(view),
         *activity.start_hours_and_estimators(view),
         *activity.distributions(view),
         *costs.bookkeeping(view),
-        *budgets.families(view),
+        *budgets.experiment_month(view),
+        slot("budgets"),
         *costs.allocation(view),
         *costs.allocation_by_month(view),
-        *costs.calibrated(view),
-        *bill_join_metrics.families(view),
+        slot("bill"),
         *utilization_metrics.families(view),
         *costs.storage(view),
         *costs.sync(view),
@@ -45,11 +44,8 @@ def render(view: RunsView) -> list[Metric]:
 class MlflowSource:
     name = "mlflow"
 
-    def __init__(self, config: Config, mlflow: MlflowConnection, clock=time.time, bills: SharedBills | None = None,
-                 genai: SharedGenAI | None = None):
+    def __init__(self, config: Config, mlflow: MlflowConnection, clock=time.time):
         self.config = config
-        self.genai = genai  # the traces source's month to date, for budgets that include GenAI spend
-        self.bills = bills  # the billing sources' latest bills: calibration and the run join
         self.rules = run_rules(config)
         self.interval = config.mlflow.poll_interval
         self.retry_backoff = config.mlflow.retry_backoff
@@ -69,6 +65,7 @@ class MlflowSource:
         self.runs.on_costed = lambda facts: [reader.costed(facts) for reader in readers]
         self.runs.on_experiment_gone = lambda exp_id: [reader.forget_experiment(exp_id) for reader in readers]
         self.last_report: PollReport | None = None
+        self._facts: LedgerFacts | None = None
 
     @property
     def ledger(self) -> RunLedger | None:
@@ -94,35 +91,24 @@ class MlflowSource:
                 if report.full_sync:
                     reader.forget_runs_not_in(self.runs.ledger)
                 summary += "; " + reader.measure(self.runs.ledger)
-        return render(self.view(int(now * 1000))), summary
+        now_ms = int(now * 1000)
+        self._facts = self.summary(now_ms)
+        return render(self.view(now_ms)), summary
 
-    def joined(self, ledger: RunLedger, now_ms: int):
-        """The latest bills joined to the runs (billing.run_join), and the calibration ratios."""
-        rules = self.config.billing.run_join
-        if not rules or self.bills is None:
-            return None, {}
+    def facts(self) -> LedgerFacts | None:
+        """What the derived stage joins with the other sources' facts; None before a good poll."""
+        return self._facts
 
-        def runs_for(index: int, key: str) -> list:
-            rule = rules[index]
-            if rule.run == "run_id":
-                run = ledger.runs.get(key)
-                return [run] if run is not None else []
-            ids = ledger.join_index.get((self.rules.join_tags.index(rule.run_tag), key), ())
-            return [ledger.runs[i] for i in ids]
-
-        joined = join(self.bills.bills(), tuple(rules), runs_for, now_ms)
-        return joined, calibration_ratios(joined, ledger, now_ms, int(self.config.billing.calibration_window * 1000))
+    def summary(self, now_ms: int) -> LedgerFacts:
+        cfg = self.config
+        return LedgerFacts.of(self.runs.ledger or self.runs.new_ledger(), self.runs.experiments, now_ms, self.rules,
+                              calibration=cfg.pricing.calibrate_from_bill, join=bool(cfg.billing.run_join),
+                              series=cfg.runs.max_run_series)
 
     def view(self, now_ms: int) -> RunsView:
         cfg = self.config
-        ledger = self.runs.ledger or self.runs.new_ledger()
-        joined, ratios = self.joined(ledger, now_ms)
-        by_type = {}
-        for (provider, kind), (billed, estimated) in ratios.items():
-            if catalog_provider(provider) and estimated > 0:
-                by_type[(catalog_provider(provider), kind)] = billed / estimated
         return RunsView(
-            ledger=ledger,
+            ledger=self.runs.ledger or self.runs.new_ledger(),
             experiments=self.runs.experiments,
             now_ms=now_ms,
             rules=self.rules,
@@ -130,19 +116,12 @@ class MlflowSource:
             max_run_series=cfg.runs.max_run_series,
             max_estimators=cfg.runs.max_estimators,
             activity_window_ms=int(cfg.runs.activity_window * 1000),
-            budgets=tuple(cfg.budgets),
             allocation_tags=tuple(cfg.allocation.tags),
             allocation_max_values=cfg.allocation.max_values,
             artifacts=self.artifacts.view() if self.artifacts is not None else None,
             storage_gb_month=cfg.pricing.storage_gb_month,
             last_full_sync=self.runs.last_full_sync,
             bill_months=cfg.billing.months if cfg.billing.sources else 0,
-            calibration=self.bills.factors() if self.bills is not None and cfg.pricing.calibrate_from_bill else None,
-            calibration_by_type=by_type if cfg.pricing.calibrate_from_bill else {},
-            joined=joined,
-            calibration_ratios=ratios,
-            max_join_keys=cfg.billing.max_join_keys,
             utilization=self.utilization.figures() if self.utilization is not None else None,
             utilization_pending=len(self.utilization.pending) if self.utilization is not None else 0,
-            genai_month_to_date=self.genai.month_to_date() if self.genai is not None else None,
         )
