@@ -113,9 +113,12 @@ def test_a_local_store_without_the_extra_is_a_config_error_naming_it(uri, refuse
 
 def test_a_local_store_with_the_extra_is_accepted():
     from mlops_kpi_exporter.config import config_from_dict
+    from mlops_kpi_exporter.config.secrets import Credentials
     from mlops_kpi_exporter.mlflow_client import MlflowConnection
 
-    MlflowConnection.from_config(config_from_dict({"mlflow": {"tracking_uri": "sqlite:////tmp/mlflow.db"}}))
+    connection = MlflowConnection.from_config(config_from_dict({"mlflow": {"tracking_uri": "sqlite:////tmp/mlflow.db"}}))
+    # The store as given, the default 30 s timeout, no secrets, no CA bundle: nothing refused or rewritten.
+    assert connection == MlflowConnection("sqlite:////tmp/mlflow.db", 30.0, Credentials(), None)
 
 
 def test_a_parquet_bill_without_pyarrow_names_the_parquet_extra(tmp_path):
