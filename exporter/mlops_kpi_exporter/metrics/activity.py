@@ -1,4 +1,10 @@
-"""Activity: when runs start (hour of day), which estimators they use, how long and costly they are."""
+"""Activity: when runs start (hour of day), which estimators they use, how long and costly they are.
+
+    mlops_runs_by_start_hour{experiment="churn-training",hour="2"} 7.0
+    mlops_runs_by_estimator{estimator="XGBClassifier",experiment="churn-training"} 29.0
+    mlops_completed_run_duration_seconds_count{experiment="churn-training"} 70.0
+    mlops_completed_run_cost_sum{experiment="churn-training"} 7.803145212
+"""
 
 from __future__ import annotations
 

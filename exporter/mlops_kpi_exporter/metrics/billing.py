@@ -1,7 +1,12 @@
 """Cloud bill figures: by month, provider and service; by allocation tag; compute by tag beside MLflow's
 estimate; the untagged share and the freshness of the data. Label values stay bounded: the latest
 billing.months months, billing.max_services services per provider and month, allocation.max_values
-values per tag (the rest summed as 'other', 'untagged' always shown)."""
+values per tag (the rest summed as 'other', 'untagged' always shown).
+
+    mlops_cloud_cost{bill="aws",cost_basis="billed",month="2026-10",provider="AWS",service="Amazon Elastic Compute Cloud"} 133.117028
+    mlops_cloud_cost_by_tag{bill="aws",cost_basis="billed",month="2026-10",tag="team",value="churn"} 56.693317
+    mlops_cloud_untagged_ratio{bill="aws",tag="team"} 0.05572586093023382
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""The exporter's own health: version and currency, each source's polls, the last config reload."""
+"""The exporter's own health: version and currency, each source's polls, the last config reload.
+
+    mlops_exporter_info{currency="USD",version="0.1.0"} 1.0
+    mlops_source_up{source="mlflow"} 1.0
+    mlops_source_polls_total{source="mlflow"} 1.0
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""KPI figures: each KPI's value, target, whether it is met, where it came from, or why it is missing."""
+"""KPI figures: each KPI's value, target, whether it is met, where it came from, or why it is missing.
+
+    mlops_kpi{experiment="fraud-detection",kpi="fraud_false_positive_rate"} 0.0224
+    mlops_kpi_target{kpi="fraud_false_positive_rate"} 0.05
+    mlops_kpi_target_met{kpi="fraud_false_positive_rate"} 1.0
+"""
 
 from __future__ import annotations
 

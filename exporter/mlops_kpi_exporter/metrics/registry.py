@@ -1,4 +1,9 @@
-"""Model registry figures: models, versions, aliases and legacy stages, and the deployment lead time."""
+"""Model registry figures: models, versions, aliases and legacy stages, and the deployment lead time.
+
+    mlops_registered_models 2.0
+    mlops_model_versions{model="churn-classifier"} 3.0
+    mlops_model_version_info{alias="champion",model="churn-classifier",run_id="<run id>",version="2"} 1.0
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,12 @@
 """Serving figures of one endpoint: probes, the cost and sizing of its machines, and its traffic as
 the server reports it. Traffic series are dropped while the server's metrics cannot be read: a stale
-value is never presented as fresh."""
+value is never presented as fresh. (The kserve case of tests/integration/test_endpoints.py:)
+
+    mlops_endpoint_hourly_cost{endpoint="churn"} 2.4
+    mlops_endpoint_requests_total{endpoint="churn"} 30.0
+    mlops_endpoint_request_duration_seconds_bucket{endpoint="churn",le="0.5"} 28.0
+    mlops_endpoint_utilization_ratio{endpoint="churn",resource="capacity"} 0.2
+"""
 
 from __future__ import annotations
 

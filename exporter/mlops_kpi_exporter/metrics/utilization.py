@@ -1,5 +1,9 @@
 """Money spent idle: run utilization from MLflow's system metrics (sources/utilization.py).
 
+    mlops_experiment_utilization_ratio{experiment="fraud-detection",resource="gpu"} 0.198921641910499
+    mlops_experiment_idle_cost{experiment="demand-forecast"} 1.2112958506824942
+    mlops_runs_without_system_metrics{experiment="churn-training"} 70.0
+
 A run's idle cost is its cost x (1 - the mean utilization of what dominates its price: its GPUs when
 it has some, else its CPU). Completed runs use their history's means once read; running runs their
 latest values. Runs without system metrics are counted and add no idle cost."""
