@@ -13,8 +13,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
 import requests
+from hypothesis import HealthCheck, settings
 from prometheus_client.parser import text_string_to_metric_families
 
 # Property tests: `make test` runs a fixed, bounded set of examples (derandomized: the same examples

@@ -21,12 +21,11 @@ MASKED_VALUES = ("mlops_source_poll_duration_seconds", "mlops_source_last_succes
 
 
 def demo_exposition(workdir: Path) -> str:
-    from prometheus_client.exposition import generate_latest
-
     from mlops_kpi_exporter import demo
     from mlops_kpi_exporter.cli import build_registry, build_store, prepare
     from mlops_kpi_exporter.config import config_from_dict
     from mlops_kpi_exporter.poller import Poller
+    from prometheus_client.exposition import generate_latest
 
     db = workdir / "mlflow.db"
     demo.seed(f"sqlite:///{db.resolve()}", workdir / "artifacts", now_ms=NOW_MS)

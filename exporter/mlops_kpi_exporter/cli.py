@@ -19,7 +19,6 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from mlops_kpi_exporter import __version__
-from mlops_kpi_exporter.derived import Plan, derive
 from mlops_kpi_exporter.config import (
     DEFAULT_PORT,
     Config,
@@ -29,11 +28,12 @@ from mlops_kpi_exporter.config import (
     parse_listen,
     redact_uri,
 )
+from mlops_kpi_exporter.derived import Plan, derive
 from mlops_kpi_exporter.extras import MissingExtra
-from mlops_kpi_exporter.mlflow_client import MlflowConnection
-from mlops_kpi_exporter.poller import Poller, Source, describe_error
 from mlops_kpi_exporter.metrics import billing
 from mlops_kpi_exporter.metrics.costs import fixed_costs
+from mlops_kpi_exporter.mlflow_client import MlflowConnection
+from mlops_kpi_exporter.poller import Poller, Source, describe_error
 from mlops_kpi_exporter.server import BasicAuth, ExporterApp, start_http_server
 from mlops_kpi_exporter.snapshot import ExporterCollector, SnapshotStore
 
@@ -94,8 +94,8 @@ def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
 
         sources += bill_sources(config, export=first)
     if config.endpoints and first:
-        from mlops_kpi_exporter.sources.endpoints import EndpointSource
         from mlops_kpi_exporter.pricing import Pricer
+        from mlops_kpi_exporter.sources.endpoints import EndpointSource
 
         pricer = Pricer(config.pricing)
         sources += [EndpointSource(endpoint, config, pricer) for endpoint in config.endpoints]

@@ -16,7 +16,6 @@ import time
 import pytest
 import requests
 import yaml
-
 from conftest import free_port, samples
 from mlops_kpi_exporter.config import PricingConfig
 from mlops_kpi_exporter.pricing import Pricer
@@ -80,7 +79,7 @@ def observe(tmp_path, url: str, prefix: str) -> tuple[list, list]:
         # from the first answer until both sources polled and the MLflow source twice more after that
         first = watch(served, both(polled("traces", 1), polled("mlflow", 4)))
         served.proc.send_signal(signal.SIGHUP)
-        reloaded = lambda page: page.get(("mlops_exporter_config_last_reload_successful", ())) == 1  # noqa: E731
+        reloaded = lambda page: page.get(("mlops_exporter_config_last_reload_successful", ())) == 1
         after = watch(served, both(reloaded, polled("traces", 1), polled("mlflow", 4)))
     finally:
         code, err = served.stop()

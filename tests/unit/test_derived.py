@@ -7,8 +7,6 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-from prometheus_client.exposition import generate_latest
-
 from conftest import samples, value
 from mlops_kpi_exporter.cli import build_registry, build_store
 from mlops_kpi_exporter.config import config_from_dict
@@ -16,6 +14,7 @@ from mlops_kpi_exporter.facts import GenaiFacts, LedgerFacts
 from mlops_kpi_exporter.metrics.catalogue import family
 from mlops_kpi_exporter.poller import Poller
 from mlops_kpi_exporter.snapshot import slot
+from prometheus_client.exposition import generate_latest
 
 NANO = 10**9
 CONFIG = config_from_dict({

@@ -12,10 +12,10 @@ from collections import Counter
 
 from prometheus_client.metrics_core import Metric
 
-from mlops_kpi_exporter.views import RunsView
+from mlops_kpi_exporter.metrics import top_and_other
 from mlops_kpi_exporter.metrics.catalogue import family
-from mlops_kpi_exporter.metrics.costs import top_with_other
 from mlops_kpi_exporter.runs import NANO
+from mlops_kpi_exporter.views import RunsView
 
 
 def start_hours_and_estimators(view: RunsView) -> list[Metric]:
@@ -29,7 +29,7 @@ def start_hours_and_estimators(view: RunsView) -> list[Metric]:
     for (exp_id, estimator), n in view.ledger.estimators.items():
         per_exp.setdefault(exp_id, Counter())[estimator] = n
     for exp_id in sorted(per_exp):
-        for estimator, n in sorted(top_with_other(per_exp[exp_id], view.max_estimators).items()):
+        for estimator, n in sorted(top_and_other(per_exp[exp_id], view.max_estimators).items()):
             by_estimator.add_metric([view.name(exp_id), estimator], n)
     return [by_hour, by_estimator]
 

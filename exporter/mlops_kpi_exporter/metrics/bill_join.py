@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prometheus_client.metrics_core import Metric
 
-from mlops_kpi_exporter.metrics import OTHER
+from mlops_kpi_exporter.metrics import OTHER, add_costs, top_and_other
 from mlops_kpi_exporter.metrics.catalogue import family
 from mlops_kpi_exporter.runs import NANO
 from mlops_kpi_exporter.views import BillView
@@ -18,10 +18,6 @@ BASES = ("billed", "effective", "list")
 def _costs(metric: Metric, labels: list[str], costs: list[int]) -> None:
     for basis, nano in zip(BASES, costs):
         metric.add_metric([*labels, basis], nano / NANO)
-
-
-def _sum(a: list[int], b: list[int]) -> list[int]:
-    return [x + y for x, y in zip(a, b)]
 
 
 def families(view: BillView) -> list[Metric]:
@@ -37,7 +33,7 @@ def families(view: BillView) -> list[Metric]:
             continue
         for month, costs in months.items():
             key = (run.experiment_id, month)
-            per_exp[key] = _sum(per_exp.get(key, [0, 0, 0]), costs)
+            per_exp[key] = add_costs(per_exp.get(key, [0, 0, 0]), costs)
         if joined.complete(run):
             complete[run.experiment_id] = complete.get(run.experiment_id, 0) + 1
     experiment = family("mlops_experiment_billed_cost", currency=cur)
@@ -63,19 +59,14 @@ def families(view: BillView) -> list[Metric]:
     for (bill, provider, month, key), costs in joined.idle.items():
         groups.setdefault((bill, provider, month), {})[key] = costs
     for where, keys in sorted(groups.items()):
-        ranked = sorted(keys.items(), key=lambda kv: (-kv[1][0], kv[0]))
-        kept = dict(ranked[:view.max_join_keys])
-        for _, costs in ranked[view.max_join_keys:]:
-            kept[OTHER] = _sum(kept.get(OTHER, [0, 0, 0]), costs)
+        kept = top_and_other(keys, view.max_join_keys, rank=lambda costs: costs[0], add=add_costs)
         for key, costs in sorted(kept.items()):
             _costs(idle, [*where, key], costs)
     out.append(idle)
     ratio = family("mlops_price_calibration_ratio")
-    ranked = sorted(view.calibration_ratios.items(), key=lambda kv: (-kv[1][1], kv[0]))
-    shown = {k: v for k, v in ranked[:view.max_join_keys]}
-    for (provider, _), (billed, estimated) in ranked[view.max_join_keys:]:
-        b, e = shown.get((provider, OTHER), (0, 0))
-        shown[(provider, OTHER)] = (b + billed, e + estimated)
+    # by estimate, the rest as each provider's 'other'
+    shown = top_and_other(view.calibration_ratios, view.max_join_keys, rank=lambda pair: pair[1],
+                          add=lambda a, b: (a[0] + b[0], a[1] + b[1]), other=lambda key: (key[0], OTHER))
     for (provider, kind), (billed, estimated) in sorted(shown.items()):
         if estimated > 0:
             ratio.add_metric([provider, kind], billed / estimated)

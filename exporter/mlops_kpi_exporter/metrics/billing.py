@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from prometheus_client.metrics_core import Metric
 
-from mlops_kpi_exporter.metrics import OTHER
+from mlops_kpi_exporter.metrics import add_costs, top_and_other
 from mlops_kpi_exporter.metrics.catalogue import family
 from mlops_kpi_exporter.runs import NANO, UNTAGGED
 
@@ -21,10 +21,8 @@ BASES = ("billed", "effective", "list")
 
 def _top(values: dict[str, list[int]], limit: int, keep: str | None = None) -> dict[str, list[int]]:
     """The `limit` largest by billed cost (ties by name), the rest summed as 'other'; `keep` always its own."""
-    ranked = sorted(((k, v) for k, v in values.items() if k != keep), key=lambda kv: (-kv[1][0], kv[0]))
-    out = dict(ranked[:limit])
-    for _, costs in ranked[limit:]:
-        out[OTHER] = [a + b for a, b in zip(out.get(OTHER, [0, 0, 0]), costs)]
+    out = top_and_other({k: v for k, v in values.items() if k != keep}, limit, rank=lambda costs: costs[0],
+                        add=add_costs)
     if keep is not None:
         out[keep] = values.get(keep, [0, 0, 0])
     return out

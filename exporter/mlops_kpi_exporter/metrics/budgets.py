@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 from prometheus_client.metrics_core import Metric
 
-from mlops_kpi_exporter.views import RunsView
 from mlops_kpi_exporter.metrics.catalogue import family
 from mlops_kpi_exporter.runs import NANO
+from mlops_kpi_exporter.views import RunsView
 
 FORECAST_MIN_ELAPSED_MS = 86_400_000
 

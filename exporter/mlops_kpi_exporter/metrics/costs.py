@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 from prometheus_client.metrics_core import Metric
 
 from mlops_kpi_exporter.config import Config
-from mlops_kpi_exporter.views import BillView, RunsView
-from mlops_kpi_exporter.metrics import OTHER
+from mlops_kpi_exporter.metrics import OTHER, top_and_other
 from mlops_kpi_exporter.metrics.catalogue import family
 from mlops_kpi_exporter.runs import NANO, SKIP_REASONS, UNTAGGED
+from mlops_kpi_exporter.views import BillView, RunsView
 
 GB = 2**30  # cloud storage bills count a GB as 2^30 bytes
-
-
-def top_with_other(counts: dict[str, int], limit: int) -> Counter[str]:
-    """The `limit` largest entries (ties by name), the rest summed as 'other': bounded labels, same total."""
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    kept = Counter(dict(ranked[:limit]))
-    for _, n in ranked[limit:]:
-        kept[OTHER] += n
-    return kept
 
 
 def experiments(view: RunsView) -> list[Metric]:
@@ -95,7 +84,7 @@ def allocation(view: RunsView) -> list[Metric]:
     for index, tag in enumerate(view.allocation_tags):
         # "untagged" is always its own series: unallocated spend is what showback must expose.
         values = {v: n for (i, v), n in costs.items() if i == index and v != UNTAGGED}
-        kept = top_with_other(values, view.allocation_max_values)
+        kept = top_and_other(values, view.allocation_max_values)
         kept[UNTAGGED] = costs.get((index, UNTAGGED), 0)
         for tag_value, nano in sorted(kept.items()):
             by_tag.add_metric([tag, tag_value], nano / NANO)
@@ -112,7 +101,7 @@ def allocation_by_month(view: RunsView) -> list[Metric]:
     for month in months:
         for index, tag in enumerate(view.allocation_tags):
             values = {v: n for (m, i, v), n in costs.items() if m == month and i == index and v != UNTAGGED}
-            kept = top_with_other(values, view.allocation_max_values)
+            kept = top_and_other(values, view.allocation_max_values)
             kept[UNTAGGED] = costs.get((month, index, UNTAGGED), 0)
             for tag_value, nano in sorted(kept.items()):
                 by_month.add_metric([month, tag, tag_value], nano / NANO)
@@ -156,7 +145,7 @@ def calibrated(view: BillView) -> list[Metric]:
             for index, tag in enumerate(view.allocation_tags):
                 # the same values as mlops_cost_by_tag_month: the top by list-price estimate, the rest 'other'
                 values = {v: n for (m, i, v), n in listed.items() if m == month and i == index and v != UNTAGGED}
-                kept = top_with_other(values, view.allocation_max_values)
+                kept = top_and_other(values, view.allocation_max_values)
                 sums: dict[str, float] = {UNTAGGED: shifted.get((month, index, UNTAGGED), 0)}
                 for value in values:
                     group = value if value in kept else OTHER

@@ -10,15 +10,15 @@ from prometheus_client.metrics_core import Metric
 from mlops_kpi_exporter.config import Config
 from mlops_kpi_exporter.facts import LedgerFacts
 from mlops_kpi_exporter.ledger import RunLedger
-from mlops_kpi_exporter.snapshot import slot
-from mlops_kpi_exporter.views import RunsView
 from mlops_kpi_exporter.metrics import activity, budgets, costs
 from mlops_kpi_exporter.metrics import utilization as utilization_metrics
 from mlops_kpi_exporter.mlflow_client import MlflowConnection
 from mlops_kpi_exporter.resolved import run_rules
+from mlops_kpi_exporter.snapshot import slot
 from mlops_kpi_exporter.sources.artifacts import ArtifactSizes
-from mlops_kpi_exporter.sources.utilization import UtilizationReader
 from mlops_kpi_exporter.sources.run_sync import PollReport, RunSync
+from mlops_kpi_exporter.sources.utilization import UtilizationReader
+from mlops_kpi_exporter.views import RunsView
 
 
 def render(view: RunsView) -> list[Metric]:
