@@ -221,7 +221,26 @@ def check(config: Config, path: str) -> int:
         except Exception as exc:  # noqa: BLE001 - reported, and the exit code says so
             print(f"source {source.name}: FAILED: {describe_error(exc)}")
             status = EXIT_SOURCE_FAILED
+    if status == EXIT_OK:
+        for line in config_warnings(config, sources):
+            print(f"warning: {line}")
     return status
+
+
+def config_warnings(config: Config, sources: list[Source]) -> list[str]:
+    """After every source answered `check`: the config's entries that match nothing. The FOCUS bills
+    are read for it when runs are joined to them (Cost Explorer is not: each call is billed)."""
+    from mlops_kpi_exporter.resolved import unmatched
+    from mlops_kpi_exporter.sources.billing import BillingSource
+
+    by_name = {source.name: source for source in sources}
+    watched = getattr(by_name.get("mlflow"), "watched", {}).values()
+    readings = getattr(by_name.get("kpis"), "checked", [])
+    lost = [r.kpi.name for r in readings if r.missing == "experiment_not_found"]
+    bills = []
+    if config.billing.run_join:
+        bills = [s.read() for s in sources if isinstance(s, BillingSource)]
+    return unmatched(config, watched, lost, bills)
 
 
 def parser() -> argparse.ArgumentParser:

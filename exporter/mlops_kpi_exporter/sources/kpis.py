@@ -56,7 +56,7 @@ class KpiSource(MlflowReader):
         self.kpis = config.kpis
 
     def check(self) -> str:
-        readings = [self.read_or_skip(k) for k in self.kpis]
+        readings = self.checked = [self.read_or_skip(k) for k in self.kpis]
         missing = [f"{r.kpi.name} ({r.missing})" for r in readings if r.value is None]
         return f"{len(readings) - len(missing)} of {len(readings)} KPIs readable" + (
             f"; missing: {', '.join(missing)}" if missing else ""

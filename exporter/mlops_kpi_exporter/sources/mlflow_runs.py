@@ -66,6 +66,7 @@ class MlflowSource:
         self.runs.on_experiment_gone = lambda exp_id: [reader.forget_experiment(exp_id) for reader in readers]
         self.last_report: PollReport | None = None
         self._facts: LedgerFacts | None = None
+        self.watched: dict[str, str] = {}  # id -> name, as `check` found them
 
     @property
     def ledger(self) -> RunLedger | None:
@@ -77,7 +78,7 @@ class MlflowSource:
 
     def check(self) -> str:
         """Reach MLflow once and say what would be watched."""
-        experiments = self.runs.matching_experiments()
+        experiments = self.watched = self.runs.matching_experiments()
         names = ", ".join(sorted(experiments.values())[:10]) + (" ..." if len(experiments) > 10 else "")
         return f"{self.uri_for_humans}: reachable; {len(experiments)} experiments watched ({names or 'none'})"
 
