@@ -153,7 +153,12 @@ class ExporterApp:
         return sum(1 for s in states if s.polls_total == 0)
 
     def _landing(self) -> str:
-        _, states = self.store.states()
+        snap = self.store.snapshot()
+        states = snap.states
+        waiting = sorted({(s.labels["figure"], s.labels["source"]) for f in snap.derived.pending for s in f.samples
+                          if s.value == 1})
+        pending = "".join(f"<li>{html.escape(figure)} figures: waiting for the first good poll of "
+                          f"{html.escape(source)}</li>" for figure, source in waiting)
         rows = []
         for s in states:
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.last_success)) if s.last_success else "never"
@@ -171,6 +176,7 @@ class ExporterApp:
 <p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a> &middot; <a href="/readyz">/readyz</a>
 &middot; <a href="/runbooks">/runbooks</a></p>
 <ul>{links}</ul>
+{f"<p>Not shown yet (absent until every input is in, never partial):</p><ul>{pending}</ul>" if pending else ""}
 <table><tr><th>source</th><th>status</th><th>last success</th><th>errors</th><th>detail</th></tr>
 {''.join(rows)}</table></body></html>
 """

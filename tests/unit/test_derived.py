@@ -160,3 +160,16 @@ def test_the_derived_stage_is_pure():
 
 def generate_text(metric) -> list:
     return [(s.name, tuple(sorted(s.labels.items())), s.value) for s in metric.samples]
+
+
+def test_the_landing_page_names_what_a_joined_figure_waits_for():
+    from prometheus_client.registry import CollectorRegistry
+
+    from mlops_kpi_exporter.server import ExporterApp
+
+    exporter = Exporter(Stub("mlflow"), Stub("traces"))
+    exporter.poll("mlflow", ledger(ms(20, 12), "2026-11", 20 * NANO))
+    page = ExporterApp(CollectorRegistry(), exporter.store, "t", {})._landing()
+    assert "budgets figures: waiting for the first good poll of traces" in page and "of mlflow" not in page
+    exporter.poll("traces", genai(ms(20, 12)))
+    assert "waiting for" not in ExporterApp(CollectorRegistry(), exporter.store, "t", {})._landing()
