@@ -40,14 +40,13 @@ from build_store import build  # noqa: E402
 from mlflow.entities import ViewType  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from mlops_kpi_exporter.cli import build_registry  # noqa: E402
+from mlops_kpi_exporter.cli import build_registry, build_store  # noqa: E402
 from mlops_kpi_exporter.config import config_from_dict  # noqa: E402
 from mlops_kpi_exporter.mlflow_client import MlflowConnection  # noqa: E402
 from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource  # noqa: E402
 from mlops_kpi_exporter.pricing import Pricer  # noqa: E402
 from mlops_kpi_exporter.runs import RunRules, facts_of  # noqa: E402
 from mlops_kpi_exporter.server import ExporterApp  # noqa: E402
-from mlops_kpi_exporter.snapshot import SnapshotStore  # noqa: E402
 from results import write_section  # noqa: E402
 
 WORK = Path(__file__).parent / ".work"
@@ -174,9 +173,9 @@ def bench_size(runs: int, compare_max: int, page_size: int | None = None) -> dic
             client.create_run(exp_id, start_time=now - 60_000, tags={"instance_type": "p3.2xlarge"}, run_name=f"new-{i}")
         changed_s, (_, changed_summary) = timed(source.poll)
 
-        store = SnapshotStore()
+        store = build_store(source.config, [source])  # the derived stage included, as `serve` runs it
         store.register("mlflow")
-        store.success("mlflow", source.poll()[0], 0.0)
+        store.success("mlflow", source.poll()[0], 0.0, facts=source.facts())
         app = ExporterApp(build_registry(store, source.config), store, "bench", {})
         render_s, (body, _) = timed(app.render)
         cached_s, _ = timed(app.render)
