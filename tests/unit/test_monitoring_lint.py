@@ -46,7 +46,8 @@ PANELS = {
 ALERTS = {"MLCostSpike", "MLBudgetForecastExceeded", "MLBudgetExceeded", "MLRunawayRun", "MLStaleRuns",
           "MLFailedRunWaste", "MLIdleSpend", "MLGenAISpendSpike", "MLGenAITraceErrors", "MLGenAITracesSlow", "MLEndpointDown", "MLEndpointHighErrorRate", "MLEndpointLatencyHigh",
           "MLEndpointUnderutilized", "MLKPIBelowTarget", "MLCloudBillOverBudget", "MLCloudUntaggedSpend", "MLCloudBillStale",
-          "MLBillAttributionFell", "MLPriceCalibrationOff", "MLJoinIdleCostHigh", "MLExporterDown", "MLflowUnreachable", "MLExporterPollStale"}
+          "MLBillAttributionFell", "MLPriceCalibrationOff", "MLJoinIdleCostHigh", "MLExporterDown", "MLflowUnreachable", "MLExporterPollStale",
+          "MLDerivedFigureBlocked"}
 
 
 @pytest.mark.parametrize("uid", sorted(BOARDS))

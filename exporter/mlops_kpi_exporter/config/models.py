@@ -8,7 +8,7 @@ import zoneinfo
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from mlops_kpi_exporter.config.common import (
     LABEL_SAFE,
@@ -24,6 +24,7 @@ from mlops_kpi_exporter.config.common import (
 )
 from mlops_kpi_exporter.config.billing import BillingConfig
 from mlops_kpi_exporter.config.endpoints import EndpointConfig
+from mlops_kpi_exporter.config.state_dir import default_state_dir
 from mlops_kpi_exporter.config.traces import TracesConfig
 from mlops_kpi_exporter.config.web import DEFAULT_PORT, parse_listen
 
@@ -312,6 +313,27 @@ class Config(_Strict):
     endpoints: Annotated[list[EndpointConfig], AfterValidator(_unique_names)] = Field(default_factory=list)
     billing: BillingConfig = Field(default_factory=BillingConfig)
     traces: TracesConfig = Field(default_factory=TracesConfig)
+    # what must survive a restart (Cost Explorer calls made today, the bill files read); None: the
+    # default of config/state_dir.py, resolved at load
+    state_dir: ConfigPath | None = None
+
+    @model_validator(mode="after")
+    def _default_state_dir(self, info: ValidationInfo) -> Config:
+        if self.state_dir is None:
+            object.__setattr__(self, "state_dir", default_state_dir((info.context or {}).get("base_dir")))
+        return self
+
+    @model_validator(mode="after")
+    def _shards_calibrate_alike(self) -> Config:
+        shard = self.mlflow.shard
+        explorers = [s.name for s in self.billing.sources if s.cost_explorer is not None]
+        if shard is not None and shard.count > 1 and self.pricing.calibrate_from_bill and explorers:
+            raise ValueError(
+                f"mlflow.shard with pricing.calibrate_from_bill: true and a cost_explorer bill "
+                f"(billing.sources {', '.join(explorers)}): Cost Explorer is read by the first shard only, so the "
+                f"shards would calibrate their prices differently. Read that bill from a FOCUS export (focus:) "
+                f"instead, or set pricing.calibrate_from_bill: false, or do not shard")
+        return self
 
     @model_validator(mode="after")
     def _aliases_of_tags(self) -> Config:
