@@ -30,8 +30,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import MlflowServer, connected, render, samples, value
+from conftest import InProcess, MlflowServer, connected, render, samples, value
 from mlops_kpi_exporter.config import config_from_dict
+from mlops_kpi_exporter.runs import NANO
 from mlops_kpi_exporter.sources.traces import TraceSource
 
 OFFLINE = {"MLFLOW_MODEL_CATALOG_URI": "", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
@@ -195,7 +196,11 @@ def test_exact_figures_both_modes_and_a_restart(server, prefix):
     assert genai(m_again) == genai(m)
 
     # What budgets and the report read: the month to date, and a period read afresh.
-    assert agg.month_to_date() == pytest.approx({chat: 0.0101995, rag: 0.005925}, abs=1e-12)
+    facts = agg.facts()
+    month = datetime.fromtimestamp(POLLED_AT, timezone.utc).strftime("%Y-%m")
+    assert {name: nano / NANO for name, nano in facts.cost_in(month).items()} == pytest.approx(
+        {chat: 0.0101995, rag: 0.005925}, abs=1e-12)
+    assert facts.as_of_ms == int(POLLED_AT * 1000)
     now_ms = int(POLLED_AT * 1000)
     names, spend = agg.spend_between(now_ms - 3_600_000, now_ms + 60_000)
     by_name = {names[e]: s for e, s in spend.items()}
@@ -300,9 +305,13 @@ def test_a_budget_that_includes_genai_counts_the_traces_spend(server, prefix):
     mlflow, sources = prepare(cfg)
     mlflow.apply()
     by_name = {s.name: s for s in sources}
-    by_name["traces"].source.clock = by_name["mlflow"].clock = Clock()  # both read the month of the same moment
-    by_name["traces"].poll()  # the traces first, as a later MLflow poll sees them
-    m = samples(render(by_name["mlflow"].poll()[0]))
+    by_name["traces"].clock = by_name["mlflow"].clock = Clock()  # both read the month of the same moment
+    exporter = InProcess(cfg, [by_name["mlflow"], by_name["traces"]])
+    m = exporter.poll(by_name["mlflow"])  # compute is in, GenAI is not: the budgets over GenAI are absent
+    assert value(m, "mlops_budget_cost_month_to_date", budget="chat-compute") == 0.0
+    assert ("mlops_budget_cost_month_to_date", (("budget", "chat-all"),)) not in m
+    assert value(m, "mlops_derived_input_pending", figure="budgets", source="traces") == 1
+    m = exporter.poll(by_name["traces"])
     assert value(m, "mlops_budget_cost_month_to_date", budget="chat-all") == pytest.approx(0.0101995, abs=1e-12)
     assert value(m, "mlops_budget_cost_month_to_date", budget="chat-genai") == pytest.approx(0.0101995, abs=1e-12)
     assert value(m, "mlops_budget_cost_month_to_date", budget="chat-compute") == 0.0  # no runs: no compute

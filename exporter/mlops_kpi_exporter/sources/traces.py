@@ -47,6 +47,7 @@ from mlflow.exceptions import MlflowException
 from prometheus_client.metrics_core import Metric
 
 from mlops_kpi_exporter.config import Config, TracesConfig
+from mlops_kpi_exporter.facts import GenaiFacts
 from mlops_kpi_exporter.metrics import OTHER
 from mlops_kpi_exporter.metrics.genai import NANO, ExperimentSpend, GenaiView, families
 from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, is_data_error, paged
@@ -599,6 +600,7 @@ class TraceSource(MlflowReader):
         self.unsupported: str = ""  # why the server has no traces API, once seen
         self._logged: dict[str, None] = {}
         self.last_report: PollReport | None = None
+        self._facts: GenaiFacts | None = None
 
     # -- the poller's interface --------------------------------------------------------------------
     def check(self) -> str:
@@ -628,13 +630,20 @@ class TraceSource(MlflowReader):
                             self.mlflow.uri_for_humans, getattr(exc, "error_code", type(exc).__name__))
             self.unsupported = str(getattr(exc, "error_code", "") or type(exc).__name__)
             self.spend, self.watermark_ms = None, None
+            self._facts = GenaiFacts(as_of_ms=now_ms, month_cost={})  # known: no GenAI spend to add
             return [], f"no traces API on this MLflow server ({self.unsupported}): nothing counted"
         self.unsupported = ""
         self.experiments, self.created, self.watermark_ms = experiments, created, now_ms
         floor = now_ms - self.overlap_ms
         self.recent = {tid: r for tid, r in self.recent.items() if r.end_ms >= floor}
         self.last_report = report
+        self._facts = GenaiFacts(as_of_ms=now_ms, month_cost={
+            experiments.get(e, e): dict(s.month_cost) for e, s in (self.spend or {}).items()})
         return families(self.view(now_ms)), report.summary()
+
+    def facts(self) -> GenaiFacts | None:
+        """What the derived stage joins (budgets over GenAI); None before a good poll."""
+        return self._facts
 
     def view(self, now_ms: int) -> GenaiView:
         in_progress = Counter(exp for exp, _ in self.in_progress.values())
@@ -646,12 +655,6 @@ class TraceSource(MlflowReader):
         )
 
     # -- for other parts of the exporter ------------------------------------------------------------
-    def month_to_date(self, now_ms: int | None = None) -> dict[str, float]:
-        """Experiment name -> its GenAI cost this calendar month (runs.timezone), in pricing.currency, as of
-        the last poll: what a budget that includes GenAI spend adds to compute."""
-        month = self.rules.month(int(self.clock() * 1000) if now_ms is None else now_ms)
-        return {self.experiments.get(e, e): s.month_cost.get(month, 0) / NANO for e, s in (self.spend or {}).items()}
-
     def spend_between(self, start_ms: int, end_ms: int) -> tuple[dict[str, str], dict[str, ExperimentSpend]]:
         """(experiment id -> name, experiment id -> spend) of the traces started in [start_ms, end_ms) of the
         watched experiments, read afresh (for `report`); the source's own books are left alone."""
