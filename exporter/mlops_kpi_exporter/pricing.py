@@ -1,23 +1,23 @@
-"""What a run's machine costs per hour: a run tag, the config's prices, the shipped catalog, a default."""
+"""What a run's machine costs per hour: a run tag, the config's prices, the shipped catalog, a default.
+
+The config-then-catalog lookup (`config_then_catalog`) is shared with the token prices of LLM calls
+(token_pricing.py)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Generic, TypeVar
 
 import yaml
 
+from mlops_kpi_exporter.bad_data import BadData
 from mlops_kpi_exporter.config import MAX_HOURLY_COST, MAX_INSTANCE_COUNT, ConfigError, PricingConfig
 
 
-class BadRunData(ValueError):
-    """A run whose data cannot be priced or timed; `reason` becomes the skip counter's label."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(detail or reason)
-        self.reason = reason
+BadRunData = BadData  # the old name: report.py (not part of this change) still imports it
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,42 @@ def load_catalog() -> Catalog:
             providers[str(name)] = str(provider)
     return Catalog(source=raw["source"], as_of=str(raw["as_of"]), currency=raw["currency"], prices=prices,
                    providers=providers)
+
+
+P = TypeVar("P")
+
+
+@dataclass(frozen=True)
+class PriceTable(Generic[P]):
+    """One table of prices by name, and the price_source label of what it finds."""
+
+    source: str  # config | catalog
+    exact: Mapping[str, P]
+    lower: Mapping[str, P]  # by lower-cased name: a case-insensitive match catches 'Standard_NC6s_v3' spellings
+
+    @classmethod
+    def of(cls, source: str, prices: Mapping[str, P]) -> PriceTable[P]:
+        return cls(source, dict(prices), {k.lower(): v for k, v in prices.items()})
+
+
+def price_tables(config: Mapping[str, P], catalog: Mapping[str, P] | None) -> list[PriceTable[P]]:
+    """The config's prices, then the shipped catalog's (None: not used)."""
+    tables = [PriceTable.of("config", config)]
+    if catalog is not None:
+        tables.append(PriceTable.of("catalog", catalog))
+    return tables
+
+
+def config_then_catalog(names: Sequence[str], tables: Sequence[PriceTable[P]]) -> tuple[P, str] | None:
+    """(price, source) of the first table that knows one of `names`: machines and models alike, the
+    config wins over the catalog. In a table, the names in order, each exactly then case-insensitively."""
+    for table in tables:
+        for name in names:
+            if name in table.exact:
+                return table.exact[name], table.source
+            if name.lower() in table.lower:
+                return table.lower[name.lower()], table.source
+    return None
 
 
 @dataclass(frozen=True)
@@ -75,27 +111,14 @@ class Pricer:
                     "under pricing.instances, or use the catalog's currency"
                 )
         self.catalog = catalog if config.use_catalog else None
-        # Exact names first; a case-insensitive match catches 'standard_nc6s_v3' style spellings.
-        self._config_prices = dict(config.instances)
-        self._config_lower = {k.lower(): v for k, v in config.instances.items()}
-        catalog_prices = dict(self.catalog.prices) if self.catalog else {}
-        self._catalog_prices = catalog_prices
-        self._catalog_lower = {k.lower(): v for k, v in catalog_prices.items()}
+        self._tables = price_tables(config.instances, self.catalog.prices if self.catalog else None)
         self._catalog_providers = {k.lower(): v for k, v in (self.catalog.providers if self.catalog else {}).items()}
 
     def price_of(self, instance_type: str) -> tuple[float, str] | None:
-        for exact, lower, source in (
-            (self._config_prices, self._config_lower, "config"),
-            (self._catalog_prices, self._catalog_lower, "catalog"),
-        ):
-            if instance_type in exact:
-                return exact[instance_type], source
-            if instance_type.lower() in lower:
-                return lower[instance_type.lower()], source
-        return None
+        return config_then_catalog([instance_type], self._tables)
 
     def rate(self, tags: Mapping[str, str], params: Mapping[str, str]) -> Rate:
-        """Hourly rate of one run. Raises BadRunData for values that cannot be a price or a count."""
+        """Hourly rate of one run. Raises BadData for values that cannot be a price or a count."""
         cfg = self.config
         instance_type = first_of(cfg.instance_type_keys, tags, params)
         tagged = tags.get(cfg.hourly_cost_tag)
@@ -115,16 +138,16 @@ def _bounded(text: str, reason: str, limit: float) -> float:
     try:
         value = float(str(text).strip())
     except (ValueError, OverflowError):
-        raise BadRunData(reason, f"not a number: {str(text)[:40]!r}") from None
+        raise BadData(reason, f"not a number: {str(text)[:40]!r}") from None
     if not math.isfinite(value) or value < 0 or value > limit:
-        raise BadRunData(reason, f"not a number from 0 to {limit:g}: {str(text)[:40]!r}")
+        raise BadData(reason, f"not a number from 0 to {limit:g}: {str(text)[:40]!r}")
     return value
 
 
 def _instance_count(text: str) -> float:
     value = _bounded(text, "invalid_instance_count", MAX_INSTANCE_COUNT)
     if value < 1 or value != int(value):
-        raise BadRunData("invalid_instance_count", f"not a whole number of machines: {str(text)[:40]!r}")
+        raise BadData("invalid_instance_count", f"not a whole number of machines: {str(text)[:40]!r}")
     return value
 
 
@@ -195,7 +218,7 @@ def estimate(pricer: Pricer, instance: str, hours: float, count: int = 1, storag
     if found is None:
         import difflib
 
-        known = list(pricer._config_prices) + list(pricer._catalog_prices)
+        known = [name for table in pricer._tables for name in table.exact]
         close = difflib.get_close_matches(instance, known, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; add it under pricing.instances in a config file"
         raise ValueError(f"unknown instance type {instance!r}{hint}")

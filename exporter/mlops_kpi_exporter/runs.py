@@ -1,6 +1,6 @@
 """MLflow runs reduced to the facts that cost and activity figures need, after checking their data.
 
-A run whose data fails a check (README: "Skipped runs") raises BadRunData with the reason that
+A run whose data fails a check (README: "Skipped runs") raises BadData with the reason that
 `mlops_runs_skipped` counts; `facts_of` turns any other surprise into the reason `invalid_data`, so
 one odd run never fails a poll or a report. Money is in integer nano-units, time in integer ms.
 """
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from mlops_kpi_exporter.pricing import BadRunData, Pricer, first_of
+from mlops_kpi_exporter.bad_data import BadData
+from mlops_kpi_exporter.pricing import Pricer, first_of
 
 TERMINAL_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
 STALE = "STALE"  # RUNNING in MLflow, but no sign of life for runs.stale_after: its process is gone
@@ -186,7 +187,7 @@ def make_facts(
     logged_at: Iterable[object] = (),
     metrics: Mapping[str, object] | None = None,
 ) -> RunFacts:
-    """Facts of one run, or BadRunData naming why the run cannot be counted.
+    """Facts of one run, or BadData naming why the run cannot be counted.
 
     `logged_at`: times the run logged something (its latest metrics, system metrics included); the
     latest is its last sign of life. A RUNNING run silent for longer than stale_after is STALE and
@@ -194,24 +195,24 @@ def make_facts(
     """
     status = (status or "").upper()
     if status not in TERMINAL_STATUSES and status not in OPEN_STATUSES:
-        raise BadRunData("unknown_status", f"status {status!r}")
+        raise BadData("unknown_status", f"status {status!r}")
     start_ms = _as_ms(start_time)
     if start_ms is None:
-        raise BadRunData("missing_start_time")
+        raise BadData("missing_start_time")
     if start_ms < EARLIEST_MS:
-        raise BadRunData("start_before_2000", f"start_time {start_ms}")
+        raise BadData("start_before_2000", f"start_time {start_ms}")
     latest = now_ms + FUTURE_TOLERANCE_MS
     if start_ms > latest:
-        raise BadRunData("start_in_future", f"start_time {start_ms}")
+        raise BadData("start_in_future", f"start_time {start_ms}")
     end_ms: int | None = None
     if status in TERMINAL_STATUSES:
         end_ms = _as_ms(end_time)
         if end_ms is None:
-            raise BadRunData("missing_end_time")
+            raise BadData("missing_end_time")
         if end_ms > latest:  # e.g. a client that logged microseconds
-            raise BadRunData("end_in_future", f"end_time {end_ms}")
+            raise BadData("end_in_future", f"end_time {end_ms}")
         if end_ms < start_ms:
-            raise BadRunData("end_before_start")
+            raise BadData("end_before_start")
     alive = [t for t in (_as_ms(v) for v in logged_at) if t is not None and start_ms <= t <= latest]
     last_alive = max(alive, default=start_ms)
     if status == ACCRUING_STATUS and now_ms - last_alive > rules.stale_after_ms:
@@ -284,7 +285,7 @@ def system_metrics(metrics: Mapping[str, object]) -> tuple[tuple[str, float], ..
 
 
 def facts_of(rules: RunRules, run: Any, now_ms: int) -> RunFacts:
-    """Facts of an MLflow run entity. Whatever is wrong with its data raises BadRunData, never
+    """Facts of an MLflow run entity. Whatever is wrong with its data raises BadData, never
     anything else: one odd run is skipped and counted, it never fails a poll or a report."""
     try:
         info, data = run.info, run.data
@@ -304,10 +305,10 @@ def facts_of(rules: RunRules, run: Any, now_ms: int) -> RunFacts:
             logged_at=[m.timestamp for m in getattr(data, "_metric_objs", None) or ()],
             metrics=getattr(data, "metrics", None) or {},
         )
-    except BadRunData:
+    except BadData:
         raise
     except Exception as exc:  # noqa: BLE001 - a check we did not foresee: skip the run, say why
-        raise BadRunData("invalid_data", f"{type(exc).__name__}: {exc}") from exc
+        raise BadData("invalid_data", f"{type(exc).__name__}: {exc}") from exc
 
 
 NESTED_RULES = ("auto", "within_parent", "separate")

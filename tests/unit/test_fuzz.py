@@ -18,7 +18,8 @@ from conftest import render, samples
 from mlops_kpi_exporter.config import ConfigError, PricingConfig, config_from_dict
 from mlops_kpi_exporter.sources.upstream import PRESETS, Samples, Traffic
 from mlops_kpi_exporter.ledger import RunLedger
-from mlops_kpi_exporter.pricing import BadRunData, Pricer
+from mlops_kpi_exporter.bad_data import BadData
+from mlops_kpi_exporter.pricing import Pricer
 from mlops_kpi_exporter.runs import (
     EARLIEST_MS,
     FUTURE_TOLERANCE_MS,
@@ -50,7 +51,7 @@ def test_odd_run_data_is_costed_or_skipped_with_a_reason(status, start, end, tag
     try:
         facts = make_facts(RULES, run_id="r", experiment_id="1", run_name=name, status=status, start_time=start,
                            end_time=end, tags=tags, params={}, now_ms=NOW)
-    except BadRunData as exc:
+    except BadData as exc:
         assert exc.reason
         return
     cost = facts.cost_nano(NOW)
@@ -117,5 +118,5 @@ def test_odd_config_is_a_config_error_never_a_crash(data):
 
 @pytest.mark.parametrize("rate", ["nan", "inf", "-1", "1e309"])
 def test_price_tags_that_are_not_prices(rate):
-    with pytest.raises(BadRunData):
+    with pytest.raises(BadData):
         Pricer(PricingConfig()).rate({"mlops.hourly_cost": rate}, {})

@@ -12,23 +12,12 @@ import pytest
 from conftest import render, samples, value
 from mlops_kpi_exporter.config import ConfigError, config_from_dict
 from mlops_kpi_exporter.metrics import OTHER
-from mlops_kpi_exporter.metrics.genai import ExperimentSpend, GenaiView, families
-from mlops_kpi_exporter.sources.traces import (
-    KEEP_FACTOR,
-    BadTraceData,
-    Rules,
-    TokenPricer,
-    TraceSource,
-    Unit,
-    Usage,
-    facts_of,
-    fold,
-    load_token_catalog,
-    model_names,
-    parse_cost,
-    parse_usage,
-    units_from_spans,
-)
+from mlops_kpi_exporter.bad_data import BadData
+from mlops_kpi_exporter.genai_books import KEEP_FACTOR, ExperimentSpend, Rules, fold
+from mlops_kpi_exporter.metrics.genai import GenaiView, families
+from mlops_kpi_exporter.sources.traces import TraceSource
+from mlops_kpi_exporter.token_pricing import TokenPricer, load_token_catalog, model_names
+from mlops_kpi_exporter.trace_facts import Unit, Usage, facts_of, parse_cost, parse_usage, units_from_spans
 
 NOW_MS = 1_794_744_000_000  # 2026-11-15 12:00 UTC
 
@@ -76,7 +65,7 @@ def test_cached_tokens_are_part_of_mlflow_input_and_counted_once():
     {"input_tokens": True}, {"input_tokens": 10**13}, {"input_tokens": 1, "cache_read_input_tokens": -1},
 ])
 def test_bad_token_usage_is_a_reason(raw):
-    with pytest.raises(BadTraceData) as err:
+    with pytest.raises(BadData) as err:
         parse_usage(raw)
     assert err.value.reason == "invalid_token_usage"
 
@@ -84,7 +73,7 @@ def test_bad_token_usage_is_a_reason(raw):
 @pytest.mark.parametrize("raw", ["{", {"total_cost": "abc"}, {"total_cost": -1.0}, {"total_cost": float("nan")},
                                  {"total_cost": float("inf")}, {"input_cost": "x"}, {"total_cost": 1e9}])
 def test_bad_cost_is_a_reason(raw):
-    with pytest.raises(BadTraceData) as err:
+    with pytest.raises(BadData) as err:
         parse_cost(raw)
     assert err.value.reason == "invalid_cost"
 
@@ -189,14 +178,14 @@ def test_facts_fall_back_to_the_traces_own_totals_under_model_unknown():
     ({"duration": -5}, "invalid_time"),
 ])
 def test_bad_trace_data_is_skipped_with_a_reason(kwargs, reason):
-    with pytest.raises(BadTraceData) as err:
+    with pytest.raises(BadData) as err:
         facts_of(info(**kwargs), spans=None)
     assert err.value.reason == reason
 
 
 def test_bad_span_data_skips_the_trace():
     meta = {"mlflow.trace.tokenUsage": '{"input_tokens": 1}'}
-    with pytest.raises(BadTraceData) as err:
+    with pytest.raises(BadData) as err:
         facts_of(info(metadata=meta), [span("s", usage={"input_tokens": 1}, cost={"total_cost": "lots"})])
     assert err.value.reason == "invalid_cost"
 

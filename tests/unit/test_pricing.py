@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from mlops_kpi_exporter.bad_data import BadData
 from mlops_kpi_exporter.config import PricingConfig
-from mlops_kpi_exporter.pricing import BadRunData, Pricer, load_catalog
+from mlops_kpi_exporter.pricing import Pricer, load_catalog
 
 
 def test_catalog_covers_three_clouds_with_source_and_date():
@@ -53,6 +54,6 @@ def test_custom_keys():
     ],
 )
 def test_bad_values_are_named(tags, reason):
-    with pytest.raises(BadRunData) as exc:
+    with pytest.raises(BadData) as exc:
         Pricer(PricingConfig()).rate(tags, {})
     assert exc.value.reason == reason

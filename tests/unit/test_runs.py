@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mlops_kpi_exporter.bad_data import BadData
 from mlops_kpi_exporter.config import PricingConfig
-from mlops_kpi_exporter.pricing import BadRunData, Pricer
+from mlops_kpi_exporter.pricing import Pricer
 from mlops_kpi_exporter.ledger import RunLedger
 from mlops_kpi_exporter.runs import MS_PER_HOUR, NANO, RunRules, make_facts
 
@@ -50,7 +51,7 @@ def ledger() -> RunLedger:
     ],
 )
 def test_impossible_runs_have_a_reason(kwargs, reason):
-    with pytest.raises(BadRunData) as exc:
+    with pytest.raises(BadData) as exc:
         facts(**kwargs)
     assert exc.value.reason == reason
 
@@ -73,7 +74,7 @@ def test_an_unforeseen_error_skips_the_run_as_invalid_data():
     good = SimpleNamespace(info=info, data=SimpleNamespace(tags={}, params={}))
     assert facts_of(RULES, good, NOW).cost_nano(NOW) == NANO
     odd = SimpleNamespace(info=info, data=SimpleNamespace(tags={"estimator": object()}, params=None))
-    with pytest.raises(BadRunData) as exc:  # tags whose values are not text: not foreseen anywhere
+    with pytest.raises(BadData) as exc:  # tags whose values are not text: not foreseen anywhere
         facts_of(RULES, SimpleNamespace(info=info, data=SimpleNamespace(tags=42, params={})), NOW)
     assert exc.value.reason == "invalid_data"
     assert facts_of(RULES, odd, NOW).estimator  # a value of any type is made text, not a crash

@@ -2,51 +2,30 @@
 month-to-date cost, spend by user or session, how tokens were priced, traces skipped.
 
 The traces source (sources/traces.py) keeps one `ExperimentSpend` per watched experiment, in exact
-integers (tokens, nano-units of money, milliseconds); this module turns them into families, bounding
-every label: the top `traces.max_models` models of each experiment by cost (then tokens) keep their
-name, the rest are summed as `other`; the same for users or sessions.
+integers (tokens, nano-units of money, milliseconds): the books, in genai_books.py. This module only
+turns them into families, bounding every label: the top `traces.max_models` models of each experiment
+by cost (then tokens) keep their name, the rest are summed as `other`; the same for users or sessions.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from prometheus_client.metrics_core import Metric
 
+from mlops_kpi_exporter.genai_books import ExperimentSpend
 from mlops_kpi_exporter.ledger import cumulative_buckets
 from mlops_kpi_exporter.metrics import OTHER
 from mlops_kpi_exporter.metrics.catalogue import family
+from mlops_kpi_exporter.trace_facts import NANO
 
-NANO = 1_000_000_000  # money is summed in nano-units of the currency, as the run figures
 TOKEN_TYPES = ("input", "output", "cached_input", "cache_creation_input")
 ALWAYS_SHOWN_TOKEN_TYPES = ("input", "output")  # the cache types only where a trace recorded them
 PRICE_SOURCES = ("mlflow", "config", "catalog", "unpriced")
 STATUSES = ("OK", "ERROR", "IN_PROGRESS")
 SKIP_REASONS = ("invalid_token_usage", "invalid_cost", "unknown_status", "invalid_time", "invalid_data")
-
-
-@dataclass
-class ExperimentSpend:
-    """Everything counted of one experiment's traces: sums, never the traces themselves."""
-
-    traces: Counter[str] = field(default_factory=Counter)  # ended traces counted, by status (OK, ERROR)
-    tokens: Counter[tuple[str, str]] = field(default_factory=Counter)  # (model, token_type) -> tokens
-    cost: Counter[str] = field(default_factory=Counter)  # model -> nano-units (priced tokens only)
-    priced_tokens: Counter[tuple[str, str]] = field(default_factory=Counter)  # (model, price_source) -> tokens
-    month_cost: Counter[str] = field(default_factory=Counter)  # "YYYY-MM" (runs.timezone) -> nano-units
-    breakdown_cost: Counter[str] = field(default_factory=Counter)  # user or session -> nano-units
-    duration_buckets: list[int] = field(default_factory=list)  # per bucket (not cumulative), +Inf last
-    duration_sum_ms: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)  # reason -> traces left out
-    # What the server's aggregation can be compared with: ended traces seen (skipped ones too) by state,
-    # and the sum of their total_tokens as MLflow recorded them.
-    seen: Counter[str] = field(default_factory=Counter)
-    seen_tokens: Counter[str] = field(default_factory=Counter)
-
-    def empty(self) -> bool:
-        return not (self.traces or self.skipped or self.seen)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from mlops_kpi_exporter.mlflow_client import (
     pages_in_parallel,
     paged,
 )
-from mlops_kpi_exporter.pricing import BadRunData
+from mlops_kpi_exporter.bad_data import BadData
 from mlops_kpi_exporter.runs import RunFacts, RunRules, facts_of
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class RunSync(MlflowReader):
     def _apply(self, ledger: RunLedger, run: Any, now_ms: int) -> bool:
         try:
             facts = facts_of(self.rules, run, now_ms)
-        except BadRunData as exc:
+        except BadData as exc:
             run_id, exp_id = getattr(run.info, "run_id", "?"), getattr(run.info, "experiment_id", "?")
             if ledger.skipped.get(run_id, (None, None))[1] != exc.reason:  # once per run and reason
                 level = logging.WARNING if exc.reason == "invalid_data" else logging.INFO
