@@ -112,6 +112,13 @@ class MlflowServer:
         return MlflowClient(tracking_uri=self.url)
 
 
+@pytest.fixture(autouse=True)
+def own_state_dir(tmp_path_factory, monkeypatch):
+    """Each test its own default state directory (config `state_dir`), never the user's: what one
+    test's Cost Explorer calls or bill files leave there must not reach another's."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-shared")).start()

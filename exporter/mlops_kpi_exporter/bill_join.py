@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mlops_kpi_exporter.runs import RunFacts
-from mlops_kpi_exporter.sources.billing import add_costs as _add
+from mlops_kpi_exporter.bill import add_costs as _add
 
 Costs = list[int]  # nano: billed, effective, list
 

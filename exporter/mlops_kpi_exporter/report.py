@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from mlops_kpi_exporter.config import Config
 from mlops_kpi_exporter.mlflow_client import MlflowConnection
 from mlops_kpi_exporter.pricing import BadRunData, money
-from mlops_kpi_exporter.sources.billing import COMPUTE_CATEGORIES
+from mlops_kpi_exporter.bill import COMPUTE_CATEGORIES
 from mlops_kpi_exporter.runs import MS_PER_HOUR, NANO, UNTAGGED, RunFacts, cost_nano, facts_of, on_parents_machine
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from conftest import free_port, render, samples, value
 from mlops_kpi_exporter.config import config_from_dict
 from mlops_kpi_exporter.poller import Poller
 from mlops_kpi_exporter.snapshot import SnapshotStore
-from mlops_kpi_exporter.sources.billing import COMPUTE_CATEGORIES
+from mlops_kpi_exporter.bill import COMPUTE_CATEGORIES
 from mlops_kpi_exporter.sources.cost_explorer import (CallBudgetSpent, CostExplorerError, CostExplorerSource, category,
                                                        ce_tag_key, tag_value, time_period)
 
@@ -334,25 +334,77 @@ def test_check_says_what_is_asked_and_makes_no_call(moto_server):
 
 
 def test_wired_as_the_exporter_builds_it_with_calibration_and_as_report_reads_it(moto_server):
-    from mlops_kpi_exporter.bill_share import SharedBills
+    from mlops_kpi_exporter.bill import calibration_factors
     from mlops_kpi_exporter.sources.billing import bill_sources
 
     queue(moto_server, TEAM_ALL, TEAM_USAGE)
     src = source(moto_server, tags=("team",))
-    calibration = SharedBills()
-    [wrapped] = bill_sources(src.config, calibration)
-    assert isinstance(wrapped.source, CostExplorerSource) and wrapped.name == "billing:aws"
-    wrapped.poll()
+    [built] = bill_sources(src.config)
+    built.clock = Clock()
+    assert isinstance(built, CostExplorerSource) and built.name == "billing:aws"
+    assert built.facts() is None  # before a good poll the derived stage has no bill of it
+    built.poll()
     # compute usage records, both months: amortized EC2 75 + 20 + 45, SageMaker 35 + 9 (= 184);
     # unblended EC2 120 + 20 + 60, SageMaker 40 + 12 (= 252); no S3, no credit
-    assert calibration.factors() == {"aws": pytest.approx(184 / 252)}
-    assert wrapped.source.last_bill.compute_usage == {("2026-10", "AWS"): [180 * 10**9, 130 * 10**9, 180 * 10**9],
-                                                      ("2026-11", "AWS"): [72 * 10**9, 54 * 10**9, 72 * 10**9]}
+    assert calibration_factors([built.facts()]) == {"aws": pytest.approx(184 / 252)}
+    assert built.facts().compute_usage == {("2026-10", "AWS"): [180 * 10**9, 130 * 10**9, 180 * 10**9],
+                                           ("2026-11", "AWS"): [72 * 10**9, 54 * 10**9, 72 * 10**9]}
+    assert bill_sources(src.config, export=False) == []  # a shard other than the first calls nothing
     # report reads a bill with no arguments; the same requests, answered again from moto's cache
     [reader] = bill_sources(src.config)
+    reader.clock = Clock()  # the same day as the poll's
     bill = reader.read()
-    assert bill.files == 2 and reader.calls_today == 2
+    assert bill.files == 2 and reader.calls_today == 4  # the day's count is kept: the poll's 2 and these
     assert sum(c[0] for (m, *_), c in bill.costs.items() if m == "2026-10") == 181_190_000_000  # nano
+
+
+def test_restarts_in_a_day_never_spend_more_than_the_days_budget(moto_server, caplog):
+    """Two restarts (and a reload is a restart of the sources) in a day, budget 5 calls, 2 a poll: at
+    most 5 paid calls that day, and a restart within the interval makes none and keeps the bill."""
+    queue(moto_server, TEAM_ALL, TEAM_USAGE)
+    clock = Clock()
+    sent: list[str] = []
+    started = []
+
+    def start():  # what serve does at each start: the sources built afresh from the config
+        src = source(moto_server, tags=("team",), clock=clock, max_calls_per_day=5)
+        src.client.meta.events.register("before-send.ce", lambda request, **_: sent.append(request.url))
+        started.append(src)
+        return src
+
+    first = start()
+    first.poll()
+    assert len(sent) == 2 and first.calls_today == 2
+    soon = start()  # restarted 10 minutes later: the kept bill, no call
+    clock.now += 600
+    families, summary = soon.poll()
+    assert len(sent) == 2 and "no Cost Explorer call" in summary
+    assert soon.facts() is not None and soon.facts().costs == first.facts().costs
+    clock.now += HOUR  # an hour later: a poll is due, and paid
+    soon.poll()
+    assert len(sent) == 4 and soon.calls_today == 4
+    late = start()  # restarted again the same day: the budget has room for no further poll
+    clock.now += HOUR
+    with pytest.raises(CallBudgetSpent, match="4 made today"):
+        late.poll()
+    assert len(sent) == 4 <= 5
+    assert late.facts().costs == first.facts().costs  # the last good bill stays for the derived stage
+    clock.now = NOW + 86400  # the next UTC day: a fresh budget
+    late.poll()
+    assert len(sent) == 6 and late.calls_today == 2
+
+
+def test_a_corrupt_state_file_is_a_warning_and_a_fresh_start(moto_server, caplog):
+    queue(moto_server, TEAM_ALL, TEAM_USAGE)
+    first = source(moto_server, tags=("team",))
+    first.poll()
+    first.state.path.write_text('{"kind": "cost-explorer", "version": 1, "data": {"day": "yesterday"}}')
+    with caplog.at_level("WARNING"):
+        again = source(moto_server, tags=("team",))
+    assert "is corrupt" in caplog.text and str(first.state.path) in caplog.text
+    assert again.calls_today == 0 and again.facts() is None
+    again.poll()  # and it goes on, writing a good file again
+    assert source(moto_server, tags=("team",)).calls_today == 2
 
 
 # -- helpers that need no server (here, not in tests/unit: the two test modules would share a name) --

@@ -12,7 +12,7 @@ from mlops_kpi_exporter.ledger import RunLedger
 from mlops_kpi_exporter.metrics import bill_join as metrics
 from mlops_kpi_exporter.pricing import Pricer
 from mlops_kpi_exporter.runs import MS_PER_HOUR, NANO, RunRules, make_facts
-from mlops_kpi_exporter.sources.billing import Bill
+from mlops_kpi_exporter.bill import Bill
 from mlops_kpi_exporter.facts import LedgerFacts
 from mlops_kpi_exporter.views import BillView
 

@@ -102,6 +102,30 @@ def test_a_restated_month_replaces_the_old_figures_and_unchanged_files_are_not_r
     assert "0 read anew" in summary
 
 
+def test_what_was_read_survives_a_restart_and_a_corrupt_state_file_is_a_fresh_start(tmp_path, caplog):
+    folder = tmp_path / "bill"
+    write_csv(folder / "2026-10.csv", [row("10", "10", "10", *OCT)])
+    write_csv(folder / "2026-11.csv", [row("100", "100", "100", *NOV)])
+    first, summary = poll(source(folder))
+    assert "2 read anew" in summary
+    again = source(folder)  # a restart (or a reload: the sources are built afresh)
+    m, summary = poll(again)
+    assert "0 read anew" in summary and m == first  # the same figures, from the kept totals
+    other = source(folder, months=1)  # months only chooses what shows: the kept totals still hold
+    assert "0 read anew" in poll(other)[1]
+    retagged = config_from_dict({  # other allocation tags: the kept totals are not this reader's
+        "mlflow": {"tracking_uri": "http://127.0.0.1:1"}, "allocation": {"tags": ["owner"]},
+        "billing": {"sources": [{"name": "aws", "focus": str(folder)}]}})
+    assert "2 read anew" in BillingSource(retagged.billing.sources[0], retagged).poll()[1]
+    again.state.path.write_text('{"kind": "focus-files", "version": 1, "data": {"where": "')  # cut off mid-write
+    with caplog.at_level("WARNING"):
+        fresh = source(folder)
+    assert "cannot be read" in caplog.text and "starting afresh" in caplog.text and str(again.state.path) in caplog.text
+    m, summary = poll(fresh)
+    assert "2 read anew" in summary and m == first
+    assert "0 read anew" in poll(source(folder))[1]  # the good file written again
+
+
 @pytest.mark.parametrize("columns, words", [
     ([c for c in FOCUS_12 if c != "BilledCost"], "no BilledCost column"),
     ([c for c in FOCUS_12 if c != "ProviderName"], "no ProviderName (or ServiceProviderName) column"),

@@ -128,7 +128,7 @@ def test_a_parquet_bill_without_pyarrow_names_the_parquet_extra(tmp_path):
     proc = child("""
         from mlops_kpi_exporter.config import load_config
         from mlops_kpi_exporter.sources.billing import bill_sources
-        source = bill_sources(load_config(sys.argv[1]), None, export=True)[0]
+        source = bill_sources(load_config(sys.argv[1]), export=True)[0]
         for attempt in (source.check, source.poll):
             try:
                 attempt()

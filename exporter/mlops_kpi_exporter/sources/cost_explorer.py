@@ -42,13 +42,17 @@ a source that has stopped answering (failed polls keep the last figures, which a
 so by which the bill itself lags.
 A ResultsByTime with Estimated true is normal (the open month).
 
-Every request is billed (USD 0.01): calls are counted per UTC day (in memory) and a poll that would
-go over `max_calls_per_day` is put off (the poll fails, the last figures stay); a poll less than the
-interval after the last good one returns the last figures without a call.
+Every request is billed (USD 0.01): calls are counted per UTC day and a poll that would go over
+`max_calls_per_day` is put off (the poll fails, the last figures stay); a poll less than the interval
+after the last good one returns the last figures without a call. The day's count, the time of the
+last good poll and its bill are kept in the state directory (state.py), written before each call:
+a restart or a reload (even a crash loop) never spends the day's budget again, and one within the
+interval makes no call at all.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -63,8 +67,9 @@ from mlops_kpi_exporter.config.billing import tag_keys
 from mlops_kpi_exporter.metrics import billing as billing_metrics
 from mlops_kpi_exporter.runs import UNTAGGED
 from mlops_kpi_exporter.sources import aws
-from mlops_kpi_exporter.sources.billing import COMPUTE_CATEGORIES, Bill, FileTotals, _nano
-from mlops_kpi_exporter.sources.billing import add_costs as _add
+from mlops_kpi_exporter.bill import COMPUTE_CATEGORIES, Bill, FileTotals, to_nano
+from mlops_kpi_exporter.bill import add_costs as _add
+from mlops_kpi_exporter.state import StateFile
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +129,20 @@ def time_period(now: datetime, months: int) -> dict[str, str]:
     return {"Start": start.isoformat(), "End": end.isoformat()}
 
 
+def _parse_kept(data: dict) -> dict:
+    """The state file's document, checked part by part (it may have been edited by hand)."""
+    day = date.fromisoformat(data["day"]) if data["day"] is not None else None
+    calls, good = data["calls_today"], data["last_good_calls"]
+    if type(calls) is not int or calls < 0 or type(good) is not int or good < 0:
+        raise ValueError(f"call counts {calls!r}, {good!r} are not counts")
+    last = data["last_success"]
+    if last is not None and type(last) not in (int, float):
+        raise ValueError(f"last_success {last!r} is not a time")
+    bill = FileTotals.from_json(data["bill"]) if data["bill"] is not None else None
+    return {"day": day, "calls_today": calls, "last_good_calls": good, "last_success": last, "bill": bill,
+            "bill_calls": int(data["bill_calls"]), "asks": data["asks"]}
+
+
 def _day_start(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc)
 
@@ -157,6 +176,9 @@ class CostExplorerSource:
         self.last_families: list[Metric] | None = None
         self.last_bill: Bill | None = None  # of the latest good poll (pricing.calibrate_from_bill reads it)
         self.last_summary = ""
+        self.last_totals: FileTotals | None = None  # what last_bill was made of, as the state file keeps it
+        self.state = StateFile(config.state_dir, "cost-explorer", source.name)
+        self._restore()
 
     # -- the daily budget --------------------------------------------------------------------
     def _now(self) -> datetime:
@@ -188,6 +210,7 @@ class CostExplorerSource:
         self.calls_today += 1
         self.calls_total += 1
         self.calls_made += 1
+        self._save()  # before the call: a crash during it still counts it
 
     # -- Source ------------------------------------------------------------------------------
     def check(self) -> str:
@@ -223,11 +246,54 @@ class CostExplorerSource:
         calls.add_metric([self.label], self.calls_total)
         families = [*billing_metrics.families(bill), calls]
         self.last_success, self.last_good_calls, self.last_families = started, bill.files, families
-        self.last_bill = bill
+        self.last_bill, self.last_totals = bill, self._read_totals
+        self._save()
         summary = (f"{bill.files} Cost Explorer calls ({self.calls_today} of {self.max_calls} today), "
                    f"{bill.rows:,} groups, months {', '.join(bill.shown_months())}")
         self.last_summary = summary
         return families, summary
+
+    def facts(self) -> Bill | None:
+        """What the derived stage joins (calibration); None before a good poll."""
+        return self.last_bill
+
+    # -- what survives a restart -----------------------------------------------------------------
+    def _asks(self) -> dict:
+        """What a kept bill depends on besides the bill: one read under another config is not kept."""
+        return {"keys": self.keys, "months": self.config.billing.months, "currency": self.config.pricing.currency}
+
+    def _save(self) -> None:
+        self.state.save({
+            "day": self.day.isoformat() if self.day else None, "calls_today": self.calls_today,
+            "last_success": self.last_success, "last_good_calls": self.last_good_calls, "asks": self._asks(),
+            "bill": self.last_totals.to_json() if self.last_totals is not None and self.last_bill is not None else None,
+            "bill_calls": self.last_bill.files if self.last_bill is not None else 0,
+        })
+
+    def _restore(self) -> None:
+        kept = self.state.load(_parse_kept)
+        if kept is None:
+            return
+        self.day, self.calls_today = kept["day"], kept["calls_today"]
+        self.last_good_calls = kept["last_good_calls"]
+        if kept["bill"] is None or kept["asks"] != json.loads(json.dumps(self._asks())):
+            return  # the day's calls stand; a bill read under another config does not
+        self.last_totals = kept["bill"]
+        self.last_bill = self._bill(self.last_totals, kept["bill_calls"])
+        self.last_success = kept["last_success"]
+        calls = family("mlops_billing_api_calls_total")
+        calls.add_metric([self.label], self.calls_total)
+        self.last_families = [*billing_metrics.families(self.last_bill), calls]
+        log.info("%s: %d Cost Explorer calls made today (UTC %s) and the last bill kept from before the restart",
+                 self.name, self.calls_today, self.day)
+
+    def _bill(self, totals: FileTotals, calls: int) -> Bill:
+        billing = self.config.billing
+        bill = Bill(self.label, self.config.pricing.currency, billing.months, billing.max_services,
+                    self.config.allocation.max_values, self.tags)
+        bill.add(totals)
+        bill.files = calls
+        return bill
 
     # -- reading -----------------------------------------------------------------------------
     def _get(self, request: dict) -> list[dict]:
@@ -284,7 +350,7 @@ class CostExplorerSource:
                             f"Cost Explorer answered {metric} in {unit}, not pricing.currency {currency}: "
                             f"amounts are never summed across currencies")
                     try:
-                        amounts.append(_nano(entry.get("Amount")))
+                        amounts.append(to_nano(entry.get("Amount")))
                     except ValueError as exc:
                         raise CostExplorerError(f"Cost Explorer {metric} of {service} in {start[:7]}: {exc}") from None
                 _add(out, (start[:7], service, value), amounts)
@@ -327,9 +393,5 @@ class CostExplorerSource:
                     _add(totals.by_tag, (month, tag, value, kind in COMPUTE_CATEGORIES), costs)
         if latest[0]:
             totals.last_charge[PROVIDER] = min(now.timestamp(), latest[0])
-        billing = self.config.billing
-        bill = Bill(self.label, self.config.pricing.currency, billing.months, billing.max_services,
-                    self.config.allocation.max_values, self.tags)
-        bill.add(totals)
-        bill.files = self.calls_made
-        return bill
+        self._read_totals = totals
+        return self._bill(totals, self.calls_made)
