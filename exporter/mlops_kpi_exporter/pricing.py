@@ -17,7 +17,6 @@ from mlops_kpi_exporter.bad_data import BadData
 from mlops_kpi_exporter.config import MAX_HOURLY_COST, MAX_INSTANCE_COUNT, ConfigError, PricingConfig
 
 
-BadRunData = BadData  # the old name: report.py (not part of this change) still imports it
 
 
 @dataclass(frozen=True)
