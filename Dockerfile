@@ -18,11 +18,14 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # A fixed, unprivileged user; /mlflow is where the stack's MLflow keeps its database and artifacts.
 RUN groupadd --system --gid 10150 exporter \
  && useradd --system --uid 10150 --gid exporter --create-home --home-dir /home/exporter exporter \
- && mkdir -p /mlflow /etc/mlops-kpi-exporter \
- && chown exporter:exporter /mlflow
+ && mkdir -p /mlflow /etc/mlops-kpi-exporter /var/lib/mlops-kpi-exporter \
+ && chown exporter:exporter /mlflow /var/lib/mlops-kpi-exporter
 COPY --from=build /opt/venv /opt/venv
 USER 10150:10150
 WORKDIR /home/exporter
+# state_dir (what survives a restart: Cost Explorer's calls of the day, the bill files read)
+ENV XDG_STATE_HOME=/var/lib
+VOLUME ["/var/lib/mlops-kpi-exporter"]
 EXPOSE 10150
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:10150/healthz', timeout=4).status != 200)"]

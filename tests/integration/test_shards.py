@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import HOUR_MS, add_run, connected, render, samples
+from conftest import HOUR_MS, InProcess, add_run, connected
 from mlops_kpi_exporter.config import ConfigError, config_from_dict
 from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource
 
@@ -22,7 +22,8 @@ def figures(mlflow_server, prefix, now, shard=None):
         "allocation": {"tags": ["team"]},
         "budgets": [{"name": "all", "experiments": ["*"], "monthly": 100}],
     })
-    return samples(render(MlflowSource(*connected(config), clock=lambda: now / 1000).poll()[0]))
+    source = MlflowSource(*connected(config), clock=lambda: now / 1000)
+    return InProcess(config, [source]).poll()  # budgets come from the derived stage
 
 
 def summed(parts):
