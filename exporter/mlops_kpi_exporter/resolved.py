@@ -9,22 +9,40 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from mlops_kpi_exporter.config import Config
+from mlops_kpi_exporter.genai_books import Rules as TraceRules
 from mlops_kpi_exporter.pricing import Pricer
 from mlops_kpi_exporter.runs import RunRules
 
 
+@dataclass(frozen=True)
+class Resolved:
+    run_rules: RunRules  # what turns a run's data into facts (the MLflow source, `report`, the demo's bill)
+    trace_rules: TraceRules  # what turns a trace into GenAI books (token pricing, months, breakdown)
+
+
+def resolve(config: Config) -> Resolved:
+    """The rules and pricers of a validated config, built at the first call and kept with it (a config
+    is immutable: a reload is a new Config, so a new Resolved)."""
+    if config._resolved is None:
+        config._resolved = Resolved(
+            run_rules=RunRules(
+                pricer=Pricer(config.pricing),
+                estimator_keys=tuple(config.runs.estimator_keys),
+                timezone=config.runs.timezone,
+                allocation_tags=tuple(config.allocation.tags),
+                stale_after_ms=int(config.runs.stale_after * 1000),
+                join_tags=tuple(dict.fromkeys(r.run_tag for r in config.billing.run_join if r.run_tag)),
+            ),
+            trace_rules=TraceRules.of(config),
+        )
+    return config._resolved
+
+
 def run_rules(config: Config) -> RunRules:
-    """What turns a run's data into facts (the MLflow source, `report` and the demo's bill use the same)."""
-    return RunRules(
-        pricer=Pricer(config.pricing),
-        estimator_keys=tuple(config.runs.estimator_keys),
-        timezone=config.runs.timezone,
-        allocation_tags=tuple(config.allocation.tags),
-        stale_after_ms=int(config.runs.stale_after * 1000),
-        join_tags=tuple(dict.fromkeys(r.run_tag for r in config.billing.run_join if r.run_tag)),
-    )
+    return resolve(config).run_rules
 
 
 def unmatched(config: Config, watched: Iterable[str], kpis_without_experiment: Iterable[str] = (),

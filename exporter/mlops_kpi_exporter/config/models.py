@@ -8,7 +8,7 @@ import zoneinfo
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from mlops_kpi_exporter.config.common import (
     LABEL_SAFE,
@@ -300,6 +300,7 @@ def _unique_names(items: list[Any]) -> list[Any]:
 
 class Config(_Strict):
     mlflow: MlflowConfig
+    _resolved: Any = PrivateAttr(default=None)  # resolved.resolve() caches the second layer here
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     runs: RunsConfig = Field(default_factory=RunsConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)

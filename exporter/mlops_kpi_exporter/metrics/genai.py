@@ -17,7 +17,7 @@ from prometheus_client.metrics_core import Metric
 
 from mlops_kpi_exporter.genai_books import ExperimentSpend
 from mlops_kpi_exporter.ledger import cumulative_buckets
-from mlops_kpi_exporter.metrics import OTHER
+from mlops_kpi_exporter.metrics import OTHER, top_and_other
 from mlops_kpi_exporter.metrics.catalogue import family
 from mlops_kpi_exporter.trace_facts import NANO
 
@@ -47,8 +47,8 @@ class GenaiView:
 
 def ranked(totals: Mapping[str, tuple[int, int]], limit: int) -> set[str]:
     """The `limit` names with the largest (cost, tokens), ties by name: the ones that keep a label."""
-    order = sorted(totals, key=lambda name: (-totals[name][0], -totals[name][1], name))
-    return set(order[:limit])
+    kept = top_and_other(totals, limit, add=lambda a, b: (a[0] + b[0], a[1] + b[1]))
+    return set(list(kept)[:limit])
 
 
 def kept_models(spend: ExperimentSpend, limit: int) -> dict[str, str]:

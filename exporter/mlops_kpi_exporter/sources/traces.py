@@ -38,7 +38,8 @@ from prometheus_client.metrics_core import Metric
 from mlops_kpi_exporter.bad_data import BadData
 from mlops_kpi_exporter.config import Config
 from mlops_kpi_exporter.facts import GenaiFacts
-from mlops_kpi_exporter.genai_books import ExperimentSpend, Rules, fold
+from mlops_kpi_exporter.genai_books import ExperimentSpend, fold
+from mlops_kpi_exporter.resolved import resolve
 from mlops_kpi_exporter.metrics.genai import GenaiView, families
 from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, is_data_error
 from mlops_kpi_exporter.sources.run_sync import RunSync
@@ -108,7 +109,7 @@ class TraceSource(MlflowReader):
         self.interval = self.cfg.poll_interval
         self.overlap_ms = int(config.mlflow.watermark_overlap * 1000)
         self.clock = clock
-        self.rules = Rules.of(config)
+        self.rules = resolve(config).trace_rules
         self.trace_store = TraceStore(lambda: self.client)  # the client opens lazily (and tests swap it)
         self.watch = RunSync(config, mlflow, rules=None)  # type: ignore[arg-type] - only its experiment matching
         self.spend: dict[str, ExperimentSpend] | None = None
