@@ -23,6 +23,7 @@ from mlops_kpi_exporter.config.common import (
     at_least,
 )
 from mlops_kpi_exporter.config.billing import BillingConfig
+from mlops_kpi_exporter.config.databricks import DatabricksConfig
 from mlops_kpi_exporter.config.endpoints import EndpointConfig
 from mlops_kpi_exporter.config.state_dir import default_state_dir
 from mlops_kpi_exporter.config.traces import TracesConfig
@@ -154,6 +155,9 @@ class PricingConfig(_Strict):
     # Scale catalog (list) prices by what the bill says compute really costs against list
     # (EffectiveCost / ListCost of its compute, per provider): shown as its own figures, beside the list-price ones.
     calibrate_from_bill: bool = False
+    # DBU rates for runs priced from their Databricks cluster (mlflow.databricks.cluster.info); None:
+    # such runs are priced for their VMs only, under the price source databricks_no_dbu_rate
+    databricks: DatabricksConfig | None = None
 
 
 DEFAULT_DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 259200)
