@@ -1,10 +1,12 @@
-"""What a run's machine costs per hour: a run tag, the config's prices, the shipped catalog, a default.
+"""What a run's machine costs per hour: a run tag, the config's prices, the shipped catalog, a
+Databricks cluster's nodes and DBUs, a default.
 
 The config-then-catalog lookup (`config_then_catalog`) is shared with the token prices of LLM calls
 (token_pricing.py)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,8 +17,13 @@ import yaml
 
 from mlops_kpi_exporter.bad_data import BadData
 from mlops_kpi_exporter.config import MAX_HOURLY_COST, MAX_INSTANCE_COUNT, ConfigError, PricingConfig
+from mlops_kpi_exporter.databricks import BAD_COUNT, CLUSTER_INFO_TAG, Cluster, read_cluster
 
+log = logging.getLogger(__name__)
 
+# Price sources of a run priced from its Databricks cluster: every node's VM and DBUs, or a node type
+# without a DBU rate in pricing.databricks (its VMs priced, its DBUs not: an underestimate, shown).
+DATABRICKS, DATABRICKS_NO_DBU_RATE = "databricks", "databricks_no_dbu_rate"
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,7 @@ def config_then_catalog(names: Sequence[str], tables: Sequence[PriceTable[P]]) -
 @dataclass(frozen=True)
 class Rate:
     hourly: float
-    source: str  # tag | config | catalog | default: how the rate was found, for the price-source metric
+    source: str  # tag | config | catalog | databricks[_no_dbu_rate] | default: how it was found (price-source metric)
     instance_type: str | None
     provider: str | None = None  # a catalog (list) price: whose catalog, for calibration by the bill
 
@@ -112,6 +119,10 @@ class Pricer:
         self.catalog = catalog if config.use_catalog else None
         self._tables = price_tables(config.instances, self.catalog.prices if self.catalog else None)
         self._catalog_providers = {k.lower(): v for k, v in (self.catalog.providers if self.catalog else {}).items()}
+        dbx = config.databricks
+        self._dbus = [PriceTable.of("databricks", dbx.dbus_per_hour if dbx else {})]
+        self._dbu_price = dbx.dbu_price if dbx else 0.0
+        self._said_no_dbu_rate: set[str] = set()  # node types already named in the log
 
     def price_of(self, instance_type: str) -> tuple[float, str] | None:
         return config_then_catalog([instance_type], self._tables)
@@ -123,6 +134,9 @@ class Pricer:
         tagged = tags.get(cfg.hourly_cost_tag)
         if tagged is not None:
             return Rate(_bounded(tagged, "invalid_hourly_cost", MAX_HOURLY_COST), "tag", instance_type)
+        cluster_info = str(tags.get(CLUSTER_INFO_TAG) or "").strip()
+        if instance_type is None and cluster_info:  # a machine named by hand wins over the cluster
+            return self.cluster_rate(read_cluster(cluster_info))
         count_text = first_of(cfg.instance_count_keys, tags, params)
         count = 1.0 if count_text is None else _instance_count(count_text)
         if instance_type is not None:
@@ -131,6 +145,32 @@ class Pricer:
                 provider = self._catalog_providers.get(instance_type.lower()) if found[1] == "catalog" else None
                 return Rate(found[0] * count, found[1], instance_type, provider)
         return Rate(cfg.default_hourly_cost * count, "default", instance_type)
+
+    def cluster_rate(self, cluster: Cluster) -> Rate:
+        """workers x (VM + DBUs of node_type) + 1 x (VM + DBUs of the driver type). A VM neither the
+        config nor the catalog prices makes the run an unknown machine: the default rate per node."""
+        nodes = [(t, n) for t, n in ((cluster.node_type, cluster.workers), (cluster.driver_type, 1)) if n]
+        found = {t: self.price_of(t) for t, _ in nodes}
+        vms = {t: f[0] for t, f in found.items() if f is not None}
+        if len(vms) < len(found):
+            return Rate(self.config.default_hourly_cost * (cluster.workers + 1), "default", cluster.node_type)
+        hourly, source = 0.0, DATABRICKS
+        for node_type, count in nodes:
+            dbus = config_then_catalog([node_type], self._dbus)
+            if dbus is None:
+                source = DATABRICKS_NO_DBU_RATE
+                self._say_no_dbu_rate(node_type)
+            hourly += count * (vms[node_type] + (dbus[0] * self._dbu_price if dbus else 0.0))
+        if hourly > MAX_HOURLY_COST:  # bounded as an hourly-cost tag is: a count mistake, not a price
+            raise BadData(BAD_COUNT, f"{cluster.workers} workers of {cluster.node_type} cost {hourly:,.0f} an hour")
+        # no catalog provider: the DBUs are no cloud's list price, so the bill's calibration does not scale them
+        return Rate(hourly, source, cluster.node_type)
+
+    def _say_no_dbu_rate(self, node_type: str) -> None:
+        if node_type not in self._said_no_dbu_rate:
+            self._said_no_dbu_rate.add(node_type)
+            log.warning("pricing.databricks.dbus_per_hour has no rate for node type %s: Databricks runs on it are "
+                        "priced for their VMs only (price source %s)", node_type, DATABRICKS_NO_DBU_RATE)
 
 
 def _bounded(text: str, reason: str, limit: float) -> float:
