@@ -50,7 +50,9 @@ COSTS: tuple[MetricSpec, ...] = (  # costs: metrics/costs.py
           "`unknown_status`, `invalid_hourly_cost`, `invalid_instance_count`, `invalid_data`", "costs"),
     entry("mlops_runs_by_price_source", "gauge", ("experiment", "source"),
           "Runs by where their hourly rate came from: tag, config, catalog, or default (machine unknown).",
-          "runs priced by `tag`, `config`, `catalog` or `default`", "costs"),
+          "runs priced by `tag`, `config`, `catalog`, `databricks` (a cluster's VMs and DBUs, see \"Databricks "
+          "clusters\"), `databricks_no_dbu_rate` (its VMs only: a node type has no DBU rate, an underestimate) or "
+          "`default`", "costs"),
     entry("mlops_mlflow_runs_tracked", "gauge", (), "Runs held by the exporter's ledger.",
           "runs held by the exporter", "costs"),
     entry("mlops_runs_stale", "gauge", ("experiment",),
