@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -13,7 +14,7 @@ from mlops_kpi_exporter.sources.mlflow_runs import MlflowSource
 MIN_MS = 60_000
 
 
-def make_config(url: str, prefix: str, **runs):
+def make_config(url: str, prefix: str, pricing: dict | None = None, **runs):
     return config_from_dict(
         {
             "mlflow": {
@@ -24,7 +25,7 @@ def make_config(url: str, prefix: str, **runs):
                 "timeout": "5s",
                 "retry_backoff": "1s",
             },
-            "pricing": {"default_hourly_cost": 0.2, "instances": {"onprem-gpu": 2.0}},
+            "pricing": {"default_hourly_cost": 0.2, "instances": {"onprem-gpu": 2.0}, **(pricing or {})},
             "runs": {"max_run_series": 3, **runs},
         }
     )
@@ -193,6 +194,27 @@ def test_per_run_series_are_bounded(mlflow_server, prefix):
     estimators = {dict(k[1])["estimator"]: v for k, v in m.items() if k[0] == "mlops_runs_by_estimator"}
     assert len(estimators) == 4 and estimators["other"] == 15  # 3 kept (5 runs each) + the rest
     assert sum(estimators.values()) == 30
+
+
+def test_a_databricks_run_is_priced_from_its_cluster_info_alone(mlflow_server, prefix):
+    """Issue 27: a run with no machine tag, only the cluster Databricks recorded, is priced from the
+    catalog's VMs and the configured DBU rates."""
+    client = mlflow_server.client()
+    exp = client.create_experiment(f"{prefix}-dbx")
+    now_ms = int(time.time() * 1000)
+    cluster = {"cluster_name": "x", "spark_version": "13.1.x-cpu-ml-scala2.12", "node_type_id": "i3.xlarge",
+               "driver_node_type_id": "m5.4xlarge", "autotermination_minutes": 120, "num_workers": 1}
+    run = add_run(client, exp, now_ms - 3 * HOUR_MS, now_ms - HOUR_MS, name="dbx-job",
+                  tags={"mlflow.databricks.cluster.info": json.dumps(cluster)})
+    dbx = {"databricks": {"dbu_price": 0.15, "dbus_per_hour": {"i3.xlarge": 1.0, "m5.4xlarge": 2.74}}}
+    m, _ = poll(MlflowSource(*connected(make_config(mlflow_server.url, prefix, pricing=dbx))))
+    labels = {"experiment": f"{prefix}-dbx", "run_id": run, "run_name": "dbx-job", "status": "FINISHED"}
+    # 1 x (0.312 + 1.0 x 0.15) + 1 x (0.768 + 2.74 x 0.15) = 1.641 an hour, for two hours
+    assert value(m, "mlops_run_cost", **labels) == 3.282
+    assert value(m, "mlops_run_hourly_cost", **labels) == pytest.approx(1.641, abs=1e-12)
+    assert value(m, "mlops_run_info", **labels, instance_type="i3.xlarge", estimator="unknown", price_source="databricks",
+                 parent_run_id="", machine="own") == 1
+    assert value(m, "mlops_runs_by_price_source", experiment=f"{prefix}-dbx", source="databricks") == 1
 
 
 def test_a_resync_in_place_ends_where_a_fresh_exporter_starts(mlflow_server, prefix, seeded):
