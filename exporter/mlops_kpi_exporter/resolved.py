@@ -56,9 +56,8 @@ def unmatched(config: Config, watched: Iterable[str], kpis_without_experiment: I
         if "compute" in budget.include and not any(fnmatch.fnmatchcase(n, g) for n in names for g in budget.experiments):
             out.append(f"budgets[{budget.name}]: no watched experiment matches {', '.join(budget.experiments)}: "
                        f"its compute is 0 (mlflow.experiments decides what is watched)")
-    pricer = run_rules(config).pricer
     for node_type in config.pricing.databricks.dbus_per_hour if config.pricing.databricks else ():
-        if pricer.price_of(node_type) is None:
+        if run_rules(config).pricer.price_of(node_type) is None:
             out.append(f"pricing.databricks.dbus_per_hour[{node_type}]: neither pricing.instances nor the catalog "
                        f"prices this VM: clusters of it are priced at pricing.default_hourly_cost per node")
     for kpi in kpis_without_experiment:
