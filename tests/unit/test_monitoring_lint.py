@@ -44,7 +44,9 @@ PANELS = {
                        "Skipped runs by reason", "Scrape size", "Runs tracked"],
 }
 ALERTS = {"MLCostSpike", "MLBudgetForecastExceeded", "MLBudgetExceeded", "MLRunawayRun", "MLStaleRuns",
-          "MLFailedRunWaste", "MLIdleSpend", "MLGenAISpendSpike", "MLGenAITraceErrors", "MLGenAITracesSlow", "MLEndpointDown", "MLEndpointHighErrorRate", "MLEndpointLatencyHigh",
+          "MLFailedRunWaste", "MLIdleSpend", "MLGenAISpendSpike", "MLGenAITraceErrors", "MLGenAITracesSlow",
+          "MLGatewayBudgetNearLimit", "MLGatewayBudgetExhausted", "MLEndpointDown", "MLEndpointHighErrorRate",
+          "MLEndpointLatencyHigh",
           "MLEndpointUnderutilized", "MLKPIBelowTarget", "MLCloudBillOverBudget", "MLCloudUntaggedSpend", "MLCloudBillStale",
           "MLBillAttributionFell", "MLPriceCalibrationOff", "MLJoinIdleCostHigh", "MLExporterDown", "MLflowUnreachable", "MLExporterPollStale",
           "MLDerivedFigureBlocked"}
