@@ -39,7 +39,7 @@ PANELS = {
     "mlops-genai": ["GenAI spend, last 24 h", "GenAI month to date", "Traces, last 24 h", "Cost per 1,000 traces",
                     "Unpriced tokens", "Cached share of input", "Spend by model", "Spend by experiment",
                     "Spend rate (per hour)", "Tokens per trace", "Error ratio", "Latency p50 / p95", "Spend by user",
-                    "Tokens by price source"],
+                    "Tokens by price source", "Gateway budgets used"],
     "mlops-exporter": ["Sources up", "Poll duration", "Poll errors", "Time since last successful poll",
                        "Skipped runs by reason", "Scrape size", "Runs tracked"],
 }
