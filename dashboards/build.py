@@ -313,6 +313,12 @@ def genai(money: str) -> dict:
              "LLM cost by the traces' mlflow.trace.user (traces.breakdown: user), the largest and the rest as other."),
         table_("Tokens by price source", f"mlops_genai_tokens_by_price_source{{{EXP}}}", "short",
                "Where each model's price came from: mlflow, config, catalog, or unpriced."),
+        # MLflow's AI Gateway budgets: per policy, not per experiment (the experiment variable does not apply)
+        table_("Gateway budgets used", "mlops:gateway_budget_used:ratio * on (job, policy) group_left (scope, target, "
+               "action, duration) max by (job, policy, scope, target, action, duration) (mlops_gateway_budget_info)",
+               "percentunit", "Share of each MLflow AI Gateway budget policy's limit its current window has spent, "
+               "as MLflow counts it, with the policy's scope, target, action and window length; a reject policy "
+               "at 100 % refuses its calls (MLGatewayBudgetExhausted), MLGatewayBudgetNearLimit warns at 80 %."),
     ]
     variables = [query_var("experiment", "mlops_genai_traces", "experiment")]
     return board("mlops-genai", "GenAI spend", panels, variables,

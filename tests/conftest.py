@@ -76,10 +76,11 @@ def child_env() -> dict[str, str]:
 class MlflowServer:
     """`mlflow server` on a SQLite file; can be killed and started again on the same port and data."""
 
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, env: dict[str, str] | None = None):
         self.workdir = workdir
         self.port = port or free_port()
         self.db = workdir / "mlflow.db"
+        self.env = env or {}  # the server's own settings, e.g. for its AI Gateway
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -95,7 +96,7 @@ class MlflowServer:
                 "--default-artifact-root", str(self.workdir / "artifacts"),
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
             ],
-            stdout=log, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, env=child_env() | self.env, start_new_session=True,
         )
         wait_http(f"{self.url}/health", timeout=90, proc=self.proc)
         return self

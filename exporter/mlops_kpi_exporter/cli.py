@@ -76,9 +76,9 @@ def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
 
     sources: list[Source] = [MlflowSource(config, mlflow)]
     # Sharded (mlflow.shard): every shard watches its own experiments; what is not split by experiment
-    # (KPIs, the registry, the bill's own figures, endpoints) runs on the first shard only, so that
-    # Prometheus can sum the shards. The others still read the FOCUS bills for their runs' join and
-    # calibration, without exporting them.
+    # (KPIs, the registry, the gateway's budgets, the bill's own figures, endpoints) runs on the first
+    # shard only, so that Prometheus can sum the shards. The others still read the FOCUS bills for their
+    # runs' join and calibration, without exporting them.
     first = config.mlflow.shard is None or config.mlflow.shard.first
     joins_bill = config.pricing.calibrate_from_bill or bool(config.billing.run_join)
     if config.kpis and first:
@@ -89,6 +89,10 @@ def build_sources(config: Config, mlflow: MlflowConnection) -> list[Source]:
         from mlops_kpi_exporter.sources.traces import TraceSource
 
         sources.append(TraceSource(config, mlflow))
+    if config.reads_gateway and first:  # the gateway's budgets are not split by experiment
+        from mlops_kpi_exporter.sources.gateway import GatewaySource
+
+        sources.append(GatewaySource(config, mlflow))
     if config.billing.sources and (first or joins_bill):
         from mlops_kpi_exporter.sources.billing import bill_sources
 

@@ -15,7 +15,8 @@ import pytest
 import requests
 import yaml
 
-from conftest import EXPORTER, child_env, free_port, wait_http
+from ai_gateway import GATEWAY_ENV, budget
+from conftest import EXPORTER, MlflowServer, child_env, free_port, wait_http
 from upstream import Reply, Upstream, fixture
 
 ROOT = Path(__file__).parents[2]
@@ -92,14 +93,27 @@ def prometheus(tmp_path_factory):
                             "preset": "bentoml", "hourly_cost": 1.2, "replicas": 2, "capacity_rps": 100,
                             "probe": {"path": "/ping", "interval": "1s", "timeout": "1s"}}]
     (work / "exporter.yml").write_text(yaml.safe_dump(config))
-    exporter_port, prom_port = free_port(), free_port()
-    procs = [subprocess.Popen([EXPORTER, "serve", "--config", str(work / "exporter.yml"), "--listen",
-                               f"127.0.0.1:{exporter_port}"], env=child_env(), stdout=subprocess.DEVNULL,
-                              stderr=open(work / "exporter.log", "wb"))]
+    # The demo's local store has no AI Gateway: a second exporter of the same job reads the budgets of a
+    # real server with its gateway on (nothing else: no experiment matches, its other sources off).
+    (work / "gateway").mkdir()
+    gateway = MlflowServer(work / "gateway", env=GATEWAY_ENV).start()
+    try:
+        budget(gateway, 50.0, "REJECT")
+    except BaseException:
+        gateway.kill()
+        raise
+    (work / "gateway.yml").write_text(yaml.safe_dump({
+        "mlflow": {"tracking_uri": gateway.url, "experiments": ["no-such-experiment"], "poll_interval": "2s"},
+        "registry": {"enabled": False}, "traces": {"enabled": False}, "gateway": {"enabled": True}}))
+    exporter_port, gateway_port, prom_port = free_port(), free_port(), free_port()
+    procs = [subprocess.Popen([EXPORTER, "serve", "--config", str(work / name), "--listen", f"127.0.0.1:{port}"],
+                              env=child_env(), stdout=subprocess.DEVNULL, stderr=open(work / f"{Path(name).stem}.log", "wb"))
+             for name, port in (("exporter.yml", exporter_port), ("gateway.yml", gateway_port))]
     (work / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ROOT / "alerts" / "rules.yml")],
-        "scrape_configs": [{"job_name": "mlops-kpi-exporter", "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}]}))
+        "scrape_configs": [{"job_name": "mlops-kpi-exporter", "static_configs": [
+            {"targets": [f"127.0.0.1:{exporter_port}", f"127.0.0.1:{gateway_port}"]}]}]}))
     promtool = shutil.which("prometheus")
     if promtool is None:
         pytest.fail("prometheus is not installed (Debian package 'prometheus'; .ci/run installs it)")
@@ -112,7 +126,8 @@ def prometheus(tmp_path_factory):
         deadline = time.monotonic() + 90
         ready = ("mlops:endpoint_cost_per_1k_predictions:1h", "mlops_kpi_target_met", "mlops:experiment_spend:1d",
                  'mlops_endpoint_utilization_ratio{resource="capacity"}',
-                 "mlops_calibrated_cost_by_tag_month", "mlops:billing_attribution_coverage:ratio")  # after the MLflow poll that follows the first bill read
+                 "mlops_calibrated_cost_by_tag_month", "mlops:billing_attribution_coverage:ratio",  # after the MLflow poll that follows the first bill read
+                 "mlops:gateway_budget_used:ratio")
         while not all(requests.get(f"{url}/api/v1/query", params={"query": q}, timeout=5).json()["data"]["result"]
                       for q in ready):
             assert time.monotonic() < deadline, "Prometheus never got the exporter's data"
@@ -129,6 +144,7 @@ def prometheus(tmp_path_factory):
             proc.terminate()
             proc.wait(timeout=30)
         upstream.close()
+        gateway.kill()
 
 
 def test_variables_resolve(prometheus):

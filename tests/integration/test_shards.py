@@ -79,5 +79,5 @@ def test_only_the_first_shard_runs_what_is_not_split_by_experiment(tmp_path):
             "endpoints": [{"name": "e", "url": "http://127.0.0.1:1", "hourly_cost": 1}]}
     names = [sorted(s.name for s in prepare(config_from_dict({"mlflow": {**base, "shard": {"count": 2, "index": i}},
                                                                 **rest}))[1]) for i in (0, 1)]
-    assert names[0] == ["billing:aws", "endpoint:e", "kpis", "mlflow", "registry", "traces"]
+    assert names[0] == ["billing:aws", "endpoint:e", "gateway", "kpis", "mlflow", "registry", "traces"]
     assert names[1] == ["mlflow", "traces"]  # traces split by experiment, like the runs

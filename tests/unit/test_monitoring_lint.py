@@ -39,12 +39,14 @@ PANELS = {
     "mlops-genai": ["GenAI spend, last 24 h", "GenAI month to date", "Traces, last 24 h", "Cost per 1,000 traces",
                     "Unpriced tokens", "Cached share of input", "Spend by model", "Spend by experiment",
                     "Spend rate (per hour)", "Tokens per trace", "Error ratio", "Latency p50 / p95", "Spend by user",
-                    "Tokens by price source"],
+                    "Tokens by price source", "Gateway budgets used"],
     "mlops-exporter": ["Sources up", "Poll duration", "Poll errors", "Time since last successful poll",
                        "Skipped runs by reason", "Scrape size", "Runs tracked"],
 }
 ALERTS = {"MLCostSpike", "MLBudgetForecastExceeded", "MLBudgetExceeded", "MLRunawayRun", "MLStaleRuns",
-          "MLFailedRunWaste", "MLIdleSpend", "MLGenAISpendSpike", "MLGenAITraceErrors", "MLGenAITracesSlow", "MLEndpointDown", "MLEndpointHighErrorRate", "MLEndpointLatencyHigh",
+          "MLFailedRunWaste", "MLIdleSpend", "MLGenAISpendSpike", "MLGenAITraceErrors", "MLGenAITracesSlow",
+          "MLGatewayBudgetNearLimit", "MLGatewayBudgetExhausted", "MLEndpointDown", "MLEndpointHighErrorRate",
+          "MLEndpointLatencyHigh",
           "MLEndpointUnderutilized", "MLKPIBelowTarget", "MLCloudBillOverBudget", "MLCloudUntaggedSpend", "MLCloudBillStale",
           "MLBillAttributionFell", "MLPriceCalibrationOff", "MLJoinIdleCostHigh", "MLExporterDown", "MLflowUnreachable", "MLExporterPollStale",
           "MLDerivedFigureBlocked"}

@@ -22,6 +22,7 @@ from mlops_kpi_exporter.config.endpoints import (
     MetricSelector,
     ProbeConfig,
 )
+from mlops_kpi_exporter.config.gateway import GatewayConfig
 from mlops_kpi_exporter.config.loading import config_from_dict, load_config
 from mlops_kpi_exporter.config.models import (
     AllocationConfig,
@@ -43,7 +44,8 @@ from mlops_kpi_exporter.config.web import DEFAULT_PORT, TlsServerConfig, WebConf
 __all__ = [
     "DEFAULT_PORT", "LABEL_SAFE", "MAX_HOURLY_COST", "MAX_INSTANCE_COUNT", "PRESET_NAMES", "AllocationConfig",
     "ArtifactsConfig", "BudgetConfig", "Config", "ConfigError", "CustomMapping", "DatabricksConfig", "EndpointConfig",
-    "FixedCostConfig", "KpiConfig", "MetricSelector", "MlflowAuth", "MlflowConfig", "PricingConfig", "ProbeConfig",
+    "FixedCostConfig", "GatewayConfig", "KpiConfig", "MetricSelector", "MlflowAuth", "MlflowConfig", "PricingConfig",
+    "ProbeConfig",
     "RegistryConfig", "RunsConfig", "ServerConfig", "TlsServerConfig", "TokenPrice", "TracesConfig", "WebConfig",
     "config_from_dict", "format_duration", "load_config", "load_web_config", "parse_duration", "parse_listen", "redact_uri",
 ]

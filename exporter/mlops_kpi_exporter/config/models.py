@@ -25,6 +25,7 @@ from mlops_kpi_exporter.config.common import (
 from mlops_kpi_exporter.config.billing import BillingConfig
 from mlops_kpi_exporter.config.databricks import DatabricksConfig
 from mlops_kpi_exporter.config.endpoints import EndpointConfig
+from mlops_kpi_exporter.config.gateway import GatewayConfig
 from mlops_kpi_exporter.config.state_dir import default_state_dir
 from mlops_kpi_exporter.config.traces import TracesConfig
 from mlops_kpi_exporter.config.web import DEFAULT_PORT, parse_listen
@@ -318,6 +319,7 @@ class Config(_Strict):
     endpoints: Annotated[list[EndpointConfig], AfterValidator(_unique_names)] = Field(default_factory=list)
     billing: BillingConfig = Field(default_factory=BillingConfig)
     traces: TracesConfig = Field(default_factory=TracesConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     # what must survive a restart (Cost Explorer calls made today, the bill files read); None: the
     # default of config/state_dir.py, resolved at load
     state_dir: ConfigPath | None = None
@@ -354,6 +356,18 @@ class Config(_Strict):
         if any("genai" in b.include for b in self.budgets) and not self.traces.enabled:
             raise ValueError("a budget includes genai, but traces.enabled is false: nothing would count it")
         return self
+
+    @model_validator(mode="after")
+    def _gateway_needs_a_server(self) -> Config:
+        if self.gateway.enabled == "true" and not self.reads_gateway:
+            raise ValueError("gateway.enabled is true, but mlflow.tracking_uri is not an http(s) tracking server: "
+                             "the gateway's budget spend is kept by the server process, a local store has none")
+        return self
+
+    @property
+    def reads_gateway(self) -> bool:
+        """Whether the gateway budgets are read: not off, and MLflow is a tracking server."""
+        return self.gateway.enabled != "false" and urlsplit(self.mlflow.tracking_uri).scheme in ("http", "https")
 
     @model_validator(mode="after")
     def _calibration_needs_a_bill(self) -> Config:

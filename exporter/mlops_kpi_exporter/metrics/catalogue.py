@@ -7,9 +7,9 @@ the labels it uses. A name is written as Prometheus shows it: `mlops_endpoint_re
 the `mlops_endpoint_requests` that prometheus-client is given.
 
 The declarations (MetricSpec, in spec.py) are kept by area: catalogue_runs (MLflow runs' costs,
-activity, budgets, idle spend), catalogue_service (KPIs, registry, serving, exporter health) and
-catalogue_spend (the cloud bill, GenAI traces, the bill joined to runs). CATALOGUE puts them together
-in the README's order.
+activity, budgets, idle spend), catalogue_service (KPIs, registry, serving, exporter health),
+catalogue_spend (the cloud bill, GenAI traces, the bill joined to runs) and catalogue_gateway (the AI
+Gateway's budgets). CATALOGUE puts them together in the README's order.
 
 Help texts may use {currency}, {timezone} (runs.timezone), {deploy_alias} (registry.deploy_alias)
 and {polled}; nothing else is filled in.
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from prometheus_client.metrics_core import Metric
 
+from mlops_kpi_exporter.metrics.catalogue_gateway import GATEWAY
 from mlops_kpi_exporter.metrics.catalogue_runs import ACTIVITY, BUDGETS, COSTS, UTILIZATION
 from mlops_kpi_exporter.metrics.catalogue_service import EXPORTER, KPIS, REGISTRY, SERVING
 from mlops_kpi_exporter.metrics.catalogue_spend import BILL_JOIN, BILLING, GENAI
@@ -30,7 +31,7 @@ from mlops_kpi_exporter.metrics.spec import MetricSpec
 
 # The README's order: by area, as the metric modules render them.
 CATALOGUE: tuple[MetricSpec, ...] = (*COSTS, *ACTIVITY, *BUDGETS, *KPIS, *REGISTRY, *SERVING, *UTILIZATION, *BILLING,
-                                     *GENAI, *BILL_JOIN, *EXPORTER)
+                                     *GENAI, *GATEWAY, *BILL_JOIN, *EXPORTER)
 BY_NAME = {spec.name: spec for spec in CATALOGUE}
 
 
