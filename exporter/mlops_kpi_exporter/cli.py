@@ -244,7 +244,8 @@ def config_warnings(config: Config, sources: list[Source]) -> list[str]:
     bills = []
     if config.billing.run_join:
         bills = [s.read() for s in sources if isinstance(s, BillingSource)]
-    return unmatched(config, watched, lost, bills)
+    workspaces = getattr(by_name.get("mlflow"), "workspaces", None) is not None
+    return unmatched(config, watched, lost, bills, workspaces)
 
 
 def parser() -> argparse.ArgumentParser:

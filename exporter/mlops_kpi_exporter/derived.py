@@ -17,7 +17,6 @@ so no figure adds one month's spend to another's.
 
 from __future__ import annotations
 
-import fnmatch
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from prometheus_client.metrics_core import Metric
 from mlops_kpi_exporter.bill import calibration_factors, catalog_provider
 from mlops_kpi_exporter.bill_join import Joined, calibration_ratios, join
 from mlops_kpi_exporter.config import Config
+from mlops_kpi_exporter.mlflow_workspaces import matches
 from mlops_kpi_exporter.facts import GenaiFacts, LedgerFacts
 from mlops_kpi_exporter.metrics import bill_join as bill_join_metrics
 from mlops_kpi_exporter.metrics import budgets as budget_metrics
@@ -115,15 +115,16 @@ def budgets(plan: Plan, facts: Mapping[str, object]) -> list[Metric]:
         month, first_ms, following_ms = plan.rules.month_bounds(as_of)
         nano = 0
         if isinstance(ledger, LedgerFacts) and "compute" in budget.include and ledger.month == month:
-            nano += sum(n for e, n in ledger.month_to_date.items() if _covers(budget, ledger.name(e)))
+            nano += sum(n for e, n in ledger.month_to_date.items() if _covers(budget, ledger.name(e), ledger.workspaces))
         if isinstance(genai, GenaiFacts) and "genai" in budget.include:
-            nano += sum(n for name, n in genai.cost_in(month).items() if _covers(budget, name))
+            nano += sum(n for name, n in genai.cost_in(month).items() if _covers(budget, name, genai.workspaces))
         spent.append((budget, nano, budget_metrics.forecast_scale(as_of, first_ms, following_ms - first_ms)))
     return budget_metrics.families(spent, plan.currency)
 
 
-def _covers(budget, experiment: str) -> bool:
-    return any(fnmatch.fnmatchcase(experiment, glob) for glob in budget.experiments)
+def _covers(budget, experiment: str, workspaces: bool) -> bool:
+    """With workspaces, `churn-*` covers churn-* in every workspace, `team-a/*` all of team-a's."""
+    return matches(experiment, budget.experiments, workspaces)
 
 
 def bill(plan: Plan, facts: Mapping[str, object]) -> list[Metric]:

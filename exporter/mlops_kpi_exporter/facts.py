@@ -28,6 +28,7 @@ class GenaiFacts:
 
     as_of_ms: int
     month_cost: Mapping[str, Mapping[str, int]]  # experiment name -> month -> nano
+    workspaces: bool = False  # the names are workspace/name (mlflow_workspaces.py)
 
     def cost_in(self, month: str) -> dict[str, int]:
         """Experiment name -> nano of `month` (0 for a month the books have nothing of)."""
@@ -64,13 +65,14 @@ class LedgerFacts:
     catalog_by_month_tag: Mapping[tuple[str, str, str, int, str], int] = field(default_factory=dict)
     month_tag_cost: Mapping[tuple[str, int, str], int] = field(default_factory=dict)  # (month, tag index, value)
     runs: RunsAtPoll | None = None
+    workspaces: bool = False  # the names are workspace/name (mlflow_workspaces.py)
 
     def name(self, experiment_id: str) -> str:
         return self.experiments.get(experiment_id, experiment_id)
 
     @classmethod
     def of(cls, ledger: RunLedger, experiments: Mapping[str, str], now_ms: int, rules: RunRules,
-           calibration: bool = False, join: bool = False, series: int = 100) -> LedgerFacts:
+           calibration: bool = False, join: bool = False, series: int = 100, workspaces: bool = False) -> LedgerFacts:
         """The ledger's totals as of now_ms; only what is asked for (the calibration tables, the runs
         for the bill join) is computed and copied."""
         month, _, _ = rules.month_bounds(now_ms)
@@ -92,4 +94,5 @@ class LedgerFacts:
                 within=frozenset(ledger.within),
                 series=tuple(ledger.run_series(series)),
             )
-        return cls(as_of_ms=now_ms, experiments=dict(experiments), month=month, month_to_date=mtd, runs=runs, **tables)
+        return cls(as_of_ms=now_ms, experiments=dict(experiments), month=month, month_to_date=mtd, runs=runs,
+                   workspaces=workspaces, **tables)

@@ -26,7 +26,8 @@ from mlops_kpi_exporter.config.secrets import Credentials, resolve_credentials, 
 TOKEN, USERNAME, PASSWORD = "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
 CERT_PATH, INSECURE_TLS = "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_INSECURE_TLS"
 TIMEOUT, MAX_RETRIES = "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
-OWNED_VARIABLES = (TOKEN, USERNAME, PASSWORD, CERT_PATH, INSECURE_TLS, TIMEOUT, MAX_RETRIES)
+WORKSPACE = "MLFLOW_WORKSPACE"  # never set: each request names its workspace (mlflow_workspaces.py)
+OWNED_VARIABLES = (TOKEN, USERNAME, PASSWORD, CERT_PATH, INSECURE_TLS, TIMEOUT, MAX_RETRIES, WORKSPACE)
 
 MAX_MLFLOW_REPLY_BYTES = 256 << 20  # a page of 50,000 runs with tags and params stays well under this
 
@@ -247,6 +248,7 @@ class MlflowConnection:
             INSECURE_TLS: "false",  # certificates are always verified
             TIMEOUT: str(max(1, math.ceil(self.timeout))),
             MAX_RETRIES: "0",
+            WORKSPACE: None,
         }
 
     def apply(self) -> None:

@@ -76,7 +76,8 @@ class Poller:
         duration = time.monotonic() - started
         self.failures[source.name] = 0
         facts = source.facts() if hasattr(source, "facts") else None
-        self.store.success(source.name, families, duration, summary, facts)
+        self.store.success(source.name, families, duration, summary, facts,
+                           workspaces=getattr(source, "workspaces", None) is not None)
         report = getattr(source, "last_report", None)  # the MLflow source's counts, for JSON logs
         log.info("poll ok source=%s duration=%.3fs %s", source.name, duration, summary,
                  extra={"event": "poll", "source": source.name, "ok": True, "duration_seconds": round(duration, 4),

@@ -10,12 +10,12 @@ whatever the size of the store.
 from __future__ import annotations
 
 import csv
-import fnmatch
 import json
 import time
 
 from mlops_kpi_exporter.config import Config
 from mlops_kpi_exporter.mlflow_client import MlflowConnection
+from mlops_kpi_exporter.mlflow_workspaces import matches
 from mlops_kpi_exporter.pricing import money
 from mlops_kpi_exporter.report_figures import (
     CSV_FIELDS,
@@ -37,7 +37,8 @@ from mlops_kpi_exporter.runs import (
 )
 
 
-def figures_dict(config: Config, figures: Figures, previous: Figures, kpis: list, ui_url: str | None) -> dict:
+def figures_dict(config: Config, figures: Figures, previous: Figures, kpis: list, ui_url: str | None,
+                 workspaces: bool = False) -> dict:
     cur = config.pricing.currency
     days = figures.period.hours / 24
     fixed = {}
@@ -71,7 +72,7 @@ def figures_dict(config: Config, figures: Figures, previous: Figures, kpis: list
         "budgets": [
             {"budget": b.name, "monthly": b.monthly, "period_budget": round(b.monthly * days / (365.25 / 12), 6),
              "spent": round(sum(v for k, v in figures.by_experiment.items()
-                                if any(fnmatch.fnmatchcase(k, g) for g in b.experiments)) / NANO, 6)}
+                                if matches(k, b.experiments, workspaces)) / NANO, 6)}
             for b in config.budgets
         ],
         "tco": {"compute": round(compute, 6), **{k: round(v, 6) for k, v in fixed.items()}},
@@ -159,8 +160,9 @@ def write_report(config: Config, mlflow: MlflowConnection, period: Period, fmt: 
     figures = collect(runs, period, now_ms)
     previous = collect(runs, period.previous(), now_ms)
     kpi_source = KpiSource(config, mlflow)
+    kpi_source.discover()
     kpis = [kpi_source.read_or_skip(k) for k in config.kpis]
-    data = figures_dict(config, figures, previous, kpis, config.mlflow.ui_url)
+    data = figures_dict(config, figures, previous, kpis, config.mlflow.ui_url, runs.workspaces is not None)
     bills = read_bills(config)
     data["cloud_bill"] = cloud_bill(config, runs, period, now_ms, bills)
     data["billed_runs"] = billed_runs(config, runs, period, now_ms, bills)

@@ -7,11 +7,11 @@ none imports a source to get them.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mlops_kpi_exporter.config import Config
+from mlops_kpi_exporter.mlflow_workspaces import matches
 from mlops_kpi_exporter.genai_books import Rules as TraceRules
 from mlops_kpi_exporter.pricing import Pricer
 from mlops_kpi_exporter.runs import RunRules
@@ -46,14 +46,14 @@ def run_rules(config: Config) -> RunRules:
 
 
 def unmatched(config: Config, watched: Iterable[str], kpis_without_experiment: Iterable[str] = (),
-              bills: Sequence = ()) -> list[str]:
+              bills: Sequence = (), workspaces: bool = False) -> list[str]:
     """What `check` warns about: entries of the config that match nothing, so they would show nothing
     (a figure that is absent, not wrong). `watched`: the names of the watched experiments;
     `kpis_without_experiment`: KPIs whose experiment MLflow does not hold; `bills`: the bills read."""
     names = sorted(watched)
     out = []
     for budget in config.budgets:
-        if "compute" in budget.include and not any(fnmatch.fnmatchcase(n, g) for n in names for g in budget.experiments):
+        if "compute" in budget.include and not any(matches(n, budget.experiments, workspaces) for n in names):
             out.append(f"budgets[{budget.name}]: no watched experiment matches {', '.join(budget.experiments)}: "
                        f"its compute is 0 (mlflow.experiments decides what is watched)")
     for node_type in config.pricing.databricks.dbus_per_hour if config.pricing.databricks else ():

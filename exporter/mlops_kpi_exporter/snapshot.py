@@ -20,7 +20,9 @@ from dataclasses import dataclass, field, replace
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from mlops_kpi_exporter.metrics.catalogue import WORKSPACE_SPLIT
 from mlops_kpi_exporter.metrics.exporter import health
+from mlops_kpi_exporter.mlflow_workspaces import split_workspace_labels
 
 log = logging.getLogger(__name__)
 SLOT_PREFIX = "__slot_"
@@ -44,6 +46,7 @@ class SourceState:
     last_error: str | None = None
     detail: str = ""  # one line for the landing page, e.g. "1,234 runs in 5 experiments"
     facts: object | None = None  # of the last good poll, for the derived stage (facts.py); None before one
+    workspaces: bool = False  # its MLflow has workspaces: its names are qualified (mlflow_workspaces.py)
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class SnapshotStore:
         self._set(SourceState(name=name))
 
     def success(self, name: str, families: Iterable[Metric], duration: float, detail: str = "",
-                facts: object | None = None) -> None:
+                facts: object | None = None, workspaces: bool = False) -> None:
         """A good poll; `facts`, when the source hands some, replace its last and the derived figures
         are computed again before both are published together."""
         with self._derive_lock:
@@ -90,7 +93,7 @@ class SnapshotStore:
                 old = self._states[name]
                 new = replace(old, families=tuple(families), up=True, polls_total=old.polls_total + 1,
                               last_success=self.clock(), last_duration=duration, last_error=None, detail=detail,
-                              facts=facts if facts is not None else old.facts)
+                              facts=facts if facts is not None else old.facts, workspaces=workspaces)
                 inputs = {n: s.facts for n, s in self._states.items() if s.facts is not None and n != name}
             derived = self._derived
             if facts is not None and self._derive is not None:
@@ -149,7 +152,10 @@ class ExporterCollector(Collector):
         yield from health(snap.states, self.version, self.currency, self.store.reload_ok)
         yield from snap.derived.pending
         yield from self.static
-        yield from placed(merge_families(f for state in snap.states for f in state.families), snap.derived.slots)
+        families = placed(merge_families(f for state in snap.states for f in state.families), snap.derived.slots)
+        if any(state.workspaces for state in snap.states):  # one MLflow: all its names are qualified
+            families = iter(split_workspace_labels(families, WORKSPACE_SPLIT))
+        yield from families
 
 
 def placed(families: Iterable[Metric], slots: Mapping[str, tuple[Metric, ...]]) -> Iterator[Metric]:

@@ -73,6 +73,9 @@ class ShardConfig(_Strict):
     # this process's index, 0 to count - 1; else the MLOPS_SHARD_INDEX environment variable (a
     # Kubernetes StatefulSet sets it from the pod's ordinal)
     index: int | None = Field(None, ge=0)
+    # what is dealt between the shards: experiments, or (MLflow with workspaces) whole workspaces, so
+    # that one tenant's figures come from one exporter
+    by: Literal["experiment", "workspace"] = "experiment"
 
     @model_validator(mode="after")
     def _index(self) -> ShardConfig:
@@ -90,9 +93,11 @@ class ShardConfig(_Strict):
         object.__setattr__(self, "index", index)
         return self
 
-    def owns(self, experiment_id: str) -> bool:
-        """Whether this shard watches the experiment: a stable hash of its id, the same in every process."""
-        return zlib.crc32(str(experiment_id).encode()) % self.count == self.index
+    def owns(self, experiment_id: str, workspace: str | None = None) -> bool:
+        """Whether this shard watches the experiment: a stable hash of its id (or, `by: workspace`, of its
+        workspace's name), the same in every process."""
+        key = workspace if self.by == "workspace" and workspace is not None else str(experiment_id)
+        return zlib.crc32(key.encode()) % self.count == self.index
 
     @property
     def first(self) -> bool:
@@ -106,6 +111,9 @@ class MlflowConfig(_Strict):
     resync_interval: Duration = 3600.0
     experiments: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     exclude_experiments: list[str] = Field(default_factory=list)
+    # MLflow with workspaces (3.10+, `mlflow server --enable-workspaces`): the workspaces read, by glob
+    workspaces: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    exclude_workspaces: list[str] = Field(default_factory=list)
     timeout: Duration = 30.0
     retry_backoff: Duration = 5.0
     watermark_overlap: Duration = 300.0

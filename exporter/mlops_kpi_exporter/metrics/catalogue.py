@@ -35,6 +35,23 @@ CATALOGUE: tuple[MetricSpec, ...] = (*COSTS, *ACTIVITY, *BUDGETS, *KPIS, *REGIST
 BY_NAME = {spec.name: spec for spec in CATALOGUE}
 
 
+def _workspace_label(spec: MetricSpec) -> str | None:
+    """The label that names a tenant's thing, qualified as workspace/name when MLflow has workspaces:
+    the experiment, a registered model (GenAI's and serving's `model` are not the registry's), or an AI
+    Gateway budget policy."""
+    if "experiment" in spec.labels:
+        return "experiment"
+    if spec.area == "registry" and "model" in spec.labels:
+        return "model"
+    return "policy" if spec.area == "gateway" and "policy" in spec.labels else None
+
+
+# Family name (as prometheus_client holds it: no _total or _info) -> the label split into `workspace`
+# and the name (mlflow_workspaces.split_workspace_labels).
+WORKSPACE_SPLIT = {spec.name.removesuffix("_total" if spec.kind == "counter" else "_info" if spec.kind == "info" else ""): label
+                   for spec in CATALOGUE if (label := _workspace_label(spec))}
+
+
 def family(name: str, **values: str) -> Metric:
     """The empty family of a declared metric, by the name Prometheus shows (KeyError for any other)."""
     return BY_NAME[name].family(**values)

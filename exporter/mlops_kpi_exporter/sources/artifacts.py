@@ -11,6 +11,7 @@ from typing import Any
 
 from mlops_kpi_exporter.config import ArtifactsConfig
 from mlops_kpi_exporter.ledger import RunLedger
+from mlops_kpi_exporter.mlflow_workspaces import within
 from mlops_kpi_exporter.views import ArtifactTotals
 from mlops_kpi_exporter.runs import RunFacts
 
@@ -20,9 +21,11 @@ MAX_ARTIFACT_ENTRIES = 10_000  # per run: a run with more files is counted up to
 
 
 class ArtifactSizes:
-    def __init__(self, config: ArtifactsConfig, client: Callable[[], Any]):
+    def __init__(self, config: ArtifactsConfig, client: Callable[[], Any],
+                 workspace_of: Callable[[str], str | None] = lambda experiment_id: None):
         self.config = config
         self.client = client
+        self.workspace_of = workspace_of  # experiment id -> its MLflow workspace
         self.bytes: dict[str, tuple[str, int]] = {}  # run_id -> (experiment_id, bytes)
         self.totals: Counter[str] = Counter()  # experiment_id -> bytes, kept in step
         self.pending: set[str] = set()
@@ -55,7 +58,7 @@ class ArtifactSizes:
                 batch.append(run)
         errors = 0
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
-            for run, size in zip(batch, pool.map(self._size, [r.run_id for r in batch])):
+            for run, size in zip(batch, pool.map(self._size, [r.run_id for r in batch], [r.experiment_id for r in batch])):
                 if size is None:
                     errors += 1
                     self.pending.add(run.run_id)  # tried again next poll
@@ -68,12 +71,13 @@ class ArtifactSizes:
     def view(self) -> ArtifactTotals:
         return ArtifactTotals(dict(self.totals), len(self.pending), self.errors)
 
-    def _size(self, run_id: str) -> int | None:
+    def _size(self, run_id: str, experiment_id: str) -> int | None:
         """Total bytes under a run's artifact root; None when it cannot be listed (counted)."""
         total, folders, seen = 0, [None], 0
+        list_artifacts = within(self.workspace_of(experiment_id), self.client().list_artifacts)
         try:
             while folders and seen < MAX_ARTIFACT_ENTRIES:
-                for item in self.client().list_artifacts(run_id, folders.pop()):
+                for item in list_artifacts(run_id, folders.pop()):
                     seen += 1
                     if item.is_dir:
                         folders.append(item.path)

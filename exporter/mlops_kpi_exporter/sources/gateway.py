@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client.metrics_core import Metric
@@ -29,6 +30,7 @@ from mlops_kpi_exporter.gateway_budgets import (
 )
 from mlops_kpi_exporter.metrics.gateway import GatewayView, families
 from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, SourceError, dropped_connection
+from mlops_kpi_exporter.mlflow_workspaces import NoListableWorkspace, discover, in_workspace, qualified
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +62,17 @@ class GatewaySource(MlflowReader):
     def __init__(self, config: Config, mlflow: MlflowConnection):
         super().__init__(config, mlflow)
         self.cfg = config.gateway
+        self.mlflow_cfg = config.mlflow
         self.interval = self.cfg.poll_interval
         self.refusal_fails = self.cfg.enabled == "true"  # asked for explicitly: a refused read is a failure
         self.prefix = PREFIXES[0]
+        self.workspaces: tuple[str, ...] | None = None  # the server's, read each poll (None: it has none)
         self.unavailable = ""  # why nothing was read last poll (logged once on entering it), else ""
 
     # -- the poller's interface --------------------------------------------------------------------
     def check(self) -> str:
         try:
-            policies, invalid = self._policies()
+            policies, invalid = self._in_every_workspace(self._policies)
         except NoGatewayApi as exc:
             return f"no gateway API on this MLflow server ({exc}): nothing to read"
         except ReadRefused as exc:
@@ -81,8 +85,8 @@ class GatewaySource(MlflowReader):
 
     def poll(self) -> tuple[list[Metric], str]:
         try:
-            policies, invalid = self._policies()
-            windows, bad_windows = self._windows()
+            policies, invalid = self._in_every_workspace(self._policies)
+            windows, bad_windows = self._in_every_workspace(self._windows)
         except NoGatewayApi as exc:
             self._enter("no_api", logging.INFO, "MLflow at %s has no gateway API (%s): no gateway budgets to read",
                         self.mlflow.uri_for_humans, exc)
@@ -109,6 +113,28 @@ class GatewaySource(MlflowReader):
                                 f"window; {len(unreadable)} entries unreadable")
 
     # -- reading -----------------------------------------------------------------------------------
+    def _in_every_workspace(self, read: Any) -> tuple[Any, list[BadData]]:
+        """`read()` in every watched workspace (MLflow with workspaces keeps policies per workspace and
+        refuses a windows read that names none), policy ids qualified as workspace/id; as it is without."""
+        try:
+            spaces = discover(self.client, self.mlflow_cfg.workspaces, self.mlflow_cfg.exclude_workspaces)
+        except NoListableWorkspace as exc:
+            raise SourceError(str(exc)) from None
+        self.workspaces = spaces
+        if spaces is None:
+            return read()
+        found: Any = [] if read == self._policies else None
+        invalid: list[BadData] = []
+        for workspace in spaces:
+            with in_workspace(workspace):
+                got, bad = read()
+            invalid += bad
+            if isinstance(got, dict):  # windows by policy id (None: no windows route)
+                found = {**(found or {}), **{qualified(workspace, k): v for k, v in got.items()}}
+            elif got is not None:
+                found = [*found, *(replace(p, policy_id=qualified(workspace, p.policy_id)) for p in got)]
+        return found, invalid
+
     def _policies(self) -> tuple[list[BudgetPolicy], list[BadData]]:
         """Every page of policies, each policy once (pages are offsets: one may repeat as policies are added)."""
         by_id: dict[str, BudgetPolicy] = {}

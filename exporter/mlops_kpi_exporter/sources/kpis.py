@@ -8,7 +8,7 @@ that cannot be read is reported absent with a reason, never as zero.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client.metrics_core import Metric
@@ -19,7 +19,8 @@ import logging
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
-from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, is_data_error, is_not_found
+from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, SourceError, is_data_error, is_not_found
+from mlops_kpi_exporter.mlflow_workspaces import DEFAULT, NoListableWorkspace, discover, in_workspace, qualified, split
 from mlops_kpi_exporter.metrics.kpis import families
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,11 @@ class KpiSource(MlflowReader):
     def __init__(self, config: Config, mlflow: MlflowConnection):
         super().__init__(config, mlflow)
         self.kpis = config.kpis
+        self.cfg = config.mlflow
+        self.workspaces: tuple[str, ...] | None = None  # the server's, read each poll (None: it has none)
 
     def check(self) -> str:
+        self.discover()
         readings = self.checked = [self.read_or_skip(k) for k in self.kpis]
         missing = [f"{r.kpi.name} ({r.missing})" for r in readings if r.value is None]
         return f"{len(readings) - len(missing)} of {len(readings)} KPIs readable" + (
@@ -63,20 +67,39 @@ class KpiSource(MlflowReader):
         )
 
     def poll(self) -> tuple[list[Metric], str]:
+        self.discover()
         readings = [self.read_or_skip(k) for k in self.kpis]
         missing = sum(1 for r in readings if r.value is None)
         return families(readings), f"{len(readings) - missing} KPIs read, {missing} missing"
+
+    def discover(self) -> None:
+        try:
+            self.workspaces = discover(self.client, ["*"], [])  # a KPI names its workspace itself
+        except NoListableWorkspace as exc:
+            raise SourceError(str(exc)) from None
 
     def read_or_skip(self, kpi: KpiConfig) -> KpiReading:
         """One odd KPI (data MLflow holds that we did not foresee) is missing, never a failed poll;
         an MLflow that cannot be reached still fails the poll."""
         try:
-            return self.read(kpi)
+            if self.workspaces is None:
+                return self.read(kpi)
+            # with workspaces, a KPI's experiment (or model) is `workspace/name`; a bare name is the default's
+            workspace = split(kpi.experiment if kpi.source != "model_alias" else kpi.model or "")[0] or DEFAULT
+            with in_workspace(workspace):
+                reading = self.read(kpi.model_copy(update=self._bare(kpi)))
+            return replace(reading, kpi=kpi, experiment=qualified(workspace, split(reading.experiment)[1])
+                           if reading.experiment else "")
         except Exception as exc:
             if not is_data_error(exc):
                 raise
             log.warning("KPI %s cannot be read: %s: %s", kpi.name, type(exc).__name__, exc)
             return KpiReading(kpi, experiment=kpi.experiment or "", missing="invalid_data")
+
+    @staticmethod
+    def _bare(kpi: KpiConfig) -> dict[str, str]:
+        """The KPI's experiment and model names without their workspace."""
+        return {key: split(value)[1] for key in ("experiment", "model") if (value := getattr(kpi, key))}
 
     def read(self, kpi: KpiConfig) -> KpiReading:
         if kpi.source == "model_alias":

@@ -56,11 +56,12 @@ class MlflowSource:
         self.utilization: UtilizationReader | None = None
         readers: list = []  # what reads more of a completed run once the sync has costed it
         if config.artifacts.enabled:
-            self.artifacts = ArtifactSizes(config.artifacts, lambda: self.runs.client)
+            self.artifacts = ArtifactSizes(config.artifacts, lambda: self.runs.client,
+                                           lambda exp_id: self.runs.workspace_of.get(exp_id))
             readers.append(self.artifacts)
         if config.utilization.enabled:
             self.utilization = UtilizationReader(config.utilization.max_runs_per_poll, config.utilization.max_points,
-                                                 lambda: self.runs.client)
+                                                 lambda: self.runs.client, lambda exp_id: self.runs.workspace_of.get(exp_id))
             readers.append(self.utilization)
         self.runs.on_costed = lambda facts: [reader.costed(facts) for reader in readers]
         self.runs.on_experiment_gone = lambda exp_id: [reader.forget_experiment(exp_id) for reader in readers]
@@ -71,6 +72,10 @@ class MlflowSource:
     @property
     def ledger(self) -> RunLedger | None:
         return self.runs.ledger
+
+    @property
+    def workspaces(self) -> tuple[str, ...] | None:
+        return self.runs.workspaces
 
     @property
     def experiments(self) -> dict[str, str]:
@@ -104,7 +109,7 @@ class MlflowSource:
         cfg = self.config
         return LedgerFacts.of(self.runs.ledger or self.runs.new_ledger(), self.runs.experiments, now_ms, self.rules,
                               calibration=cfg.pricing.calibrate_from_bill, join=bool(cfg.billing.run_join),
-                              series=cfg.runs.max_run_series)
+                              series=cfg.runs.max_run_series, workspaces=self.workspaces is not None)
 
     def view(self, now_ms: int) -> RunsView:
         cfg = self.config

@@ -4,8 +4,7 @@ version that now holds the deploy alias."""
 
 from __future__ import annotations
 
-import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client.metrics_core import Metric
@@ -15,7 +14,8 @@ import logging
 
 from mlflow.exceptions import MlflowException
 
-from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, is_data_error, is_not_found, paged
+from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, SourceError, is_data_error, is_not_found, paged
+from mlops_kpi_exporter.mlflow_workspaces import NoListableWorkspace, discover, in_workspace, matches, qualified
 from mlops_kpi_exporter.metrics.registry import families
 
 log = logging.getLogger(__name__)
@@ -50,18 +50,37 @@ class RegistrySource(MlflowReader):
     def __init__(self, config: Config, mlflow: MlflowConnection):
         super().__init__(config, mlflow)
         self.cfg = config.registry
+        self.mlflow_cfg = config.mlflow
+        self.workspaces: tuple[str, ...] | None = None  # the server's, read each poll (None: it has none)
 
     def check(self) -> str:
-        models = self._models()
-        return f"{len(models)} registered models watched"
+        count = sum(len(models) for _, models in self._by_workspace())
+        return f"{count} registered models watched"
 
     def poll(self) -> tuple[list[Metric], str]:
-        facts = [self._facts_or_skip(m) for m in self._models()]
+        facts = []
+        for workspace, models in self._by_workspace():
+            with in_workspace(workspace):  # a model's name is its workspace's: workspace/name
+                facts += [replace(f, name=qualified(workspace, f.name)) for f in map(self._facts_or_skip, models)]
+        facts.sort(key=lambda f: f.name)
         return families(facts, self.cfg.deploy_alias), f"{len(facts)} models, {sum(f.versions for f in facts)} versions"
 
-    def _models(self) -> list[Any]:
+    def _by_workspace(self) -> list[tuple[str | None, list[Any]]]:
+        """(workspace, its watched models) of every watched workspace; (None, models) without workspaces."""
+        try:
+            self.workspaces = discover(self.client, self.mlflow_cfg.workspaces, self.mlflow_cfg.exclude_workspaces)
+        except NoListableWorkspace as exc:
+            raise SourceError(str(exc)) from None
+        out = []
+        for workspace in self.workspaces if self.workspaces is not None else (None,):
+            with in_workspace(workspace):
+                out.append((workspace, self._models(workspace)))
+        return out
+
+    def _models(self, workspace: str | None) -> list[Any]:
         models = paged(self.client.search_registered_models, max_results=1000)
-        return sorted((m for m in models if any(fnmatch.fnmatchcase(m.name, g) for g in self.cfg.models)),
+        on = workspace is not None
+        return sorted((m for m in models if matches(qualified(workspace, m.name), self.cfg.models, on)),
                       key=lambda m: m.name)
 
     def _versions(self, name: str) -> dict[str, Any]:

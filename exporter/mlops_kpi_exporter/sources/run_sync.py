@@ -11,7 +11,6 @@ touched: a failed one leaves it whole (the full sync: see _full_sync).
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -28,12 +27,14 @@ from mlops_kpi_exporter.extras import is_database_uri
 from mlops_kpi_exporter.mlflow_client import (
     MlflowConnection,
     MlflowReader,
+    SourceError,
     is_not_found,
     pages,
     pages_in_parallel,
     paged,
 )
 from mlops_kpi_exporter.bad_data import BadData
+from mlops_kpi_exporter.mlflow_workspaces import NoListableWorkspace, discover, matches, qualified, within
 from mlops_kpi_exporter.runs import RunFacts, RunRules, facts_of
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,11 @@ class RunSync(MlflowReader):
         self.on_costed = on_costed or (lambda facts: None)
         self.on_experiment_gone = on_experiment_gone or (lambda experiment_id: None)
         self.ledger: RunLedger | None = None
-        self.experiments: dict[str, str] = {}  # id -> name of the watched experiments
+        self.experiments: dict[str, str] = {}  # id -> name of the watched experiments (workspace/name)
+        # The server's workspaces that are read (None: it has none), and each watched experiment's.
+        # Experiment ids are unique across workspaces; names are not, hence the qualified names.
+        self.workspaces: tuple[str, ...] | None = None
+        self.workspace_of: dict[str, str | None] = {}
         # id -> creation time, as listed now and as of the last sync: the same id created at another
         # time is another experiment (MLflow restarted on another database, a restored backup).
         self._created: dict[str, Any] = {}
@@ -91,18 +96,28 @@ class RunSync(MlflowReader):
 
     # -- reading MLflow (public: the report reads runs the same way) -------------------------------
     def matching_experiments(self) -> dict[str, str]:
-        """Id -> name of the watched experiments, as MLflow lists them now."""
+        """Id -> name of the watched experiments, as MLflow lists them now, in every watched workspace
+        (listed anew each time: a new team's workspace is read from its first poll)."""
+        try:
+            self.workspaces = discover(self.client, self.cfg.workspaces, self.cfg.exclude_workspaces)
+        except NoListableWorkspace as exc:
+            raise SourceError(str(exc)) from None
         out: dict[str, str] = {}
-        for exp in paged(self.client.search_experiments, view_type=ViewType.ACTIVE_ONLY, max_results=1000):
-            if self._watched(exp.name) and (self.cfg.shard is None or self.cfg.shard.owns(exp.experiment_id)):
-                out[exp.experiment_id] = exp.name
-                self._created[exp.experiment_id] = exp.creation_time
+        where: dict[str, str | None] = {}
+        shard = self.cfg.shard
+        for workspace in self.workspaces if self.workspaces is not None else (None,):
+            search = within(workspace, self.client.search_experiments)
+            for exp in paged(search, view_type=ViewType.ACTIVE_ONLY, max_results=1000):
+                name = qualified(workspace, exp.name)
+                if self._watched(name) and (shard is None or shard.owns(exp.experiment_id, workspace)):
+                    out[exp.experiment_id], where[exp.experiment_id] = name, workspace
+                    self._created[exp.experiment_id] = exp.creation_time
+        self.workspace_of = where
         return out
 
     def _watched(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, g) for g in self.cfg.experiments) and not any(
-            fnmatch.fnmatchcase(name, g) for g in self.cfg.exclude_experiments
-        )
+        on = self.workspaces is not None
+        return matches(name, self.cfg.experiments, on) and not matches(name, self.cfg.exclude_experiments, on)
 
     def search(self, experiment_ids: Iterable[str], filter_string: str = "") -> Iterator[Any]:
         """Every active run of the experiments that matches the filter, in no particular order."""
@@ -117,23 +132,27 @@ class RunSync(MlflowReader):
         concurrency, the experiments are dealt round-robin into more of them, so that one large
         read (the full sync) is shared between the workers too, and each of MLflow's deep-offset
         pages sorts only its part of the history."""
-        ids = sorted(experiment_ids)
+        by_workspace: dict[str | None, list[str]] = {}  # a search reaches one workspace
+        for exp_id in sorted(experiment_ids):
+            by_workspace.setdefault(self.workspace_of.get(exp_id), []).append(exp_id)
         workers = 0 if is_database_uri(self.mlflow.tracking_uri) else self.cfg.concurrency
-        groups = max(math.ceil(len(ids) / EXPERIMENT_CHUNK), min(len(ids), math.ceil(workers / len(filters))))
         streams, owners = [], []
         for index, filter_string in enumerate(filters):
-            for group in range(groups):
-                streams.append(partial(
-                    pages, self.client.search_runs, experiment_ids=ids[group::groups], filter_string=filter_string,
-                    run_view_type=ViewType.ACTIVE_ONLY, max_results=self.cfg.page_size))
-                owners.append(index)
+            for workspace, ids in sorted(by_workspace.items(), key=lambda item: item[0] or ""):
+                groups = max(math.ceil(len(ids) / EXPERIMENT_CHUNK), min(len(ids), math.ceil(workers / len(filters))))
+                search = within(workspace, self.client.search_runs)
+                for group in range(groups):
+                    streams.append(partial(
+                        pages, search, experiment_ids=ids[group::groups], filter_string=filter_string,
+                        run_view_type=ViewType.ACTIVE_ONLY, max_results=self.cfg.page_size))
+                    owners.append(index)
         for stream, page in pages_in_parallel(streams, workers):
             yield owners[stream], page
 
-    def refetch(self, run_id: str) -> Any | None:
-        """A run looked up by id; None when it is gone (deleted or purged)."""
+    def refetch(self, run_id: str, experiment_id: str) -> Any | None:
+        """A run looked up by id (in its experiment's workspace); None when it is gone (deleted or purged)."""
         try:
-            run = self.client.get_run(run_id)
+            run = within(self.workspace_of.get(experiment_id), self.client.get_run)(run_id)
         except MlflowException as exc:
             if is_not_found(exc):
                 return None
@@ -210,8 +229,8 @@ class RunSync(MlflowReader):
                 changes.fetched[run.info.run_id] = run
         for run in self.search(e for e in experiments if e not in known):  # new (or replaced): all of it
             changes.fetched[run.info.run_id] = run
-        for run_id in [r for r in ledger.open_runs if r not in changes.fetched]:
-            run = self.refetch(run_id)
+        for run_id, known_run in [(r, f) for r, f in ledger.open_runs.items() if r not in changes.fetched]:
+            run = self.refetch(run_id, known_run.experiment_id)
             if run is None or run.info.experiment_id not in experiments:
                 changes.vanished.append(run_id)
             else:

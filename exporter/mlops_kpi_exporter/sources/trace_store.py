@@ -15,6 +15,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 
 from mlops_kpi_exporter.mlflow_client import paged
+from mlops_kpi_exporter.mlflow_workspaces import in_workspace, within
 from mlops_kpi_exporter.trace_facts import SpanLite
 
 SPANS_LOCATION, TRACKING_STORE = "mlflow.trace.spansLocation", "TRACKING_STORE"  # MLflow's TraceTagKey
@@ -40,8 +41,15 @@ class TraceStore:
     """The traces of an MLflow server. `client` gives the MlflowClient, asked at every call (the
     source opens it lazily, and may replace it)."""
 
-    def __init__(self, client: Callable[[], Any]):
+    def __init__(self, client: Callable[[], Any], workspace_of: Callable[[str], str | None] = lambda experiment_id: None):
         self._client = client
+        self.workspace_of = workspace_of  # experiment id -> its MLflow workspace: each call is made in it
+
+    def _by_workspace(self, items: Sequence[Any], experiment_of: Callable[[Any], str]) -> dict[str | None, list[Any]]:
+        out: dict[str | None, list[Any]] = {}
+        for item in items:
+            out.setdefault(self.workspace_of(str(experiment_of(item))), []).append(item)
+        return out
 
     @property
     def client(self) -> Any:
@@ -54,19 +62,29 @@ class TraceStore:
     def probe(self, experiment_ids: Sequence[str]) -> None:
         """One trace info of the first experiment: raises what the server raises (no traces API)."""
         if experiment_ids:
-            self.client.search_traces(locations=sorted(experiment_ids)[:1], max_results=1, include_spans=False)
+            first = sorted(experiment_ids)[:1]
+            within(self.workspace_of(first[0]), self.client.search_traces)(locations=first, max_results=1,
+                                                                             include_spans=False)
 
     def search(self, experiment_ids: Sequence[str], filter_string: str | None = None) -> Iterator[Any]:
         """Trace infos (no spans) of the experiments, oldest first, page by page."""
-        ids = sorted(experiment_ids)
-        for start in range(0, len(ids), EXPERIMENT_CHUNK):
-            for trace in paged(self.client.search_traces, locations=ids[start : start + EXPERIMENT_CHUNK],
-                               filter_string=filter_string, max_results=SEARCH_PAGE, include_spans=False,
-                               order_by=["timestamp_ms ASC", "request_id ASC"]):
-                yield trace.info
+        for workspace, ids in sorted(self._by_workspace(sorted(experiment_ids), str).items(), key=lambda i: i[0] or ""):
+            search = within(workspace, self.client.search_traces)
+            for start in range(0, len(ids), EXPERIMENT_CHUNK):
+                for trace in paged(search, locations=ids[start : start + EXPERIMENT_CHUNK],
+                                   filter_string=filter_string, max_results=SEARCH_PAGE, include_spans=False,
+                                   order_by=["timestamp_ms ASC", "request_id ASC"]):
+                    yield trace.info
 
-    def trace_infos(self, trace_ids: list[str]) -> list[Any]:
-        """Trace infos by id; the ones deleted are left out."""
+    def trace_infos(self, traces: list[tuple[str, str]]) -> list[Any]:
+        """Trace infos by (trace id, experiment id); the ones deleted are left out."""
+        out = []
+        for workspace, pairs in self._by_workspace(traces, lambda pair: pair[1]).items():
+            with in_workspace(workspace):
+                out += self._trace_infos([trace_id for trace_id, _ in pairs])
+        return out
+
+    def _trace_infos(self, trace_ids: list[str]) -> list[Any]:
         out = []
         for start in range(0, len(trace_ids), SPAN_BATCH):
             chunk = trace_ids[start : start + SPAN_BATCH]
@@ -86,6 +104,13 @@ class TraceStore:
 
     def spans(self, infos: list[Any]) -> dict[str, list[Any] | None]:
         """Trace id -> its spans; None for a trace whose spans cannot be loaded (its own totals count)."""
+        out: dict[str, list[Any] | None] = {}
+        for workspace, some in self._by_workspace(infos, lambda info: info.experiment_id).items():
+            with in_workspace(workspace):
+                out.update(self._spans(some))
+        return out
+
+    def _spans(self, infos: list[Any]) -> dict[str, list[Any] | None]:
         out: dict[str, list[Any] | None] = {}
         in_store = [i.trace_id for i in infos if (i.tags or {}).get(SPANS_LOCATION) == TRACKING_STORE]
         stored = set(in_store)
@@ -126,11 +151,12 @@ class TraceStore:
                filters: list[str] | None, end_ms: int | None) -> list[Any]:
         from mlflow.entities.trace_metrics import AggregationType, MetricAggregation, MetricViewType
 
-        return list(self.store.query_trace_metrics(
-            experiment_ids=[exp_id], view_type=MetricViewType.TRACES, metric_name=metric,
-            aggregations=[MetricAggregation(AggregationType(aggregation))], dimensions=dimensions, filters=filters,
-            start_time_ms=0 if end_ms is not None else None, end_time_ms=end_ms,
-        ))
+        with in_workspace(self.workspace_of(exp_id)):
+            return list(self.store.query_trace_metrics(
+                experiment_ids=[exp_id], view_type=MetricViewType.TRACES, metric_name=metric,
+                aggregations=[MetricAggregation(AggregationType(aggregation))], dimensions=dimensions, filters=filters,
+                start_time_ms=0 if end_ms is not None else None, end_time_ms=end_ms,
+            ))
 
     def count_by_state(self, exp_id: str, end_ms: int | None) -> Counter[str]:
         """The server's count of the experiment's traces by state (those started up to end_ms, if given)."""

@@ -110,7 +110,8 @@ class TraceSource(MlflowReader):
         self.overlap_ms = int(config.mlflow.watermark_overlap * 1000)
         self.clock = clock
         self.rules = resolve(config).trace_rules
-        self.trace_store = TraceStore(lambda: self.client)  # the client opens lazily (and tests swap it)
+        # the client opens lazily (and tests swap it); each call is made in its experiment's workspace
+        self.trace_store = TraceStore(lambda: self.client, lambda exp_id: self.watch.workspace_of.get(exp_id))
         self.watch = RunSync(config, mlflow, rules=None)  # type: ignore[arg-type] - only its experiment matching
         self.spend: dict[str, ExperimentSpend] | None = None
         self.experiments: dict[str, str] = {}
@@ -126,6 +127,10 @@ class TraceSource(MlflowReader):
         self._facts: GenaiFacts | None = None
 
     # -- the poller's interface --------------------------------------------------------------------
+    @property
+    def workspaces(self) -> tuple[str, ...] | None:
+        return self.watch.workspaces
+
     def check(self) -> str:
         experiments = self._matching()
         try:
@@ -160,7 +165,8 @@ class TraceSource(MlflowReader):
         self.recent = {tid: r for tid, r in self.recent.items() if r.end_ms >= floor}
         self.last_report = report
         self._facts = GenaiFacts(as_of_ms=now_ms, month_cost={
-            experiments.get(e, e): dict(s.month_cost) for e, s in (self.spend or {}).items()})
+            experiments.get(e, e): dict(s.month_cost) for e, s in (self.spend or {}).items()},
+            workspaces=self.workspaces is not None)
         return families(self.view(now_ms)), report.summary()
 
     def facts(self) -> GenaiFacts | None:
@@ -272,7 +278,8 @@ class TraceSource(MlflowReader):
         watched = set(known)
         missing = [t for t, (exp, _) in self.in_progress.items() if exp in watched and t not in found]
         if missing:
-            fetched = {info.trace_id: info for info in self.trace_store.trace_infos(missing)}
+            fetched = {info.trace_id: info for info in self.trace_store.trace_infos(
+                [(t, self.in_progress[t][0]) for t in missing])}
             for trace_id in missing:
                 if trace_id in fetched:
                     found[trace_id] = fetched[trace_id]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlops_kpi_exporter.ledger import RunLedger
+from mlops_kpi_exporter.mlflow_workspaces import in_workspace
 from mlops_kpi_exporter.runs import RunFacts
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,12 @@ def latest(run: RunFacts) -> Utilization:
 
 
 class UtilizationReader:
-    def __init__(self, max_runs_per_poll: int, max_points: int, client: Callable[[], Any]):
+    def __init__(self, max_runs_per_poll: int, max_points: int, client: Callable[[], Any],
+                 workspace_of: Callable[[str], str | None] = lambda experiment_id: None):
         self.max_runs_per_poll = max_runs_per_poll
         self.max_points = max_points
         self.client = client
+        self.workspace_of = workspace_of  # experiment id -> its MLflow workspace
         self.cache: dict[str, tuple[int, Utilization]] = {}  # run id -> (end ms it was read for, figures)
         self.pending: set[str] = set()
         self.requests = 0  # history requests made (each is one MLflow call)
@@ -94,10 +97,15 @@ class UtilizationReader:
             if run is not None and not run.open and run.system:
                 batch.append(run)
         failed = 0
-        for start in range(0, len(batch), MAX_RUNS_PER_REQUEST):
-            chunk = batch[start:start + MAX_RUNS_PER_REQUEST]
+        by_workspace: dict[str | None, list[RunFacts]] = {}  # a request reaches one workspace
+        for run in batch:
+            by_workspace.setdefault(self.workspace_of(run.experiment_id), []).append(run)
+        chunks = [(workspace, runs[start:start + MAX_RUNS_PER_REQUEST])
+                  for workspace, runs in by_workspace.items() for start in range(0, len(runs), MAX_RUNS_PER_REQUEST)]
+        for workspace, chunk in chunks:
             try:
-                series = self.histories(chunk)
+                with in_workspace(workspace):
+                    series = self.histories(chunk)
             except Exception as exc:  # noqa: BLE001 - one failed read leaves its runs pending, not the poll failed
                 log.info("cannot read system metrics of %d runs: %s", len(chunk), exc)
                 failed += len(chunk)
