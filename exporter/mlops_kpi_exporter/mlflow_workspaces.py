@@ -19,6 +19,8 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
+from mlops_kpi_exporter.mlflow_client import SourceError
+
 log = logging.getLogger(__name__)
 
 ENDPOINT = "/api/3.0/mlflow/workspaces"
@@ -26,8 +28,9 @@ DEFAULT = "default"  # the workspace of requests that name none (and of everythi
 SEPARATOR = "/"  # never in a workspace name (lowercase letters, digits and inner hyphens)
 
 
-class NoListableWorkspace(Exception):
-    """The server has workspaces, but these credentials may list none: nothing could be read."""
+class NoListableWorkspace(SourceError):
+    """The server has workspaces, but these credentials may list none: nothing could be read (a failed
+    poll, a failed `check`, with this message)."""
 
 
 @contextmanager

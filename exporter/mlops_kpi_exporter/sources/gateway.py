@@ -30,7 +30,7 @@ from mlops_kpi_exporter.gateway_budgets import (
 )
 from mlops_kpi_exporter.metrics.gateway import GatewayView, families
 from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, SourceError, dropped_connection
-from mlops_kpi_exporter.mlflow_workspaces import NoListableWorkspace, discover, in_workspace, qualified
+from mlops_kpi_exporter.mlflow_workspaces import discover, in_workspace, qualified
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,7 @@ class GatewaySource(MlflowReader):
     def _in_every_workspace(self, read: Any) -> tuple[Any, list[BadData]]:
         """`read()` in every watched workspace (MLflow with workspaces keeps policies per workspace and
         refuses a windows read that names none), policy ids qualified as workspace/id; as it is without."""
-        try:
-            spaces = discover(self.client, self.mlflow_cfg.workspaces, self.mlflow_cfg.exclude_workspaces)
-        except NoListableWorkspace as exc:
-            raise SourceError(str(exc)) from None
+        spaces = discover(self.client, self.mlflow_cfg.workspaces, self.mlflow_cfg.exclude_workspaces)
         self.workspaces = spaces
         if spaces is None:
             return read()

@@ -19,8 +19,8 @@ import logging
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
-from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, SourceError, is_data_error, is_not_found
-from mlops_kpi_exporter.mlflow_workspaces import DEFAULT, NoListableWorkspace, discover, in_workspace, qualified, split
+from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, is_data_error, is_not_found
+from mlops_kpi_exporter.mlflow_workspaces import DEFAULT, discover, in_workspace, qualified, split
 from mlops_kpi_exporter.metrics.kpis import families
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,7 @@ class KpiSource(MlflowReader):
         return families(readings), f"{len(readings) - missing} KPIs read, {missing} missing"
 
     def discover(self) -> None:
-        try:
-            self.workspaces = discover(self.client, ["*"], [])  # a KPI names its workspace itself
-        except NoListableWorkspace as exc:
-            raise SourceError(str(exc)) from None
+        self.workspaces = discover(self.client, ["*"], [])  # a KPI names its workspace itself
 
     def read_or_skip(self, kpi: KpiConfig) -> KpiReading:
         """One odd KPI (data MLflow holds that we did not foresee) is missing, never a failed poll;

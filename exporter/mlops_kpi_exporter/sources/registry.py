@@ -14,8 +14,8 @@ import logging
 
 from mlflow.exceptions import MlflowException
 
-from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, SourceError, is_data_error, is_not_found, paged
-from mlops_kpi_exporter.mlflow_workspaces import NoListableWorkspace, discover, in_workspace, matches, qualified
+from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, is_data_error, is_not_found, paged
+from mlops_kpi_exporter.mlflow_workspaces import discover, in_workspace, matches, qualified
 from mlops_kpi_exporter.metrics.registry import families
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,7 @@ class RegistrySource(MlflowReader):
 
     def _by_workspace(self) -> list[tuple[str | None, list[Any]]]:
         """(workspace, its watched models) of every watched workspace; (None, models) without workspaces."""
-        try:
-            self.workspaces = discover(self.client, self.mlflow_cfg.workspaces, self.mlflow_cfg.exclude_workspaces)
-        except NoListableWorkspace as exc:
-            raise SourceError(str(exc)) from None
+        self.workspaces = discover(self.client, self.mlflow_cfg.workspaces, self.mlflow_cfg.exclude_workspaces)
         out = []
         for workspace in self.workspaces if self.workspaces is not None else (None,):
             with in_workspace(workspace):

@@ -27,14 +27,13 @@ from mlops_kpi_exporter.extras import is_database_uri
 from mlops_kpi_exporter.mlflow_client import (
     MlflowConnection,
     MlflowReader,
-    SourceError,
     is_not_found,
     pages,
     pages_in_parallel,
     paged,
 )
 from mlops_kpi_exporter.bad_data import BadData
-from mlops_kpi_exporter.mlflow_workspaces import NoListableWorkspace, discover, matches, qualified, within
+from mlops_kpi_exporter.mlflow_workspaces import discover, matches, qualified, within
 from mlops_kpi_exporter.runs import RunFacts, RunRules, facts_of
 
 log = logging.getLogger(__name__)
@@ -98,10 +97,7 @@ class RunSync(MlflowReader):
     def matching_experiments(self) -> dict[str, str]:
         """Id -> name of the watched experiments, as MLflow lists them now, in every watched workspace
         (listed anew each time: a new team's workspace is read from its first poll)."""
-        try:
-            self.workspaces = discover(self.client, self.cfg.workspaces, self.cfg.exclude_workspaces)
-        except NoListableWorkspace as exc:
-            raise SourceError(str(exc)) from None
+        self.workspaces = discover(self.client, self.cfg.workspaces, self.cfg.exclude_workspaces)
         out: dict[str, str] = {}
         where: dict[str, str | None] = {}
         shard = self.cfg.shard
