@@ -151,7 +151,7 @@ def collect(runs: RunSync, period: Period, now_ms: int, rows_out=None, seed: int
         parents.setdefault(facts.run_id, facts)
     by_parent: dict[str, list[RunFacts]] = {}
     for child in children:
-        parent = parents.get(child.parent_run_id) or _watched_run(runs, child.parent_run_id, experiments, now_ms)
+        parent = parents.get(child.parent_run_id) or _watched_run(runs, child, experiments, now_ms)
         if parent is not None:
             parents[parent.run_id] = parent
         if parent is None or not on_parents_machine(child, parent, runs.nested):
@@ -168,9 +168,10 @@ def collect(runs: RunSync, period: Period, now_ms: int, rows_out=None, seed: int
     return figures
 
 
-def _watched_run(runs: RunSync, run_id: str | None, experiments: dict[str, str], now_ms: int) -> RunFacts | None:
-    """A parent run the stream did not bring (it ran before the period): looked up by id."""
-    run = runs.refetch(run_id) if run_id else None
+def _watched_run(runs: RunSync, child: RunFacts, experiments: dict[str, str], now_ms: int) -> RunFacts | None:
+    """A child's parent the stream did not bring (it ran before the period): looked up by id, in the
+    child's workspace (a run's parent lives in the same workspace; another's would read as missing)."""
+    run = runs.refetch(child.parent_run_id, child.experiment_id) if child.parent_run_id else None
     if run is None or run.info.experiment_id not in experiments:
         return None
     try:
