@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 from mlops_kpi_exporter import extras
 from mlops_kpi_exporter.config.common import redact_uri
 
-# arn:PARTITION:sagemaker:REGION:ACCOUNT:mlflow-tracking-server/NAME or ...:mlflow-app/ID
-SAGEMAKER_ARN = re.compile(r"arn:aws(-[a-z]+)*:sagemaker:[a-z]{2}(-[a-z]+)+-\d:\d{12}:"
-                           r"(mlflow-tracking-server|mlflow-app)/[A-Za-z0-9][A-Za-z0-9-]{0,255}")
+# arn:PARTITION:sagemaker:REGION:ACCOUNT:mlflow-tracking-server/NAME or ...:mlflow-app/ID: AWS's own
+# pattern, less a name holding ':' or '/', which the plugin's parse of the ARN would cut
+SAGEMAKER_ARN = re.compile(r"arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:(mlflow-tracking-server|mlflow-app)/[^\s/:]+")
 ARN_FORMS = "arn:aws:sagemaker:REGION:ACCOUNT:mlflow-tracking-server/NAME, or ...:mlflow-app/ID"
 
 
