@@ -27,7 +27,10 @@ TOKEN, USERNAME, PASSWORD = "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME",
 CERT_PATH, INSECURE_TLS = "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_INSECURE_TLS"
 TIMEOUT, MAX_RETRIES = "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 WORKSPACE = "MLFLOW_WORKSPACE"  # never set: each request names its workspace (mlflow_workspaces.py)
-OWNED_VARIABLES = (TOKEN, USERNAME, PASSWORD, CERT_PATH, INSECURE_TLS, TIMEOUT, MAX_RETRIES, WORKSPACE)
+# The process's tracking URI too: some plugins read it rather than their store's (SageMaker's SigV4
+# signer and routing header take the ARN from it)
+TRACKING_URI = "MLFLOW_TRACKING_URI"
+OWNED_VARIABLES = (TOKEN, USERNAME, PASSWORD, CERT_PATH, INSECURE_TLS, TIMEOUT, MAX_RETRIES, WORKSPACE, TRACKING_URI)
 
 MAX_MLFLOW_REPLY_BYTES = 256 << 20  # a page of 50,000 runs with tags and params stays well under this
 
@@ -112,6 +115,17 @@ def dropped_connection(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def reads_mlflow_rest(client: Any, store: Any) -> bool:
+    """Whether a source may send requests of its own beside the client (a route MLflow's client does not
+    call, or a reply read without its protobuf parse): only to a plain http(s) server whose store is
+    MLflow's own RestStore. A plugin's store (SageMaker's, Azure ML's, Databricks', a subclass) may sign,
+    route or authenticate its requests in ways a request made beside it would miss: through a plugin,
+    every read is the store's own."""
+    from mlflow.store.tracking.rest_store import RestStore
+
+    return type(store) is RestStore and extras.is_tracking_server(str(client.tracking_uri))
 
 
 def pages(fetch: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
@@ -219,15 +233,17 @@ class MlflowConnection:
 
     @classmethod
     def from_config(cls, config: Config) -> MlflowConnection:
-        """No side effect: raises ConfigError (a missing secret, a local store without the `local` extra)
-        and changes nothing."""
+        """No side effect: raises ConfigError (a missing secret, a local store without the `local` extra,
+        a managed MLflow without its plugin) and changes nothing."""
         cfg = config.mlflow
-        if extras.is_database_uri(cfg.tracking_uri):
-            try:
+        try:
+            if extras.is_database_uri(cfg.tracking_uri):
                 extras.require("local", f"reading the local MLflow store {redact_uri(cfg.tracking_uri)}",
                                extras.SQL_STORE)
-            except extras.MissingExtra as exc:
-                raise ConfigError(f"mlflow.tracking_uri: {exc}") from None
+            else:
+                extras.require_store(cfg.tracking_uri, redact_uri(cfg.tracking_uri))
+        except (extras.MissingExtra, extras.NoStorePlugin) as exc:
+            raise ConfigError(f"mlflow.tracking_uri: {exc}") from None
         connection = cls(cfg.tracking_uri, cfg.timeout, resolve_credentials(cfg.auth), cfg.ca_bundle)
         import_mlflow()
         return connection
@@ -249,6 +265,7 @@ class MlflowConnection:
             TIMEOUT: str(max(1, math.ceil(self.timeout))),
             MAX_RETRIES: "0",
             WORKSPACE: None,
+            TRACKING_URI: self.tracking_uri,
         }
 
     def apply(self) -> None:

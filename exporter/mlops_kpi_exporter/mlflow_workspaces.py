@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
-from mlops_kpi_exporter.mlflow_client import SourceError
+from mlops_kpi_exporter.mlflow_client import SourceError, reads_mlflow_rest
 
 log = logging.getLogger(__name__)
 
@@ -83,23 +83,23 @@ def discover(client: Any, include: Sequence[str], exclude: Sequence[str]) -> tup
     """The workspaces to read, sorted; None when the server has none (it predates them or runs without
     them; a local store or a tracking plugin's URI: read as today, in its default workspace).
     Raises NoListableWorkspace when it has them but lists none to these credentials."""
-    from mlflow.store.tracking.rest_store import RestStore
     from mlflow.utils.rest_utils import http_request
 
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    if type(store) is not RestStore:  # a local store, or a plugin's (whose auth a bare request would lack)
+    if not reads_mlflow_rest(client, store):  # a local store, or a plugin's (whose auth a bare request would lack)
         return None
     host_creds = store.get_host_creds
-    if not str(getattr(host_creds(), "host", "")).startswith(("http://", "https://")):
-        return None
 
     # its answer is the status itself: no retry of a 503, and the status handed back, not raised
     response = http_request(host_creds(), ENDPOINT, "GET", max_retries=0, retry_codes=frozenset(), raise_on_status=False)
     if response.status_code in (404, 501, 503):  # 503: "running without workspaces support"
         return None
-    if response.status_code in (401, 403):
-        raise NoListableWorkspace(f"MLflow refused to list its workspaces (HTTP {response.status_code}): "
-                                  f"give the exporter's credentials read access to the workspaces it should cost")
+    if response.status_code == 401:  # no credentials, or not accepted: not a matter of workspace rights
+        raise NoListableWorkspace("MLflow did not accept the exporter's credentials (HTTP 401 UNAUTHENTICATED, "
+                                  "listing its workspaces): check mlflow.auth")
+    if response.status_code == 403:
+        raise NoListableWorkspace("MLflow refused to list its workspaces (HTTP 403): give the exporter's "
+                                  "credentials read access to the workspaces it should cost")
     response.raise_for_status()
     reply = response.json()
     listed = sorted({str(w.get("name")) for w in (reply.get("workspaces") or []) if isinstance(w, dict) and w.get("name")}

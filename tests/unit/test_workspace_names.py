@@ -75,6 +75,9 @@ def test_credentials_that_may_list_none_get_a_clear_error(stand_in):
     stand_in["reply"] = (403, {"error_code": "PERMISSION_DENIED"})
     with pytest.raises(NoListableWorkspace, match="HTTP 403"):
         discover(stand_in["client"], ["*"], [])
+    stand_in["reply"] = (401, {"error_code": "UNAUTHENTICATED"})  # not a matter of workspace rights
+    with pytest.raises(NoListableWorkspace, match="HTTP 401 UNAUTHENTICATED.*check mlflow.auth"):
+        discover(stand_in["client"], ["*"], [])
 
 
 def test_a_request_in_a_workspace_names_it_and_only_in_that_block(stand_in):

@@ -12,7 +12,8 @@ GatewayEnabled = Literal["auto", "true", "false"]
 
 
 class GatewayConfig(_Strict):
-    # auto: read when mlflow.tracking_uri is an http(s) server (a local store holds no gateway spend);
+    # auto: read when mlflow.tracking_uri is an http(s) server (a local store holds no gateway spend; through
+    # an MLflow plugin there is no gateway API to read, which the source says once);
     # a server without the gateway API, or that refuses the read, is noted in the log, never a failed poll.
     # true: the same, but a refused read fails the poll. false: never read.
     enabled: GatewayEnabled = "auto"

@@ -6,10 +6,10 @@ import os
 import zlib
 import zoneinfo
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+from mlops_kpi_exporter.extras import is_local_store, is_tracking_server, tracking_scheme
 from mlops_kpi_exporter.config.common import (
     LABEL_SAFE,
     MAX_HOURLY_COST,
@@ -17,7 +17,6 @@ from mlops_kpi_exporter.config.common import (
     Duration,
     ExistingFile,
     _Strict,
-    redact_uri,
     Bounds,
     DurationBounds,
     at_least,
@@ -27,6 +26,7 @@ from mlops_kpi_exporter.config.databricks import DatabricksConfig
 from mlops_kpi_exporter.config.endpoints import EndpointConfig
 from mlops_kpi_exporter.config.gateway import GatewayConfig
 from mlops_kpi_exporter.config.state_dir import default_state_dir
+from mlops_kpi_exporter.config.tracking_uri import check_tracking_uri
 from mlops_kpi_exporter.config.traces import TracesConfig
 from mlops_kpi_exporter.config.web import DEFAULT_PORT, parse_listen
 
@@ -127,16 +127,7 @@ class MlflowConfig(_Strict):
     @field_validator("tracking_uri")
     @classmethod
     def _uri(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be empty")
-        parts = urlsplit(value)
-        if parts.scheme in ("http", "https"):
-            if not parts.hostname:
-                raise ValueError(f"{redact_uri(value)!r} has no host")
-            if parts.username or parts.password:
-                raise ValueError("credentials may not be written in the URI; use mlflow.auth")
-        return value
+        return check_tracking_uri(value)
 
     @field_validator("poll_interval", "resync_interval", "timeout", "retry_backoff")
     @classmethod
@@ -367,15 +358,21 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _gateway_needs_a_server(self) -> Config:
-        if self.gateway.enabled == "true" and not self.reads_gateway:
+        uri = self.mlflow.tracking_uri
+        if self.gateway.enabled == "true" and is_local_store(uri):
             raise ValueError("gateway.enabled is true, but mlflow.tracking_uri is not an http(s) tracking server: "
                              "the gateway's budget spend is kept by the server process, a local store has none")
+        if self.gateway.enabled == "true" and not is_tracking_server(uri):
+            raise ValueError(f"gateway.enabled is true, but mlflow.tracking_uri is read through an MLflow plugin "
+                             f"({tracking_scheme(uri)}): the gateway's budgets are read with MLflow's own REST client, "
+                             "from an http(s) tracking server")
         return self
 
     @property
     def reads_gateway(self) -> bool:
-        """Whether the gateway budgets are read: not off, and MLflow is a tracking server."""
-        return self.gateway.enabled != "false" and urlsplit(self.mlflow.tracking_uri).scheme in ("http", "https")
+        """Whether the gateway source runs: not off, and MLflow is a server (through a plugin, the source
+        says once that it has no gateway API to read)."""
+        return self.gateway.enabled != "false" and not is_local_store(self.mlflow.tracking_uri)
 
     @model_validator(mode="after")
     def _calibration_needs_a_bill(self) -> Config:

@@ -8,6 +8,9 @@ The replies are parsed in gateway_budgets.py and rendered by metrics/gateway.py.
 A server without the gateway API (an older MLflow: 404; a server started with the gateway off:
 NOT_IMPLEMENTED) is a state, logged once at info, never a failed poll, and shows no gateway series.
 A read refused (403) is logged once as a warning; with `gateway.enabled: true` it fails the poll.
+Through an MLflow plugin's store (managed MLflow) nothing is read, as there is no gateway API through
+the plugin (MLflow's client has no call for these routes, and a request beside the store would miss the
+plugin's signing): logged once at info, never a failed poll.
 """
 
 from __future__ import annotations
@@ -29,7 +32,13 @@ from mlops_kpi_exporter.gateway_budgets import (
     windows_of,
 )
 from mlops_kpi_exporter.metrics.gateway import GatewayView, families
-from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, SourceError, dropped_connection
+from mlops_kpi_exporter.mlflow_client import (
+    MlflowConnection,
+    MlflowReader,
+    SourceError,
+    dropped_connection,
+    reads_mlflow_rest,
+)
 from mlops_kpi_exporter.mlflow_workspaces import discover, in_workspace, qualified
 
 log = logging.getLogger(__name__)
@@ -42,6 +51,10 @@ MAX_PAGES = 100
 
 class NoGatewayApi(Exception):
     """The server has no such route, or runs with its gateway off."""
+
+
+class ThroughPlugin(NoGatewayApi):
+    """MLflow is read through a plugin's store, whose client has no gateway API."""
 
 
 class ReadRefused(Exception):
@@ -73,6 +86,8 @@ class GatewaySource(MlflowReader):
     def check(self) -> str:
         try:
             policies, invalid = self._in_every_workspace(self._policies)
+        except ThroughPlugin:
+            return "no gateway API through this plugin: nothing to read"
         except NoGatewayApi as exc:
             return f"no gateway API on this MLflow server ({exc}): nothing to read"
         except ReadRefused as exc:
@@ -87,6 +102,10 @@ class GatewaySource(MlflowReader):
         try:
             policies, invalid = self._in_every_workspace(self._policies)
             windows, bad_windows = self._in_every_workspace(self._windows)
+        except ThroughPlugin:
+            self._enter("plugin", logging.INFO, "MLflow at %s is read through an MLflow plugin: no gateway API through "
+                        "this plugin, so no gateway budgets are read", self.mlflow.uri_for_humans)
+            return [], "no gateway API through this plugin: nothing read"
         except NoGatewayApi as exc:
             self._enter("no_api", logging.INFO, "MLflow at %s has no gateway API (%s): no gateway budgets to read",
                         self.mlflow.uri_for_humans, exc)
@@ -163,7 +182,10 @@ class GatewaySource(MlflowReader):
         """The JSON of a GET under the budgets routes, on the prefix that answered last."""
         from mlflow.utils.rest_utils import http_request
 
-        host_creds = self.client._tracking_client.store.get_host_creds()
+        store = self.client._tracking_client.store
+        if not reads_mlflow_rest(self.client, store):
+            raise ThroughPlugin()
+        host_creds = store.get_host_creds()
         for prefix in (self.prefix, *(p for p in PREFIXES if p != self.prefix)):
             try:
                 response = http_request(host_creds, prefix + route, "GET", params=params)

@@ -1,9 +1,10 @@
 """MLflow's trace APIs, as the traces source reads them: the only module that touches them.
 
 Trace infos by search and by id, the spans of ended traces in batches (`traces/batchGet`, its JSON
-read directly), and the server's aggregation (`traces/metrics`). Several of these are MLflow's
-private or REST-level APIs (the tracing client's store, `http_request`): kept apart so that a change
-of MLflow's shapes is met in one place, and the sync (sources/traces.py) reads as what it does.
+read directly from a plain http(s) server; through a plugin's store, the store's own batch_get_traces),
+and the server's aggregation (`traces/metrics`). Several of these are MLflow's private or REST-level
+APIs (the tracing client's store, `http_request`): kept apart so that a change of MLflow's shapes is
+met in one place, and the sync (sources/traces.py) reads as what it does.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 
-from mlops_kpi_exporter.mlflow_client import paged
 from mlops_kpi_exporter.mlflow_workspaces import in_workspace, within
+from mlops_kpi_exporter.mlflow_client import paged, reads_mlflow_rest
 from mlops_kpi_exporter.trace_facts import SpanLite
 
 SPANS_LOCATION, TRACKING_STORE = "mlflow.trace.spansLocation", "TRACKING_STORE"  # MLflow's TraceTagKey
@@ -128,17 +129,17 @@ class TraceStore:
         return out
 
     def batch_spans(self, trace_ids: list[str]) -> dict[str, list[Any]]:
-        """The spans of traces kept in the tracking store, by trace id. From a server, the reply's JSON is
-        read directly (the same request, auth, TLS and timeout as MLflow's client, without its pure-Python
-        protobuf parse, which cost half of a full read); a local store (sqlite:///) is asked in-process."""
+        """The spans of traces kept in the tracking store, by trace id. From a plain http(s) server, the
+        reply's JSON is read directly (the same request, auth, TLS and timeout as MLflow's client, without
+        its pure-Python protobuf parse, which cost half of a full read); a local store (sqlite:///) or a
+        plugin's store (managed MLflow: its own signing and routes) is asked through its own method."""
         store = self.store
-        host_creds = getattr(store, "get_host_creds", None)
-        if host_creds is None:
+        if not reads_mlflow_rest(self.client, store):
             return {t.info.trace_id: list(t.data.spans) for t in store.batch_get_traces(trace_ids)}
         from mlflow.utils.rest_utils import http_request, verify_rest_response
 
         endpoint = "/api/3.0/mlflow/traces/batchGet"
-        response = http_request(host_creds(), endpoint, "GET", params={"trace_ids": trace_ids})
+        response = http_request(store.get_host_creds(), endpoint, "GET", params={"trace_ids": trace_ids})
         reply = verify_rest_response(response, endpoint).json()
         out: dict[str, list[Any]] = {}
         for trace in reply.get("traces") or [] if isinstance(reply, dict) else []:

@@ -4,7 +4,8 @@ CPU utilization and peak GPU memory, for the idle share of its cost.
 A completed run's history is read once, a batch of runs per poll (utilization.max_runs_per_poll, the
 rest pending), and cached across resyncs, as artifact sizes are: one request per metric key for up to
 100 runs, through MLflow's sampled bulk history (at most utilization.max_points points per run and
-key, spread evenly over the run's steps, first and last included). A running run uses the latest
+key, spread evenly over the run's steps, first and last included; through a plugin's store, MLflow's
+client samples each run's history as the store reads it). A running run uses the latest
 values search_runs returns already: no request. Runs without system metrics are counted, never guessed.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 
 from mlops_kpi_exporter.ledger import RunLedger
 from mlops_kpi_exporter.mlflow_workspaces import in_workspace
+from mlops_kpi_exporter.mlflow_client import reads_mlflow_rest
 from mlops_kpi_exporter.runs import RunFacts
 
 log = logging.getLogger(__name__)
@@ -128,9 +130,10 @@ class UtilizationReader:
         return out
 
     def _bulk(self, run_ids: list[str], key: str) -> list[tuple[str, float]]:
-        store = self.client()._tracking_client.store
+        client = self.client()
+        store = client._tracking_client.store
         self.requests += 1
-        if hasattr(store, "get_host_creds"):  # a tracking server: the sampled bulk route over HTTP
+        if reads_mlflow_rest(client, store):  # a plain tracking server: the sampled bulk route over HTTP
             from mlflow.utils.rest_utils import http_request
 
             reply = http_request(store.get_host_creds(), BULK_PATH, "GET",
@@ -139,6 +142,8 @@ class UtilizationReader:
                 return self._first_points(store, run_ids, key)
             reply.raise_for_status()
             return [(m["run_id"], m.get("value", 0.0)) for m in reply.json().get("metrics", [])]
+        # a local store, or a plugin's (the route is the UI's, and a plugin signs only its store's calls):
+        # MLflow samples the histories the store reads
         found = store.get_metric_history_bulk_interval(run_ids=run_ids, metric_key=key, max_results=self.max_points,
                                                       start_step=None, end_step=None)
         return [(m.run_id, m.value) for m in found]
