@@ -50,7 +50,10 @@ from mlops_kpi_exporter.metrics.selectors import matchers_text, scoped  # noqa: 
 
 OPS_FILE = HERE.parent / "deploy" / "monitoring.yml"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
-EXP = 'experiment=~"$experiment"'
+# MLflow workspaces (multi-tenancy): series carry `workspace`; the variable's All is ".*", which also
+# matches the series of a server without workspaces (no label)
+WS = 'workspace=~"$workspace"'
+EXP = f'{WS},experiment=~"$experiment"'
 EP = 'endpoint=~"$endpoint"'
 
 
@@ -132,6 +135,17 @@ def query_var(name: str, metric: str, label: str, all_value: str = ".+") -> dash
             .sort(VariableSort.ALPHABETICAL_ASC))
 
 
+def workspace_var(metric: str) -> dashboard.QueryVariable:
+    """The MLflow workspaces of `metric`'s series; none on a server without workspaces, where All (".*")
+    matches the series that have no workspace label."""
+    return query_var("workspace", metric, "workspace", all_value=".*")
+
+
+def tenant_vars(metric: str) -> list[dashboard.QueryVariable]:
+    """Workspace (those with watched experiments), then the experiments of `metric` in the chosen ones."""
+    return [workspace_var("mlops_experiment_info"), query_var("experiment", f"{metric}{{{WS}}}", "experiment")]
+
+
 def board(uid: str, title: str, panels: list, variables: list, description: str) -> dict:
     datasource = (dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus"))
     job = query_var("job", "mlops_exporter_info", "job")
@@ -173,9 +187,9 @@ def costs(money: str) -> dict:
         stat_("Budgets", "sum(mlops:budget_monthly:max)", money, "Sum of the configured monthly budgets."),
         stat_("Burning now", f"sum(mlops_running_hourly_cost{{{EXP}}})", money,
              "Summed hourly rate of the runs RUNNING now, per hour."),
-        series("Spend rate by experiment (per hour)", [target(f"mlops:experiment_spend:hourly{{{EXP}}}", "{{experiment}}")],
+        series("Spend rate by experiment (per hour)", [target(f"mlops:experiment_spend:hourly{{{EXP}}}", "{{experiment}} {{workspace}}")],
                money, "Spend over the last hour, per hour, by experiment (recording rule mlops:experiment_spend:hourly)."),
-        series("Burn rate now (per hour)", [target(f"sum by (experiment) (mlops_running_hourly_cost{{{EXP}}})", "{{experiment}}")],
+        series("Burn rate now (per hour)", [target(f"sum by (workspace, experiment) (mlops_running_hourly_cost{{{EXP}}})", "{{experiment}} {{workspace}}")],
                money, "Hourly rate of the machines of RUNNING runs."),
         bars("Month to date vs budget", "mlops:budget_cost_month_to_date:sum / mlops:budget_monthly:max", "{{budget}}",
              "percentunit", "Share of each monthly budget spent so far; over 1 is overspent.", w=8),
@@ -183,24 +197,24 @@ def costs(money: str) -> dict:
              "percentunit", "Month-end forecast as a share of each budget.", w=8),
         bars("Cost by status (failed-run waste)", f"sum by (status) (mlops_experiment_cost{{{EXP}}})", "{{status}}", money,
              "Cumulative cost by run status: FAILED, KILLED and STALE (crashed) are waste.", w=8),
-        bars("Idle cost by experiment", f"sum by (experiment) (mlops_experiment_idle_cost{{{EXP}}})", "{{experiment}}",
+        bars("Idle cost by experiment", f"sum by (workspace, experiment) (mlops_experiment_idle_cost{{{EXP}}})", "{{experiment}} {{workspace}}",
              money, "What runs paid for GPU or CPU time they did not use (MLflow system metrics): cost x (1 - "
              "utilization). Runs without system metrics add nothing (MLIdleSpend).", w=8),
         table_("Utilization by experiment", f"mlops_experiment_utilization_ratio{{{EXP}}}", "percentunit",
                "Cost-weighted mean utilization of each experiment's completed runs with system metrics, by "
                "resource (gpu, cpu, gpu_memory peak): low GPU with high CPU means the input pipeline starves the GPU.",
                w=16),
-        table_("Top costly runs", f"topk(20, mlops_run_cost{{{EXP}}} * on (job, experiment) group_left (experiment_id) "
+        table_("Top costly runs", f"topk(20, mlops_run_cost{{{EXP}}} * on (job, workspace, experiment) group_left (experiment_id) "
               "mlops_experiment_info)", money, "Running runs and the latest ended ones; click a row to open the run "
               "in MLflow.", links=[mlflow_run]),
-        table_("Stale runs (to clean up)", f"mlops_run_cost{{status=\"STALE\",{EXP}}} * on (job, experiment) "
+        table_("Stale runs (to clean up)", f"mlops_run_cost{{status=\"STALE\",{EXP}}} * on (job, workspace, experiment) "
               "group_left (experiment_id) mlops_experiment_info", money,
               "Runs left RUNNING in MLflow with no sign of life for runs.stale_after (their process is gone), "
               "costed to their last sign of life: end them in MLflow (runbook MLStaleRuns). Click a row to open "
               "the run.", links=[mlflow_run]),
         bars("Run time per experiment (median and p90)",
-             f"histogram_quantile(0.5, sum by (experiment, le) (mlops_completed_run_duration_seconds_bucket{{{EXP}}}))",
-             "{{experiment}} p50", "s", "The chapter's run-time chart: how long completed runs take, per experiment.", w=12),
+             f"histogram_quantile(0.5, sum by (workspace, experiment, le) (mlops_completed_run_duration_seconds_bucket{{{EXP}}}))",
+             "{{experiment}} {{workspace}} p50", "s", "The chapter's run-time chart: how long completed runs take, per experiment.", w=12),
         bars("Runs by start hour", f"sum by (hour) (mlops_runs_by_start_hour{{{EXP}}})", "{{hour}}", "short",
              "The chapter's run start times: when the team launches runs (hour of day, runs.timezone).", w=12),
         bars("Estimator distribution", f"sum by (estimator) (mlops_runs_by_estimator{{{EXP}}})", "{{estimator}}", "short",
@@ -217,7 +231,7 @@ def costs(money: str) -> dict:
             target("sum by (category) (mlops_fixed_cost_monthly)", "{{category}}", instant=True, ref="C"),
         ], money, "Compute month to date, artifact storage and fixed costs.", w=12),
     ]
-    variables = [query_var("experiment", "mlops_experiment_info", "experiment"),
+    variables = [*tenant_vars("mlops_experiment_info"),
                  dashboard.TextBoxVariable("mlflow_url").label("MLflow UI").default_value(MLFLOW_URL)]
     return board("mlops-costs", "ML costs overview", panels, variables,
                      "What ML training costs, where the money goes and how fast it burns, from MLflow runs.")
@@ -265,13 +279,13 @@ def kpis() -> dict:
                    background=True),
         bars("KPI value vs target", "mlops_kpi / on (job, kpi) group_left mlops_kpi_target", "{{kpi}}", "percentunit",
              "Value as a share of the target (for lower-is-better KPIs, under 1 is good).", w=12),
-        bars("Model deployment lead time", "mlops_model_deploy_lead_time_seconds", "{{model}}", "dtdurations",
+        bars("Model deployment lead time", f"mlops_model_deploy_lead_time_seconds{{{WS}}}", "{{model}} {{workspace}}", "dtdurations",
              "From the end of the source run to the creation of the version holding the deploy alias.", w=12),
-        bars("Registered versions", "mlops_model_versions", "{{model}}", "short",
+        bars("Registered versions", f"mlops_model_versions{{{WS}}}", "{{model}} {{workspace}}", "short",
              "How many versions each registered model has.", w=12),
-        table_("Aliases", "mlops_model_version_info", "short", "Which version holds which alias, and its source run."),
+        table_("Aliases", f"mlops_model_version_info{{{WS}}}", "short", "Which version holds which alias, and its source run."),
     ]
-    return board("mlops-kpis", "KPI scorecard", panels, [],
+    return board("mlops-kpis", "KPI scorecard", panels, [workspace_var("mlops_model_versions")],
                      "Business and quality KPIs against their targets, and the model registry.")
 
 
@@ -294,33 +308,33 @@ def genai(money: str) -> dict:
               "Input tokens served from the providers' prompt caches (priced lower)."),
         bars("Spend by model", f"sum by (model) (mlops_genai_cost{{{EXP}}})", "{{model}}", money,
              "Cumulative LLM cost by model: MLflow's own cost, else traces.token_prices, else the shipped catalog."),
-        bars("Spend by experiment", f"sum by (experiment) (mlops_genai_cost{{{EXP}}})", "{{experiment}}", money,
+        bars("Spend by experiment", f"sum by (workspace, experiment) (mlops_genai_cost{{{EXP}}})", "{{experiment}} {{workspace}}", money,
              "Cumulative LLM cost by experiment (GenAI app)."),
-        series("Spend rate (per hour)", [target(f"sum by (experiment) (mlops:genai_spend:hourly{{{EXP}}})",
-                                                "{{experiment}}")], money,
+        series("Spend rate (per hour)", [target(f"sum by (workspace, experiment) (mlops:genai_spend:hourly{{{EXP}}})",
+                                                "{{experiment}} {{workspace}}")], money,
                "LLM spend over the last hour, by experiment (MLGenAISpendSpike)."),
-        series("Tokens per trace", [target(f"sum by (experiment) (clamp_min(delta(mlops_genai_tokens{{{EXP}}}[1h]), 0)) / "
-                                           f"sum by (experiment) (mlops:genai_traces:1h{{{EXP}}})", "{{experiment}}")],
+        series("Tokens per trace", [target(f"sum by (workspace, experiment) (clamp_min(delta(mlops_genai_tokens{{{EXP}}}[1h]), 0)) / "
+                                           f"sum by (workspace, experiment) (mlops:genai_traces:1h{{{EXP}}})", "{{experiment}} {{workspace}}")],
                "short", "Tokens of all types per trace over the last hour: prompts growing, retrieval bringing more."),
-        series("Error ratio", [target(f"mlops:genai_error_ratio:1h{{{EXP}}}", "{{experiment}}")], "percentunit",
+        series("Error ratio", [target(f"mlops:genai_error_ratio:1h{{{EXP}}}", "{{experiment}} {{workspace}}")], "percentunit",
                "Share of the last hour's traces that ended in ERROR (MLGenAITraceErrors)."),
         series("Latency p50 / p95", [
-            target(f"histogram_quantile(0.5, sum by (experiment, le) (clamp_min(delta("
-                   f"mlops_genai_trace_duration_seconds_bucket{{{EXP}}}[1h]), 0)))", "{{experiment}} p50"),
-            target(f"mlops:genai_trace_duration_seconds:p95_1h{{{EXP}}}", "{{experiment}} p95", ref="B")], "s",
+            target(f"histogram_quantile(0.5, sum by (workspace, experiment, le) (clamp_min(delta("
+                   f"mlops_genai_trace_duration_seconds_bucket{{{EXP}}}[1h]), 0)))", "{{experiment}} {{workspace}} p50"),
+            target(f"mlops:genai_trace_duration_seconds:p95_1h{{{EXP}}}", "{{experiment}} {{workspace}} p95", ref="B")], "s",
                "Trace latency over the last hour (MLGenAITracesSlow at p95)."),
         bars("Spend by user", f"sum by (user) (mlops_genai_cost_by_user{{{EXP}}})", "{{user}}", money,
              "LLM cost by the traces' mlflow.trace.user (traces.breakdown: user), the largest and the rest as other."),
         table_("Tokens by price source", f"mlops_genai_tokens_by_price_source{{{EXP}}}", "short",
                "Where each model's price came from: mlflow, config, catalog, or unpriced."),
         # MLflow's AI Gateway budgets: per policy, not per experiment (the experiment variable does not apply)
-        table_("Gateway budgets used", "mlops:gateway_budget_used:ratio * on (job, policy) group_left (scope, target, "
-               "action, duration) max by (job, policy, scope, target, action, duration) (mlops_gateway_budget_info)",
+        table_("Gateway budgets used", f"mlops:gateway_budget_used:ratio{{{WS}}} * on (job, workspace, policy) group_left (scope, target, "
+               "action, duration) max by (job, workspace, policy, scope, target, action, duration) (mlops_gateway_budget_info)",
                "percentunit", "Share of each MLflow AI Gateway budget policy's limit its current window has spent, "
                "as MLflow counts it, with the policy's scope, target, action and window length; a reject policy "
                "at 100 % refuses its calls (MLGatewayBudgetExhausted), MLGatewayBudgetNearLimit warns at 80 %."),
     ]
-    variables = [query_var("experiment", "mlops_genai_traces", "experiment")]
+    variables = tenant_vars("mlops_genai_traces")
     return board("mlops-genai", "GenAI spend", panels, variables,
                  "LLM tokens, cost and latency of the MLflow 3 traces of GenAI apps and agents.")
 
@@ -387,17 +401,17 @@ def bill(money: str) -> dict:
                                               "{{bill}}")], money, "How each bill's latest month grows as the exports arrive."),
         # the bill joined to runs (billing.run_join)
         panel_bars_two("Estimate vs bill, by experiment", [
-            target(f'sum by (experiment) (mlops_experiment_billed_cost{{cost_basis="list",{month}}})',
-                   "{{experiment}} bill at list", instant=True),
-            target(f'sum by (experiment) (mlops_experiment_billed_cost{{cost_basis="billed",{month}}})',
-                   "{{experiment}} billed", instant=True, ref="B")], money,
+            target(f'sum by (workspace, experiment) (mlops_experiment_billed_cost{{cost_basis="list",{month}}})',
+                   "{{experiment}} {{workspace}} bill at list", instant=True),
+            target(f'sum by (workspace, experiment) (mlops_experiment_billed_cost{{cost_basis="billed",{month}}})',
+                   "{{experiment}} {{workspace}} billed", instant=True, ref="B")], money,
             "The bill joined to each experiment's runs (billing.run_join): at list price (what MLflow's catalog "
             "estimate prices) and as billed. Runs whose resources carry no join tag are not in it."),
         series("Bill joined to runs (coverage)", [target(f"mlops:billing_attribution_coverage:ratio{{{month}}}",
                                                           "{{bill}} {{provider}} {{month}}")], "percentunit",
                "The share of each month's bill joined to a run. A drop means a launcher stopped tagging "
                "(MLBillAttributionFell)."),
-        table_("Costliest runs on the bill", 'topk(15, mlops_run_billed_cost{cost_basis="billed"} * on (job, experiment) '
+        table_("Costliest runs on the bill", 'topk(15, mlops_run_billed_cost{cost_basis="billed"} * on (job, workspace, experiment) '
                "group_left (experiment_id) mlops_experiment_info)", money,
                "Runs by what the bill charged for them, once the bill covers their run time; click a row to open the "
                "run in MLflow.", links=[mlflow_run_link()]),

@@ -21,8 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import requests  # noqa: E402
 
 HERE = Path(__file__).parent
-# Grafana sends a multi-value variable set to "All" as its allValue (.+ in these dashboards)
-SUBSTITUTIONS = {"$experiment": ".+", "$endpoint": ".+", "$job": ".+", "$instance": ".+", "$month": ".+", "$__rate_interval": "1m",
+# Grafana sends a multi-value variable set to "All" as its allValue (.+ in these dashboards; .* for
+# workspace, which also matches the series of an MLflow without workspaces)
+SUBSTITUTIONS = {"$workspace": ".*", "$experiment": ".+", "$endpoint": ".+", "$job": ".+", "$instance": ".+", "$month": ".+", "$__rate_interval": "1m",
                  "$__interval": "15s", "$__range": "1h"}
 
 

@@ -16,7 +16,7 @@ import requests
 import yaml
 
 from ai_gateway import GATEWAY_ENV, budget
-from conftest import EXPORTER, MlflowServer, child_env, free_port, wait_http
+from conftest import EXPORTER, MlflowServer, add_run, child_env, free_port, wait_http
 from upstream import Reply, Upstream, fixture
 
 ROOT = Path(__file__).parents[2]
@@ -93,18 +93,24 @@ def prometheus(tmp_path_factory):
                             "preset": "bentoml", "hourly_cost": 1.2, "replicas": 2, "capacity_rps": 100,
                             "probe": {"path": "/ping", "interval": "1s", "timeout": "1s"}}]
     (work / "exporter.yml").write_text(yaml.safe_dump(config))
-    # The demo's local store has no AI Gateway: a second exporter of the same job reads the budgets of a
-    # real server with its gateway on (nothing else: no experiment matches, its other sources off).
+    # The demo's local store has no AI Gateway and no workspaces: a second exporter of the same job reads
+    # a real server with both on (its gateway budgets, one experiment and one model in its default
+    # workspace), so the panels show series with and without a workspace label side by side.
     (work / "gateway").mkdir()
-    gateway = MlflowServer(work / "gateway", env=GATEWAY_ENV).start()
+    gateway = MlflowServer(work / "gateway", env=GATEWAY_ENV | {"MLFLOW_ENABLE_WORKSPACES": "true"}).start()
     try:
         budget(gateway, 50.0, "REJECT")
+        client = gateway.client()
+        run = add_run(client, client.create_experiment("tenant-train"), 1_750_000_000_000, 1_750_003_600_000,
+                      tags={"instance_type": "m5.xlarge"})
+        client.create_registered_model("tenant-model")
+        client.create_model_version("tenant-model", f"runs:/{run}/model", run_id=run)
     except BaseException:
         gateway.kill()
         raise
     (work / "gateway.yml").write_text(yaml.safe_dump({
-        "mlflow": {"tracking_uri": gateway.url, "experiments": ["no-such-experiment"], "poll_interval": "2s"},
-        "registry": {"enabled": False}, "traces": {"enabled": False}, "gateway": {"enabled": True}}))
+        "mlflow": {"tracking_uri": gateway.url, "experiments": ["tenant-train"], "poll_interval": "2s"},
+        "traces": {"enabled": False}, "gateway": {"enabled": True}}))
     exporter_port, gateway_port, prom_port = free_port(), free_port(), free_port()
     procs = [subprocess.Popen([EXPORTER, "serve", "--config", str(work / name), "--listen", f"127.0.0.1:{port}"],
                               env=child_env(), stdout=subprocess.DEVNULL, stderr=open(work / f"{Path(name).stem}.log", "wb"))
@@ -155,6 +161,10 @@ def test_variables_resolve(prometheus):
             metric, label = variable["query"].removeprefix("label_values(").removesuffix(")").rsplit(", ", 1)
             metric = render.expand(metric)
             values = requests.get(f"{prometheus}/api/v1/label/{label}/values", params={"match[]": metric}, timeout=5).json()
+            assert values["status"] == "success", (variable["name"], values)
+            if variable["name"] == "workspace":  # the gateway's MLflow has workspaces, the demo's store has none
+                assert "default" in values["data"], f"variable workspace of {board['uid']}: {values['data']}"
+                continue
             assert values["data"], f"variable {variable['name']} of {board['uid']} has no values"
 
 
