@@ -15,6 +15,8 @@ from mlops_kpi_exporter.bad_data import BadData
 from mlops_kpi_exporter.runs import (
     MS_PER_HOUR,
     NANO,
+    UNTAGGED,
+    WORKSPACE_DIMENSION,
     RunFacts,
     cost_nano,
     facts_of,
@@ -125,7 +127,10 @@ def collect(runs: RunSync, period: Period, now_ms: int, rows_out=None, seed: int
         if hours <= 0 and not (period.start_ms <= facts.start_ms < period.end_ms):
             return  # ran entirely outside the period
         row = _row(facts, experiments, hours, cost, machine)
-        figures.add(row, cost, dict(zip(runs.rules.allocation_tags, facts.allocation)), rng)
+        tags = dict(zip(runs.rules.allocation_tags, facts.allocation))
+        if runs.workspaces is not None:  # a server with workspaces: the report splits by them unasked
+            tags.setdefault(WORKSPACE_DIMENSION, runs.workspace_of.get(facts.experiment_id) or UNTAGGED)
+        figures.add(row, cost, tags, rng)
         if facts.system and cost:
             if len(figures.system) < MAX_SYSTEM_RUNS:
                 figures.system.append((facts, cost))
@@ -136,7 +141,7 @@ def collect(runs: RunSync, period: Period, now_ms: int, rows_out=None, seed: int
 
     for run in runs.search(experiments, f"attributes.start_time < {period.end_ms}"):
         try:
-            facts = facts_of(runs.rules, run, now_ms)
+            facts = facts_of(runs.rules, run, now_ms, runs.workspace_of_run(run))
         except BadData as exc:
             figures.skipped[exc.reason] += 1
             continue
@@ -175,7 +180,7 @@ def _watched_run(runs: RunSync, child: RunFacts, experiments: dict[str, str], no
     if run is None or run.info.experiment_id not in experiments:
         return None
     try:
-        return facts_of(runs.rules, run, now_ms)
+        return facts_of(runs.rules, run, now_ms, runs.workspace_of_run(run))
     except BadData:
         return None
 

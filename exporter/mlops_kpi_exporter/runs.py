@@ -43,6 +43,8 @@ SKIP_REASONS = (
     "invalid_data",
 )
 UNTAGGED = "untagged"
+# an allocation "tag" that is the run's MLflow workspace (MLflow sets no run tag of this name)
+WORKSPACE_DIMENSION = "mlflow.workspace"
 
 
 def cost_nano(hourly: float, duration_ms: int) -> int:
@@ -140,8 +142,11 @@ class RunRules:
                 return tuple(out)
             cursor = piece_end
 
-    def allocation(self, tags: Mapping[str, str]) -> tuple[str, ...]:
-        return tuple((str(tags.get(t) or "").strip()[:100] or UNTAGGED) for t in self.allocation_tags)
+    def allocation(self, tags: Mapping[str, str], workspace: str | None = None) -> tuple[str, ...]:
+        """The run's value of each allocation tag; WORKSPACE_DIMENSION is its MLflow workspace, not a tag
+        (untagged on a server without workspaces)."""
+        return tuple((workspace or UNTAGGED) if t == WORKSPACE_DIMENSION else (str(tags.get(t) or "").strip()[:100] or UNTAGGED)
+                     for t in self.allocation_tags)
 
     def join_values(self, tags: Mapping[str, str]) -> tuple[str, ...]:
         return tuple(str(tags.get(t) or "").strip()[:250] for t in self.join_tags)
@@ -186,6 +191,7 @@ def make_facts(
     now_ms: int,
     logged_at: Iterable[object] = (),
     metrics: Mapping[str, object] | None = None,
+    workspace: str | None = None,
 ) -> RunFacts:
     """Facts of one run, or BadData naming why the run cannot be counted.
 
@@ -233,7 +239,7 @@ def make_facts(
         instance_type=_shared(rate.instance_type),
         estimator=_shared(rules.estimator(tags, params)),
         start_local_hour=rules.local_hour(start_ms),
-        allocation=_shared(rules.allocation(tags)),
+        allocation=_shared(rules.allocation(tags, workspace)),
         month=_shared(months[0][0]) if len(months) == 1 else "",
         month_split=tuple((_shared(m), nano) for m, nano in months) if len(months) > 1 else (),
         parent_run_id=str(tags.get(PARENT_TAG) or "").strip()[:64] or None,
@@ -284,9 +290,10 @@ def system_metrics(metrics: Mapping[str, object]) -> tuple[tuple[str, float], ..
     return tuple(sorted(out)[:MAX_SYSTEM_KEYS])
 
 
-def facts_of(rules: RunRules, run: Any, now_ms: int) -> RunFacts:
-    """Facts of an MLflow run entity. Whatever is wrong with its data raises BadData, never
-    anything else: one odd run is skipped and counted, it never fails a poll or a report."""
+def facts_of(rules: RunRules, run: Any, now_ms: int, workspace: str | None = None) -> RunFacts:
+    """Facts of an MLflow run entity (of `workspace`, on a server with workspaces). Whatever is wrong
+    with its data raises BadData, never anything else: one odd run is skipped and counted, it never
+    fails a poll or a report."""
     try:
         info, data = run.info, run.data
         return make_facts(
@@ -304,6 +311,7 @@ def facts_of(rules: RunRules, run: Any, now_ms: int) -> RunFacts:
             # already: no request per run (RunData keeps them as Metric objects)
             logged_at=[m.timestamp for m in getattr(data, "_metric_objs", None) or ()],
             metrics=getattr(data, "metrics", None) or {},
+            workspace=workspace,
         )
     except BadData:
         raise

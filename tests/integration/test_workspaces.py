@@ -71,17 +71,21 @@ def seed(srv: MlflowServer) -> None:
         client.log_metric(run, "auc", 0.91)
 
 
-def exporter(srv: MlflowServer, **mlflow_cfg) -> InProcess:
-    from mlops_kpi_exporter.cli import prepare
-
-    cfg = config_from_dict({
+def settings(srv: MlflowServer, **mlflow_cfg) -> dict:
+    return {
         "mlflow": {"tracking_uri": srv.url, "timeout": "10s", **mlflow_cfg},
         "runs": {"timezone": "UTC"},
         "kpis": [{"name": "auc-b", "experiment": "team-b/train", "metric": "auc"}],
         "traces": {"token_prices": {"my-model": {"input": 1.0, "output": 1.0}}},
         "budgets": [{"name": "team-a", "experiments": ["team-a/*"], "monthly": 100, "include": ["compute", "genai"]},
                     {"name": "every-train", "experiments": ["train"], "monthly": 100}],
-    })
+    }
+
+
+def exporter(srv: MlflowServer, extra: dict | None = None, **mlflow_cfg) -> InProcess:
+    from mlops_kpi_exporter.cli import prepare
+
+    cfg = config_from_dict(settings(srv, **mlflow_cfg) | (extra or {}))
     mlflow, sources = prepare(cfg)
     mlflow.apply()
     for source in sources:
@@ -122,3 +126,26 @@ def test_shards_can_be_dealt_by_workspace(server):
                 seen.setdefault(dict(labels)["workspace"], set()).add(index)
     assert set(seen) >= {"team-a", "team-b"}
     assert all(len(shards) == 1 for shards in seen.values())
+
+
+def test_cost_is_allocated_and_reported_by_workspace(server):
+    """`mlflow.workspace` as an allocation tag: each workspace's cost, exact; the report splits by
+    workspace on a server with workspaces, asked or not."""
+    import io
+    import json
+
+    from conftest import connected
+    from mlops_kpi_exporter.report import Period, write_report
+
+    m = exporter(server, {"allocation": {"tags": ["team", "mlflow.workspace"]}}).poll()
+    assert value(m, "mlops_cost_by_tag", tag="mlflow.workspace", value="team-a") == pytest.approx(3 * M5)
+    assert value(m, "mlops_cost_by_tag", tag="mlflow.workspace", value="team-b") == pytest.approx(8 * M5)
+    assert value(m, "mlops_cost_by_tag", tag="team", value="untagged") == pytest.approx(11 * M5)
+
+    config = config_from_dict(settings(server))  # no allocation tags configured
+    out = io.StringIO()
+    now_ms = START_MS + 5 * HOUR_MS
+    write_report(config, connected(config)[1], Period(START_MS - HOUR_MS, now_ms), "json", out, now_ms)
+    report = json.loads(out.getvalue())
+    assert report["by_tag"]["mlflow.workspace"] == {"team-b": pytest.approx(8 * M5), "team-a": pytest.approx(3 * M5)}
+    assert {r["experiment"] for r in report["top_runs"]} == {"team-a/train", "team-b/train"}

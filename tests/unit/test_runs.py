@@ -236,3 +236,11 @@ def test_a_run_within_one_month_holds_its_month_not_a_table_of_months():
     # equal values that many runs repeat are one object, not a copy per run
     again = facts("in2", start=month_start + MS_PER_HOUR, end=month_start + 2 * MS_PER_HOUR)
     assert again.month is inside.month and again.status is inside.status
+
+
+def test_the_workspace_allocates_like_a_tag_without_one():
+    from dataclasses import replace
+
+    rules = replace(RULES, allocation_tags=("team", "mlflow.workspace"))
+    assert rules.allocation({"team": "a", "mlflow.workspace": "spoofed"}, "team-a") == ("a", "team-a")
+    assert rules.allocation({}, None) == ("untagged", "untagged")  # a server without workspaces

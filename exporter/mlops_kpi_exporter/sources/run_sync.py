@@ -111,6 +111,10 @@ class RunSync(MlflowReader):
         self.workspace_of = where
         return out
 
+    def workspace_of_run(self, run: Any) -> str | None:
+        """The workspace of a run entity's experiment (None on a server without workspaces)."""
+        return self.workspace_of.get(getattr(getattr(run, "info", None), "experiment_id", None))
+
     def _watched(self, name: str) -> bool:
         on = self.workspaces is not None
         return matches(name, self.cfg.experiments, on) and not matches(name, self.cfg.exclude_experiments, on)
@@ -235,7 +239,7 @@ class RunSync(MlflowReader):
 
     def _apply(self, ledger: RunLedger, run: Any, now_ms: int) -> bool:
         try:
-            facts = facts_of(self.rules, run, now_ms)
+            facts = facts_of(self.rules, run, now_ms, self.workspace_of_run(run))
         except BadData as exc:
             run_id, exp_id = getattr(run.info, "run_id", "?"), getattr(run.info, "experiment_id", "?")
             if ledger.skipped.get(run_id, (None, None))[1] != exc.reason:  # once per run and reason
