@@ -49,7 +49,8 @@ COSTS: tuple[MetricSpec, ...] = (  # costs: metrics/costs.py
           "`missing_end_time`, `start_before_2000`, `start_in_future`, `end_in_future`, `end_before_start`, "
           "`unknown_status`, `invalid_hourly_cost`, `invalid_instance_count`, `invalid_data`", "costs"),
     entry("mlops_runs_by_price_source", "gauge", ("experiment", "source"),
-          "Runs by where their hourly rate came from: tag, config, catalog, or default (machine unknown).",
+          "Runs by where their hourly rate came from: tag, config, catalog, databricks (a cluster's VMs and DBUs), "
+          "databricks_no_dbu_rate, or default (machine unknown).",
           "runs priced by `tag`, `config`, `catalog`, `databricks` (a cluster's VMs and DBUs, see \"Databricks "
           "clusters\"), `databricks_no_dbu_rate` (its VMs only: a node type has no DBU rate, an underestimate) or "
           "`default`", "costs"),
