@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops_kpi_exporter.metrics.catalogue import BY_NAME, CATALOGUE, reference_table, series_names, with_reference
+from mlops_kpi_exporter.metrics.catalogue import BY_NAME, CATALOGUE, labels_shown, reference_table, series_names, with_reference
 
 ROOT = Path(__file__).parents[2]
 SERIES = {name: spec for spec in CATALOGUE for name in series_names(spec)}
@@ -75,14 +75,14 @@ def test_every_metric_named_anywhere_is_declared_with_those_labels(where, expr):
         assert name in SERIES, f"{where}: {name} is not in the catalogue"
         spec = SERIES[name]
         names.add(name)
-        allowed = set(spec.labels) | ALWAYS | ({"le"} if name.endswith("_bucket") else set())
+        allowed = set(labels_shown(spec)) | ALWAYS | ({"le"} if name.endswith("_bucket") else set())
         used = set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", matchers))
         assert used <= allowed, f"{where}: {name} has no label {used - allowed}"
     for name, label in re.findall(r"label_values\(\s*(mlops_[a-z0-9_]+)[^,]*,\s*(\w+)\s*\)", expr):
-        assert label in SERIES[name].labels or label in ALWAYS, f"{where}: {name} has no label {label}"
+        assert label in labels_shown(SERIES[name]) or label in ALWAYS, f"{where}: {name} has no label {label}"
     if not names or "mlops:" in expr or "label_replace" in expr:
         return  # recording rules and relabelled series carry labels of their own
-    allowed = ALWAYS | {"le"} | {label for n in names for label in SERIES[n].labels}
+    allowed = ALWAYS | {"le"} | {label for n in names for label in labels_shown(SERIES[n])}
     for group in GROUPING.findall(expr):
         labels = {label.strip() for label in group.split(",") if label.strip()}
         assert labels <= allowed, f"{where}: grouping by {labels - allowed}, which no metric here has"

@@ -46,6 +46,11 @@ def _workspace_label(spec: MetricSpec) -> str | None:
     return "policy" if spec.area == "gateway" and "policy" in spec.labels else None
 
 
+def labels_shown(spec: MetricSpec) -> tuple[str, ...]:
+    """The labels a metric may show: its own, and `workspace` where MLflow has workspaces."""
+    return (*spec.labels, "workspace") if _workspace_label(spec) else spec.labels
+
+
 # Family name (as prometheus_client holds it: no _total or _info) -> the label split into `workspace`
 # and the name (mlflow_workspaces.split_workspace_labels).
 WORKSPACE_SPLIT = {spec.name.removesuffix("_total" if spec.kind == "counter" else "_info" if spec.kind == "info" else ""): label
