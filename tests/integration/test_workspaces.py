@@ -149,3 +149,36 @@ def test_cost_is_allocated_and_reported_by_workspace(server):
     report = json.loads(out.getvalue())
     assert report["by_tag"]["mlflow.workspace"] == {"team-b": pytest.approx(8 * M5), "team-a": pytest.approx(3 * M5)}
     assert {r["experiment"] for r in report["top_runs"]} == {"team-a/train", "team-b/train"}
+
+
+def test_the_bill_joins_to_runs_in_every_workspace(server, tmp_path):
+    """A FOCUS bill tagged with run ids: each run's billed cost lands in its own workspace's experiment
+    (two experiments named `train`, never summed)."""
+    from mlflow.utils.workspace_context import WorkspaceContext
+
+    from focus_rows import row, write_csv
+    from mlops_kpi_exporter.cli import prepare
+
+    client = server.client()
+    ids = {}
+    for workspace in ("team-a", "team-b"):
+        with WorkspaceContext(workspace):
+            exp = client.get_experiment_by_name("train")
+            ids[workspace] = sorted(r.info.run_id for r in client.search_runs([exp.experiment_id]))[0]
+    start = "2025-06-15T14:00:00Z"
+    write_csv(tmp_path / "bill" / "june.csv", [
+        row("0.5", "0.5", "0.6", start, "2025-06-15T15:00:00Z", tags={"mlflow_run_id": ids["team-a"]}),
+        row("1.25", "1.25", "1.5", start, "2025-06-15T15:00:00Z", tags={"mlflow_run_id": ids["team-b"]}),
+    ])
+    cfg = config_from_dict(settings(server) | {
+        "billing": {"sources": [{"name": "aws", "focus": str(tmp_path / "bill")}],
+                    "run_join": [{"bill_tag": "mlflow_run_id", "run": "run_id"}]}})
+    mlflow, sources = prepare(cfg)
+    mlflow.apply()
+    for source in sources:
+        if hasattr(source, "clock"):
+            source.clock = lambda: START_MS / 1000 + 5 * 3600
+    m = InProcess(cfg, [s for s in sources if s.name == "mlflow" or s.name.startswith("bill")]).poll()
+    for workspace, cost in (("team-a", 0.5), ("team-b", 1.25)):
+        assert value(m, "mlops_experiment_billed_cost", workspace=workspace, experiment="train", month="2025-06",
+                     cost_basis="billed") == pytest.approx(cost)
