@@ -249,12 +249,22 @@ def serving(money: str) -> dict:
              "Hourly cost / predictions per hour x 1,000, over the last hour.", w=8),
         series("Request rate", [target(f"sum by (endpoint) (rate(mlops_endpoint_requests_total{{{EP}}}[$__rate_interval]))",
                                        "{{endpoint}}")], "reqps", "Requests per second, as the servers count them."),
-        series("Error ratio", [target(f"sum by (endpoint) (rate(mlops_endpoint_errors_total{{{EP}}}[$__rate_interval])) / "
-                                      f"sum by (endpoint) (rate(mlops_endpoint_requests_total{{{EP}}}[$__rate_interval]))",
-                                      "{{endpoint}}")], "percentunit", "Failed requests as a share of all requests."),
-        series("Latency p50 / p95 / p99", [target(quantile.format(q=q, ep=EP), f"{{{{endpoint}}}} p{int(q * 100)}", ref=r)
-                                          for q, r in ((0.5, "A"), (0.95, "B"), (0.99, "C"))], "s",
-               "Request latency percentiles as the servers report them (sum-and-count servers: no percentiles)."),
+        series("Error ratio", [
+            target(f"sum by (endpoint) (rate(mlops_endpoint_errors_total{{{EP}}}[$__rate_interval])) / "
+                   f"sum by (endpoint) (rate(mlops_endpoint_requests_total{{{EP}}}[$__rate_interval]))", "{{endpoint}} 5xx"),
+            target(f"sum by (endpoint) (rate(mlops_endpoint_client_errors_total{{{EP}}}[$__rate_interval])) / "
+                   f"sum by (endpoint) (rate(mlops_endpoint_requests_total{{{EP}}}[$__rate_interval]))", "{{endpoint}} 4xx",
+                   ref="B")], "percentunit",
+               "Server faults (5xx: what the SLO counts) and refused requests (4xx: the callers' errors) as shares of "
+               "all predictions."),
+        series("Latency p50 / p95 / p99 and mean", [
+            *(target(quantile.format(q=q, ep=EP), f"{{{{endpoint}}}} p{int(q * 100)}", ref=r)
+              for q, r in ((0.5, "A"), (0.95, "B"), (0.99, "C"))),
+            target(f"sum by (endpoint) (rate(mlops_endpoint_request_duration_seconds_sum{{{EP}}}[$__rate_interval])) / "
+                   f"sum by (endpoint) (rate(mlops_endpoint_request_duration_seconds_count{{{EP}}}[$__rate_interval]))",
+                   "{{endpoint}} mean", ref="D")], "s",
+               "Request latency as the servers report it. Servers that give only a sum and a count (torchserve, "
+               "triton) have no percentiles: their mean is the line to read."),
         series("Probe latency p95", [target(f"histogram_quantile(0.95, sum by (endpoint, le) (rate(mlops_endpoint_probe_duration_seconds_bucket{{{EP}}}[$__rate_interval])))",
                                             "{{endpoint}}")], "s", "95th percentile of the synthetic probes' wall time."),
         series("Utilization", [target(f"mlops_endpoint_utilization_ratio{{{EP}}}", "{{endpoint}} {{resource}}")],

@@ -256,11 +256,17 @@ def test_documented_serving_queries_give_hand_worked_figures(promtool):
     import subprocess
     from pathlib import Path
 
+    import yaml
+
     path = Path(__file__).parents[1] / "promql" / "serving_cost.test.yml"
     proc = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert "mlops_endpoint_hourly_cost / on (endpoint) (rate(mlops_endpoint_requests_total[1h]) * 3600) * 1000" in readme
+    tested = {case["expr"] for case in yaml.safe_load(path.read_text())["tests"][0]["promql_expr_test"]}
+    block = readme.split("Cost of serving, as queries", 1)[1].split("```promql\n", 1)[1].split("```", 1)[0]
+    documented = {line for line in block.splitlines() if line and not line.startswith("#")}
+    assert documented - tested <= {"histogram_quantile(0.95, sum by (endpoint, le) (rate(mlops_endpoint_request_duration_seconds_bucket[5m])))"}
+    assert len(documented) >= 5
 
 
 def test_custom_mapping_with_units(upstream):
@@ -307,3 +313,119 @@ def test_https_endpoint_is_verified_and_a_private_ca_can_be_given(tmp_path):
         assert value(poll(source_for(secure.url, ca_bundle=str(cert))), "mlops_endpoint_up", endpoint="churn") == 1
     finally:
         secure.close()
+
+
+# --- one meaning per figure: predictions, server faults, client errors --------------------------------
+BENTO_PAGE = """# HELP bentoml_service_request_total Multiprocess metric
+# TYPE bentoml_service_request_total counter
+bentoml_service_request_total{endpoint="/predict",http_response_code="200",service_name="s",service_version="v"} 100.0
+bentoml_service_request_total{endpoint="/predict",http_response_code="400",service_name="s",service_version="v"} 5.0
+bentoml_service_request_total{endpoint="/predict",http_response_code="500",service_name="s",service_version="v"} 5.0
+bentoml_service_request_total{endpoint="/healthz",http_response_code="200",service_name="s",service_version="v"} 7.0
+bentoml_service_request_total{endpoint="/readyz",http_response_code="200",service_name="s",service_version="v"} 2.0
+# HELP bentoml_service_request_duration_seconds Multiprocess metric
+# TYPE bentoml_service_request_duration_seconds histogram
+bentoml_service_request_duration_seconds_bucket{endpoint="/predict",http_response_code="200",service_name="s",service_version="v",le="0.1"} 100.0
+bentoml_service_request_duration_seconds_bucket{endpoint="/predict",http_response_code="200",service_name="s",service_version="v",le="+Inf"} 100.0
+bentoml_service_request_duration_seconds_count{endpoint="/predict",http_response_code="200",service_name="s",service_version="v"} 100.0
+bentoml_service_request_duration_seconds_sum{endpoint="/predict",http_response_code="200",service_name="s",service_version="v"} 1.5
+bentoml_service_request_duration_seconds_bucket{endpoint="/healthz",http_response_code="200",service_name="s",service_version="v",le="0.1"} 7.0
+bentoml_service_request_duration_seconds_bucket{endpoint="/healthz",http_response_code="200",service_name="s",service_version="v",le="+Inf"} 7.0
+bentoml_service_request_duration_seconds_count{endpoint="/healthz",http_response_code="200",service_name="s",service_version="v"} 7.0
+bentoml_service_request_duration_seconds_sum{endpoint="/healthz",http_response_code="200",service_name="s",service_version="v"} 0.01
+"""
+
+
+def test_health_routes_are_not_predictions_and_4xx_are_not_errors(upstream):
+    upstream.replies["/metrics"] = Reply(200, BENTO_PAGE.encode())
+    m = poll(source_for(upstream.url, f"{upstream.url}/metrics", preset="bentoml", probe={"path": "/healthz"}))
+    assert value(m, "mlops_endpoint_requests_total", endpoint="churn") == 110  # /healthz, /readyz left out
+    assert value(m, "mlops_endpoint_errors_total", endpoint="churn") == 5  # the 500s only
+    assert value(m, "mlops_endpoint_client_errors_total", endpoint="churn") == 5  # the 400s, apart
+    assert value(m, "mlops_endpoint_request_duration_seconds_count", endpoint="churn") == 100
+    assert value(m, "mlops_endpoint_request_duration_seconds_sum", endpoint="churn") == pytest.approx(1.5)
+
+
+def test_a_custom_mapping_names_its_route_label_and_routes(upstream):
+    page = ('# TYPE ray_serve_num_http_requests_total counter\n'
+            'ray_serve_num_http_requests_total{route="/churn",method="POST",status_code="200"} 40\n'
+            'ray_serve_num_http_requests_total{route="/-/healthz",method="GET",status_code="200"} 9\n'
+            'ray_serve_num_http_requests_total{route="/churn/debug",method="GET",status_code="200"} 3\n')
+    upstream.replies["/metrics"] = Reply(200, page.encode())
+    custom = {"route_label": "route", "exclude_routes": ["/-/healthz", ".*/debug"],
+              "requests": [{"name": "ray_serve_num_http_requests_total"}]}
+    m = poll(source_for(upstream.url, f"{upstream.url}/metrics", preset="custom", probe=None, custom=custom))
+    assert value(m, "mlops_endpoint_requests_total", endpoint="churn") == 40
+
+
+def test_a_server_wide_counter_is_not_multiplied_across_models(upstream, caplog):
+    """TorchServe's Requests5XX has no model label: on a page filtered to one model it is the whole
+    server's, so it is not shown as this model's errors (and the log says why), never counted per model."""
+    page = ("# TYPE ts_inference_requests_total counter\n"
+            'ts_inference_requests_total{model_name="churn",model_version="default"} 60\n'
+            'ts_inference_requests_total{model_name="fraud",model_version="default"} 40\n'
+            "# TYPE ts_inference_latency_microseconds counter\n"
+            'ts_inference_latency_microseconds{model_name="churn",model_version="default"} 6000000\n'
+            "# TYPE Requests5XX counter\nRequests5XX 5\n")
+    upstream.replies["/metrics"] = Reply(200, page.encode())
+    source = source_for(upstream.url, f"{upstream.url}/metrics", preset="torchserve", probe=None,
+                        metrics_labels={"model_name": "churn"})
+    with caplog.at_level("WARNING"):
+        m = poll(source)
+        poll(source)
+    assert value(m, "mlops_endpoint_requests_total", endpoint="churn") == 60
+    assert ("mlops_endpoint_errors_total", (("endpoint", "churn"),)) not in m
+    told = [r.getMessage() for r in caplog.records if "Requests5XX" in r.getMessage()]
+    assert len(told) == 1 and "model_name" in told[0], told
+    # without metrics_labels the server is the endpoint: its 5xx are the endpoint's
+    m = poll(source_for(upstream.url, f"{upstream.url}/metrics", preset="torchserve", probe=None))
+    assert value(m, "mlops_endpoint_errors_total", endpoint="churn") == 5
+
+
+def test_metrics_url_is_read_as_written_and_one_same_origin_redirect_is_followed(upstream):
+    upstream.replies["/metrics/"] = Reply(200, BENTO_PAGE.encode())  # a mount: /metrics answers 307
+    upstream.replies["/metrics"] = Reply(307, b"", location="/metrics/")
+    m = poll(source_for(upstream.url, f"{upstream.url}/metrics/", preset="bentoml", probe=None))
+    assert value(m, "mlops_endpoint_metrics_up", endpoint="churn") == 1 and upstream.requests[-1][1] == "/metrics/"
+    m = poll(source_for(upstream.url, f"{upstream.url}/metrics", preset="bentoml", probe=None))
+    assert value(m, "mlops_endpoint_requests_total", endpoint="churn") == 110  # through the redirect
+
+
+def test_a_redirect_elsewhere_is_not_followed_and_the_log_names_status_and_url(upstream, caplog):
+    other = Upstream()
+    try:
+        other.replies["/metrics"] = Reply(200, BENTO_PAGE.encode())
+        upstream.replies["/metrics"] = Reply(302, b"", location=f"{other.url}/metrics")
+        source = source_for(upstream.url, f"{upstream.url}/metrics", preset="bentoml", probe=None)
+        with caplog.at_level("WARNING"):
+            m = poll(source)
+            poll(source)  # the same state: not logged again
+        assert outcomes(m, "mlops_endpoint_metrics_scrapes_total")["http_error"] == 1
+        assert other.requests == []
+        told = [r.getMessage() for r in caplog.records if r.name.endswith("endpoints")]
+        assert len(told) == 1 and "HTTP 302" in told[0] and f"{upstream.url}/metrics" in told[0], told
+    finally:
+        other.close()
+
+
+def test_a_page_that_matches_nothing_is_unmatched_not_idle(upstream, caplog):
+    """triton's names on BentoML's page: not a quiet service but a wrong preset, in the outcome, the
+    up gauge, the log (once) and check."""
+    upstream.replies["/metrics"] = Reply(200, BENTO_PAGE.encode())
+    source = source_for(upstream.url, f"{upstream.url}/metrics", preset="triton", probe=None)
+    with caplog.at_level("WARNING"):
+        m = poll(source)
+        poll(source)
+    assert outcomes(m, "mlops_endpoint_metrics_scrapes_total")["unmatched"] == 1
+    assert value(m, "mlops_endpoint_metrics_up", endpoint="churn") == 0
+    assert ("mlops_endpoint_requests_total", (("endpoint", "churn"),)) not in m
+    told = [r.getMessage() for r in caplog.records if "unmatched" in r.getMessage()]
+    assert len(told) == 1 and "nv_inference_request_success" in told[0] and "triton" in told[0], told
+    with pytest.raises(RuntimeError, match="unmatched"):
+        source.check()
+    # an idle server whose counters have no sample yet still fits its preset
+    upstream.replies["/metrics"] = Reply(200, b"# HELP bentoml_service_request_total x\n"
+                                              b"# TYPE bentoml_service_request_total counter\n")
+    m = poll(source_for(upstream.url, f"{upstream.url}/metrics", preset="bentoml", probe=None))
+    assert value(m, "mlops_endpoint_metrics_up", endpoint="churn") == 1
+    assert value(m, "mlops_endpoint_requests_total", endpoint="churn") == 0

@@ -26,7 +26,7 @@ PANELS = {
                     "Runs by start hour", "Estimator distribution", "Cost by team (allocation tag)",
                     "Fixed monthly costs by category", "Total cost of ownership this month"],
     "mlops-serving": ["Up (probe)", "Hourly cost of serving", "Cost per 1,000 predictions", "Request rate",
-                      "Error ratio", "Latency p50 / p95 / p99", "Probe latency p95", "Utilization",
+                      "Error ratio", "Latency p50 / p95 / p99 and mean", "Probe latency p95", "Utilization",
                       "SLO burn rate (99.9 %)", "Cost per hour"],
     "mlops-kpis": ["KPIs against targets", "Target met", "KPI value vs target", "Model deployment lead time",
                    "Registered versions", "Aliases"],
@@ -45,7 +45,7 @@ PANELS = {
 }
 ALERTS = {"MLCostSpike", "MLBudgetForecastExceeded", "MLBudgetExceeded", "MLRunawayRun", "MLStaleRuns",
           "MLFailedRunWaste", "MLIdleSpend", "MLGenAISpendSpike", "MLGenAITraceErrors", "MLGenAITracesSlow",
-          "MLGatewayBudgetNearLimit", "MLGatewayBudgetExhausted", "MLEndpointDown", "MLEndpointHighErrorRate",
+          "MLGatewayBudgetNearLimit", "MLGatewayBudgetExhausted", "MLEndpointDown", "MLEndpointMetricsUnmatched", "MLEndpointHighErrorRate",
           "MLEndpointLatencyHigh",
           "MLEndpointUnderutilized", "MLKPIBelowTarget", "MLCloudBillOverBudget", "MLCloudUntaggedSpend", "MLCloudBillStale",
           "MLBillAttributionFell", "MLPriceCalibrationOff", "MLJoinIdleCostHigh", "MLExporterDown", "MLflowUnreachable", "MLExporterPollStale",

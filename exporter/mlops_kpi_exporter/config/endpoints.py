@@ -12,7 +12,12 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from mlops_kpi_exporter.config.common import LABEL_SAFE, Duration, ExistingFile, _Strict, redact_uri
 
 
-PRESET_NAMES = ("mlflow", "bentoml", "torchserve", "triton", "kserve", "vllm", "custom")
+PRESET_NAMES = ("mlflow", "bentoml", "mlserver", "torchserve", "triton", "kserve", "vllm", "custom")
+
+# Routes that are not predictions, wherever a server labels its request series by route: health,
+# readiness and liveness checks (the exporter's own probe among them), the metrics page, API docs.
+NOT_PREDICTIONS = (r".*/(healthz|readyz|livez|health|healthcheck|ready|live|ping|metrics)(/.*)?",
+                   r"/docs(/.*)?", r"/openapi\.json", r"/favicon\.ico")
 
 
 def _http_url(value: str) -> str:
@@ -21,7 +26,12 @@ def _http_url(value: str) -> str:
         raise ValueError(f"{redact_uri(value)!r} is not an http(s) URL with a host")
     if parts.username or parts.password:
         raise ValueError("credentials may not be written in the URL; use headers_env")
-    return value.rstrip("/")
+    return value
+
+
+def _base_url(value: str) -> str:
+    """A base URL that paths are appended to: without its trailing slash."""
+    return _http_url(value).rstrip("/")
 
 
 class ProbeConfig(_Strict):
@@ -82,19 +92,42 @@ class MetricSelector(_Strict):
 
 
 class CustomMapping(_Strict):
-    requests: list[MetricSelector] = Field(default_factory=list)
-    errors: list[MetricSelector] = Field(default_factory=list)
+    requests: list[MetricSelector] = Field(default_factory=list)  # predictions, whatever their outcome
+    errors: list[MetricSelector] = Field(default_factory=list)  # server faults (5xx, failures)
+    client_errors: list[MetricSelector] = Field(default_factory=list)  # rejected requests (4xx)
+    # the label that names a request's route on these series: routes matching exclude_routes (regular
+    # expressions, whole value) are not predictions and are left out of every traffic figure
+    route_label: str | None = None
+    exclude_routes: list[str] = Field(default_factory=lambda: list(NOT_PREDICTIONS))
     latency_histogram: MetricSelector | None = None  # base name of a histogram (without _bucket)
     latency_sum: MetricSelector | None = None  # a cumulative sum of latencies, with latency_count
     latency_count: MetricSelector | None = None
     utilization: dict[str, MetricSelector] = Field(default_factory=dict)  # resource -> gauge (scale to 0-1)
 
+    @field_validator("exclude_routes")
+    @classmethod
+    def _routes(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
+        return value
+
+    def request_series(self) -> tuple[str, ...]:
+        """The sample names whose presence on a page shows the mapping fits it (requests or latency)."""
+        names = [s.name for s in self.requests]
+        if self.latency_histogram is not None:
+            names += [f"{self.latency_histogram.name}_{suffix}" for suffix in ("bucket", "count", "sum")]
+        names += [s.name for s in (self.latency_sum, self.latency_count) if s is not None]
+        return tuple(names)
+
 
 class EndpointConfig(_Strict):
     name: str = Field(pattern=LABEL_SAFE)
-    url: Annotated[str, AfterValidator(_http_url)]
+    url: Annotated[str, AfterValidator(_base_url)]
     probe: ProbeConfig | None = Field(default_factory=ProbeConfig)
-    metrics_url: Annotated[str, AfterValidator(_http_url)] | None = None
+    metrics_url: Annotated[str, AfterValidator(_http_url)] | None = None  # read as written
     metrics_timeout: Duration = 5.0
     metrics_labels: dict[str, str] = Field(default_factory=dict)  # e.g. {model: churn} on a shared server
     preset: Literal[PRESET_NAMES] = "mlflow"  # type: ignore[valid-type]

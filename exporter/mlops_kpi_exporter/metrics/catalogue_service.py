@@ -64,13 +64,22 @@ SERVING: tuple[MetricSpec, ...] = (  # serving: metrics/serving.py
           "1 when the server's own metrics were read at the last poll.",
           "1 when the server's own metrics were read at the last poll", "serving"),
     entry("mlops_endpoint_metrics_scrapes_total", "counter", ("endpoint", "outcome"),
-          "Reads of the server's own metrics by outcome.", "reads of the server's metrics by outcome (same outcomes)",
+          "Reads of the server's own metrics by outcome; unmatched: a page with none of the preset's series.",
+          "reads of the server's metrics by outcome: the probe's, and `unmatched` (a page with none of the "
+          "preset's request or latency series: the wrong preset, or a metric renamed upstream; `metrics_up` 0)",
           "serving"),
-    entry("mlops_endpoint_requests_total", "counter", ("endpoint",), "Requests served. " + UPSTREAM_NOTE,
-          "requests served (re-counted; upstream restarts do not reset it)", "serving"),
+    entry("mlops_endpoint_requests_total", "counter", ("endpoint",),
+          "Prediction requests served, whatever their outcome (health, metrics and docs routes left out). "
+          + UPSTREAM_NOTE,
+          "prediction requests, whatever their outcome; health, readiness, metrics and docs routes left out where "
+          "the server labels routes (re-counted; upstream restarts do not reset it)", "serving"),
     entry("mlops_endpoint_errors_total", "counter", ("endpoint",),
-          "Requests that failed (server errors). " + UPSTREAM_NOTE, "failed requests, where the server reports them",
-          "serving"),
+          "Prediction requests the server failed (5xx, or its own failure counter). " + UPSTREAM_NOTE,
+          "server faults (5xx or the server's failure counter), where the server reports them; not shown for a "
+          "server-wide counter on a page filtered to one model", "serving"),
+    entry("mlops_endpoint_client_errors_total", "counter", ("endpoint",),
+          "Prediction requests the server refused as malformed (4xx). " + UPSTREAM_NOTE,
+          "requests refused as the client's fault (4xx), apart from errors: they burn no error budget", "serving"),
     entry("mlops_endpoint_request_duration_seconds", "histogram", ("endpoint",),
           "Request latency as the server reports it; servers that give only a sum and a count have just the +Inf "
           "bucket (use _sum/_count for the mean). " + UPSTREAM_NOTE,

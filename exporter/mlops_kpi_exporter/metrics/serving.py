@@ -59,6 +59,10 @@ def traffic(r) -> list[Metric]:
         errors = family("mlops_endpoint_errors_total")
         errors.add_metric([r.name], t.errors.total)
         out.append(errors)
+    if t.has_client_errors:
+        client_errors = family("mlops_endpoint_client_errors_total")
+        client_errors.add_metric([r.name], t.client_errors.total)
+        out.append(client_errors)
     if t.has_latency:
         latency = family("mlops_endpoint_request_duration_seconds")
         buckets = [(le_text(b), tracker.total) for b, tracker in sorted(t.buckets.items()) if b != math.inf]

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from prometheus_client.metrics_core import Metric
@@ -20,11 +21,15 @@ from prometheus_client.metrics_core import Metric
 from mlops_kpi_exporter.config import Config, EndpointConfig, redact_uri
 from mlops_kpi_exporter.metrics import serving
 from mlops_kpi_exporter.pricing import Pricer
-from mlops_kpi_exporter.sources.upstream import PRESETS, Samples, Traffic
+from mlops_kpi_exporter.sources.upstream import PRESETS, Samples, Traffic, fits
 
 log = logging.getLogger(__name__)
 
 PROBE_OUTCOMES = ("success", "http_error", "timeout", "connection_error", "bad_response")
+# a metrics page read but with none of the preset's request or latency series: the wrong preset, or
+# a metric renamed upstream; never shown as an idle service
+SCRAPE_OUTCOMES = (*PROBE_OUTCOMES, "unmatched")
+REDIRECTS = (301, 302, 303, 307, 308)
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MAX_PROBE_BODY = 1 << 20  # bytes read from a probe reply
 MAX_METRICS_BODY = 20 << 20  # bytes read from a metrics page
@@ -47,6 +52,11 @@ def _read_limited(response: requests.Response, limit: int) -> bytes:
     return body
 
 
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
 class EndpointSource:
     def __init__(self, endpoint: EndpointConfig, config: Config, pricer: Pricer | None = None):
         self.endpoint = endpoint
@@ -64,8 +74,10 @@ class EndpointSource:
         self.probe_buckets = [0] * (len(PROBE_BUCKETS) + 1)
         self.probe_sum = 0.0
         self.probe_up: bool | None = None
-        self.scrapes = {outcome: 0 for outcome in PROBE_OUTCOMES}
+        self.scrapes = {outcome: 0 for outcome in SCRAPE_OUTCOMES}
         self.metrics_up: bool | None = None
+        self.scrape_state = ""  # what the last read found, logged when it changes
+        self.server_wide_told: tuple[str, ...] = ()
         self.traffic = Traffic()
         body = None
         if endpoint.probe is not None and endpoint.probe.body_file is not None:
@@ -149,26 +161,63 @@ class EndpointSource:
     def _scrape(self) -> str:
         url = self.endpoint.metrics_url
         assert url is not None
+        detail = ""
         try:
-            response = self.session.get(url, timeout=(self.endpoint.metrics_timeout, self.endpoint.metrics_timeout),
-                                        stream=True, allow_redirects=False, headers={"Accept": "text/plain"})
+            response = self._get_metrics(url)
             with response:
                 body = _read_limited(response, MAX_METRICS_BODY)
             if response.status_code != 200:
-                outcome = "http_error"
+                outcome, detail = "http_error", f"HTTP {response.status_code} from {redact_uri(response.url)}"
             elif "html" in response.headers.get("Content-Type", "").lower() or body.lstrip()[:1] == b"<":
-                outcome = "bad_response"  # a login page or a proxy's error page, not metrics
+                outcome, detail = "bad_response", "an HTML page, not metrics"  # a login page, a proxy's error page
             else:
-                self.traffic.update(Samples(body.decode("utf-8", "replace"), self.endpoint.metrics_labels),
-                                    self.mapping, time.monotonic())
-                outcome = "success"
+                samples = Samples(body.decode("utf-8", "replace"), self.endpoint.metrics_labels)
+                if fits(samples, self.mapping):
+                    self.traffic.update(samples, self.mapping, time.monotonic())
+                    outcome = "success"
+                else:
+                    outcome = "unmatched"
+                    detail = (f"none of the {self.endpoint.preset} preset's series ("
+                              f"{', '.join(self.mapping.request_series()[:4])}) is on the page: the wrong preset, or "
+                              "a metric renamed upstream")
         except (requests.RequestException, ValueError, UnicodeError) as exc:
-            outcome = classify(exc)
+            outcome, detail = classify(exc), f"{type(exc).__name__}"
         self.scrapes[outcome] += 1
         self.metrics_up = outcome == "success"
-        if outcome != "success":
-            log.info("metrics of %s (%s): %s", self.endpoint.name, redact_uri(url), outcome)
-        return outcome
+        self._tell(outcome, detail, url)
+        return outcome if not detail else f"{outcome} ({detail})"
+
+    def _get_metrics(self, url: str) -> requests.Response:
+        """GET the page as written; one redirect to the same origin is followed (a mount that answers
+        /metrics with 307 to /metrics/), never one to another host."""
+        timeout = (self.endpoint.metrics_timeout, self.endpoint.metrics_timeout)
+        response = self.session.get(url, timeout=timeout, stream=True, allow_redirects=False,
+                                    headers={"Accept": "text/plain"})
+        target = response.headers.get("Location") if response.status_code in REDIRECTS else None
+        if target:
+            target = urljoin(url, target)
+            if _origin(target) == _origin(url):
+                response.close()
+                response = self.session.get(target, timeout=timeout, stream=True, allow_redirects=False,
+                                            headers={"Accept": "text/plain"})
+        return response
+
+    def _tell(self, outcome: str, detail: str, url: str) -> None:
+        """A read that fails is logged when what it finds changes, naming why and the URL (never each poll)."""
+        state = f"{outcome} {detail}"
+        if state != self.scrape_state and (outcome != "success" or self.scrape_state):
+            if outcome == "success":
+                log.info("metrics of %s (%s) are read again", self.endpoint.name, redact_uri(url))
+            else:
+                log.warning("metrics of %s (%s): %s%s", self.endpoint.name, redact_uri(url), outcome,
+                            f": {detail}" if detail else "")
+        self.scrape_state = state if outcome != "success" else ""
+        if outcome == "success" and self.traffic.server_wide != self.server_wide_told:
+            self.server_wide_told = self.traffic.server_wide
+            if self.traffic.server_wide:
+                log.warning("metrics of %s: %s carry no %s label, so they count every model of the server: not "
+                            "shown as this endpoint's", self.endpoint.name, ", ".join(self.traffic.server_wide),
+                            "/".join(self.endpoint.metrics_labels))
 
     def readings(self) -> EndpointReadings:
         endpoint = self.endpoint
