@@ -17,22 +17,39 @@ from pathlib import Path
 GOLDEN = Path(__file__).parent / "fixtures" / "demo-exposition.txt"
 NOW_MS = 1_794_744_000_000  # 2026-11-15 12:00 UTC
 MASKED_VALUES = ("mlops_source_poll_duration_seconds", "mlops_source_last_success_timestamp_seconds",
-                 "mlops_model_deploy_lead_time_seconds")
+                 "mlops_model_deploy_lead_time_seconds",
+                 # the demo model's latencies and the probe's are real times
+                 "mlops_endpoint_probe_duration_seconds_bucket", "mlops_endpoint_probe_duration_seconds_sum",
+                 "mlops_endpoint_request_duration_seconds_bucket", "mlops_endpoint_request_duration_seconds_sum")
+# what the demo model is sent before the poll (its steady traffic is off): 20 good, 2 it refuses (400),
+# 1 too slow (504)
+PREDICTIONS = (*[float(i) for i in range(20)], -1.0, -2.0, 1500.0)
 
 
 def demo_exposition(workdir: Path) -> str:
     from mlops_kpi_exporter import demo
-    from mlops_kpi_exporter.cli import build_registry, build_store, prepare
     from mlops_kpi_exporter.config import config_from_dict
-    from mlops_kpi_exporter.poller import Poller
-    from prometheus_client.exposition import generate_latest
 
     db = workdir / "mlflow.db"
     demo.seed(f"sqlite:///{db.resolve()}", workdir / "artifacts", now_ms=NOW_MS)
     from mlops_kpi_exporter.demo_bill import write_bill
 
     write_bill(db, config_from_dict(demo.demo_config_dict(db)), NOW_MS)
-    config = config_from_dict(demo.demo_config_dict(db))
+    model = demo.DemoModelServer(workdir).start(traffic=False)
+    try:
+        statuses = [model.predict(x) for x in PREDICTIONS]
+        assert statuses == [200] * 20 + [400, 400, 504], statuses
+        config = config_from_dict(demo.demo_config_dict(db, model.url))
+        return _exposition(config, workdir)
+    finally:
+        model.close()
+
+
+def _exposition(config, workdir: Path) -> str:
+    from mlops_kpi_exporter.cli import build_registry, build_store, prepare
+    from mlops_kpi_exporter.poller import Poller
+    from prometheus_client.exposition import generate_latest
+
     mlflow, sources = prepare(config)
     mlflow.apply()
     for source in sources:

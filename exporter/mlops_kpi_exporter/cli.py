@@ -366,8 +366,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.print_config:  # the settings only: no store is made, no extra needed
                 print(demo.config_yaml(args.data_dir), end="")
                 return EXIT_OK
-            config = demo.prepare(args.data_dir, reset=args.reset)
-            return serve(config, args.listen, title="mlops-kpi-exporter (demo data)")
+            config = demo.prepare(args.data_dir, reset=args.reset)  # the store first: the model lives beside it
+            model = demo.DemoModelServer(args.data_dir).start()  # serving too: predictions from the first minute
+            try:
+                config = demo.prepare(args.data_dir, model_url=model.url)
+                return serve(config, args.listen, title="mlops-kpi-exporter (demo data)")
+            finally:
+                model.close()
         if args.command == "estimate":
             return estimate_command(args)
         if args.command in ("seed", "traffic"):

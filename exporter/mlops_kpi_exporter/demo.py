@@ -20,16 +20,20 @@ import yaml
 from mlops_kpi_exporter import extras
 from mlops_kpi_exporter.config import Config, config_from_dict
 from mlops_kpi_exporter.demo_history import seed
-from mlops_kpi_exporter.demo_serving import seed_server, traffic
+from mlops_kpi_exporter.demo_serving import DemoModelServer, demo_endpoint, seed_server, traffic
 
-__all__ = ["config_yaml", "demo_config_dict", "prepare", "seed", "seed_server", "traffic"]
+__all__ = ["DemoModelServer", "config_yaml", "demo_config_dict", "prepare", "seed", "seed_server", "traffic"]
 
 log = logging.getLogger(__name__)
 
 MARKER = ".demo-complete"  # written last: a store without it was interrupted and is made again
 
 
-def demo_config_dict(db: Path) -> dict:
+EXAMPLE_MODEL_URL = "http://127.0.0.1:10151"  # where --print-config says the demo model is (it picks a free port)
+
+
+def demo_config_dict(db: Path, model_url: str | None = None) -> dict:
+    """The demo's settings; with `model_url`, the demo model's server as an endpoint."""
     return {
         "mlflow": {
             "tracking_uri": f"sqlite:///{db.resolve()}",
@@ -86,15 +90,15 @@ def demo_config_dict(db: Path) -> dict:
         # the support assistant's self-hosted model, which no catalog prices; spend by user
         "traces": {"token_prices": {"llama-3-8b-internal": {"input": 0.10, "output": 0.10}}, "breakdown": "user"},
         "registry": {"deploy_alias": "champion"},
-    }
+    } | ({"endpoints": [demo_endpoint(model_url)]} if model_url else {})
 
 
 def config_yaml(data_dir: Path) -> str:
     """The demo's settings as a config file, a starting point for `serve --config`."""
-    return yaml.safe_dump(demo_config_dict(Path(data_dir) / "mlflow.db"), sort_keys=False)
+    return yaml.safe_dump(demo_config_dict(Path(data_dir) / "mlflow.db", EXAMPLE_MODEL_URL), sort_keys=False)
 
 
-def prepare(data_dir: Path, reset: bool = False) -> Config:
+def prepare(data_dir: Path, reset: bool = False, model_url: str | None = None) -> Config:
     """The demo's config, making the store under data_dir first if it is not there yet. Raises
     extras.MissingExtra without the `local` extra: the demo writes and reads a local MLflow store."""
     extras.require("local", "the demo (a local MLflow store, and a Parquet bill)", extras.DEMO)
@@ -117,7 +121,7 @@ def prepare(data_dir: Path, reset: bool = False) -> Config:
         write_bill(db, config_from_dict(demo_config_dict(db)), now_ms)
         (data_dir / MARKER).write_text("ok\n")
         log.info("demo store ready: %d runs in %.1fs", runs, time.monotonic() - started)
-    return config_from_dict(demo_config_dict(db), source="<demo config>")
+    return config_from_dict(demo_config_dict(db, model_url), source="<demo config>")
 
 
 def __getattr__(name: str):

@@ -15,7 +15,20 @@ with warnings.catch_warnings():  # mlflow advises type hints on predict() when t
     warnings.simplefilter("ignore")
 
     class Doubler(mlflow.pyfunc.PythonModel):
-        """Twice its input's first column: a model small enough to serve anywhere (the demo's endpoint)."""
+        """Twice its input's first column: a model small enough to serve anywhere (the demo's endpoint).
+        A negative input makes it raise (MLflow's scoring server answers 400), one of SLOW or more makes
+        it think that many milliseconds (past the demo server's timeout: 504)."""
 
         def predict(self, context, model_input, params=None):
-            return [2 * float(x) for x in model_input.iloc[:, 0]]
+            import time
+
+            values = [float(x) for x in model_input.iloc[:, 0]]
+            if any(v < 0 for v in values):
+                raise ValueError("the demo model doubles non-negative numbers only")
+            slowest = max(values, default=0.0)
+            if slowest >= SLOW:
+                time.sleep(slowest / 1000)
+            return [2 * v for v in values]
+
+
+SLOW = 1000.0

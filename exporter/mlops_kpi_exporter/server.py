@@ -169,6 +169,7 @@ class ExporterApp:
                 f"<td>{s.errors_total}</td><td>{html.escape(note)}</td></tr>"
             )
         links = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in self.links.items())
+        serving = _serving_rows(states)
         return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}</style></head>
@@ -178,8 +179,35 @@ class ExporterApp:
 <ul>{links}</ul>
 {f"<p>Not shown yet (absent until every input is in, never partial):</p><ul>{pending}</ul>" if pending else ""}
 <table><tr><th>source</th><th>status</th><th>last success</th><th>errors</th><th>detail</th></tr>
-{''.join(rows)}</table></body></html>
+{''.join(rows)}</table>
+{f"<h2>Serving</h2><p>As the model servers report it (<code>mlops_endpoint_*</code> on /metrics; rates in "
+ f"Grafana's Model serving dashboard):</p><table><tr><th>endpoint</th><th>probe</th><th>predictions</th>"
+ f"<th>server errors (5xx)</th><th>client errors (4xx)</th><th>mean latency</th><th>cost per hour</th></tr>"
+ f"{serving}</table>" if serving else ""}
+</body></html>
 """
+
+
+def _serving_rows(states) -> str:
+    """A row per endpoint of its serving figures so far, from its source's last families."""
+    rows = []
+    for state in states:
+        if not state.name.startswith("endpoint:"):
+            continue
+        got = {sample.name: sample.value for fam in state.families for sample in fam.samples
+               if not sample.labels.get("le") and "outcome" not in sample.labels}
+
+        def shown(name: str, fmt: str = "{:,.0f}") -> str:
+            return fmt.format(got[name]) if name in got else "-"
+
+        count = got.get("mlops_endpoint_request_duration_seconds_count")
+        mean = (f"{got['mlops_endpoint_request_duration_seconds_sum'] / count * 1000:,.1f} ms" if count else "-")
+        probe = {1.0: "up", 0.0: "DOWN"}.get(got.get("mlops_endpoint_up", -1), "-")
+        rows.append(f"<tr><td>{html.escape(state.name.removeprefix('endpoint:'))}</td><td>{probe}</td>"
+                    f"<td>{shown('mlops_endpoint_requests_total')}</td><td>{shown('mlops_endpoint_errors_total')}</td>"
+                    f"<td>{shown('mlops_endpoint_client_errors_total')}</td><td>{mean}</td>"
+                    f"<td>{shown('mlops_endpoint_hourly_cost', '{:,.3f}')}</td></tr>")
+    return "".join(rows)
 
 
 class _QuietHandler(WSGIRequestHandler):
