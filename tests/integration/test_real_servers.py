@@ -219,3 +219,21 @@ def test_a_failed_start_shows_the_log(tmp_path):
     with pytest.raises(RuntimeError, match="exited with 3") as failure:
         start(spec, tmp_path, venv=Path(sys.prefix))
     assert "no model to serve" in str(failure.value)
+
+
+# --- the recorded pages (make record-servers) -----------------------------------------------------
+
+RECORDED = {  # server -> (its request counter, route label, route, status label): the drive's 110 on it
+    "bentoml": ("bentoml_service_request_total", "endpoint", "/double", "http_response_code", {"200": 100, "400": 5, "500": 5}),
+    "mlserver": ("rest_server_requests_total", "path", INFER, "status_code", {"200": 100, "422": 5, "500": 5}),
+}
+
+
+@pytest.mark.parametrize("spec", [BENTOML, MLSERVER], ids=lambda s: s.name)
+def test_recorded_page_is_the_real_servers_after_the_drive(spec):
+    from record_servers import FIXTURES
+
+    text = (FIXTURES / f"{spec.name}-real.prom").read_text()
+    assert f"a real {spec.name} {spec.version}" in text.splitlines()[0]  # re-record when a pin moves
+    name, route_label, route, status_label, expected = RECORDED[spec.name]
+    assert counted(samples(text), name, status_label, **{route_label: route}) == expected
