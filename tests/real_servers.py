@@ -299,7 +299,9 @@ class RunningServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(self._failure(f"exited with {self.proc.returncode} before {self.health_path} answered 200"))
             try:
-                if self.probe_health(timeout=5) == 200:
+                # wait as long as the deadline allows: a probe given up on while it sat in the listening
+                # socket's backlog would still be answered (and counted, by BentoML) once a worker is up
+                if self.probe_health(timeout=max(1.0, deadline - time.monotonic())) == 200:
                     return
             except requests.RequestException:
                 pass  # not listening yet
