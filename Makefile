@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium
 
-.PHONY: demo test unit fuzz generate install system-deps bench clean
+.PHONY: demo test unit fuzz generate install system-deps bench record-servers clean
 
 # Two installs in one .venv: the demo needs the runtime and the `local` extra (the full MLflow, for its
 # local store); the tests, benches and generators need `test`, which holds all of `local`.
@@ -51,6 +51,11 @@ generate: install
 # Property tests at random and at length (make test runs them with a fixed, bounded profile).
 fuzz: install
 	HYPOTHESIS_PROFILE=explore $(BIN)/pytest -p no:cacheprovider tests/unit/test_fuzz.py tests/unit/test_runs.py
+
+# Real model servers' /metrics pages as fixtures (tests/fixtures/metrics/<server>-real.prom): each server
+# from PyPI in its own venv under .cache/server-venvs/, started on 127.0.0.1 and driven with known traffic.
+record-servers: install
+	$(BIN)/python tests/record_servers.py
 
 bench: install
 	$(BIN)/python bench/bench_mlflow.py

@@ -1,0 +1,239 @@
+"""The real-server harness (tests/real_servers.py) against the servers' OWN metrics pages: real BentoML
+and MLServer from PyPI, each in a venv of its own (made once under .cache/server-venvs/), on 127.0.0.1,
+driven with known traffic. What each server counts, and under which labels, is asserted as observed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import requests
+
+import real_servers
+from conftest import samples
+from real_servers import BENTOML, MLSERVER, drive, ensure_venv, start
+
+
+@pytest.fixture(scope="session")
+def bentoml_server(tmp_path_factory):
+    server = start(BENTOML, tmp_path_factory.mktemp("bentoml"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlserver_server(tmp_path_factory):
+    server = start(MLSERVER, tmp_path_factory.mktemp("mlserver"))
+    yield server
+    server.stop()
+
+
+def counted(page: dict, name: str, by: str, **match: str) -> Counter[str]:
+    """The samples `name` whose labels include `match`, summed by the value of label `by`."""
+    out: Counter[str] = Counter()
+    for (sample, labels), value in page.items():
+        labels = dict(labels)
+        if sample == name and all(labels.get(k) == v for k, v in match.items()):
+            out[labels[by]] += value
+    return out
+
+
+def label_sets(page: dict, name: str) -> set[tuple[str, ...]]:
+    return {tuple(k for k, _ in labels) for sample, labels in page if sample == name}
+
+
+def grew(after: Counter, before: Counter) -> dict[str, float]:
+    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+
+def scrape(server) -> dict:
+    return samples(server.metrics())
+
+
+# --- BentoML 1.4 ----------------------------------------------------------------------------------
+
+def test_bentoml_counts_every_request_by_status(bentoml_server):
+    before = scrape(bentoml_server)
+    truth = drive(bentoml_server)
+    after = scrape(bentoml_server)
+
+    assert truth.by_status() == {200: 100, 400: 5, 500: 5}
+    # bentoml_service_request_total{endpoint="/double" (the literal path), http_response_code, runner_name,
+    # service_name, service_version}: every request to the API, 4xx and 5xx included
+    name = "bentoml_service_request_total"
+    assert label_sets(after, name) == {("endpoint", "http_response_code", "runner_name", "service_name", "service_version")}
+    requests_by_code = grew(counted(after, name, "http_response_code", endpoint="/double"),
+                            counted(before, name, "http_response_code", endpoint="/double"))
+    assert requests_by_code == {"200": 100, "400": 5, "500": 5}
+    assert sum(requests_by_code.values()) == truth.total == 110
+    # the service and runner are named after the class; a service served from source has no version
+    assert counted(after, name, "service_name", endpoint="/double").keys() == {"Doubler"}
+    assert counted(after, name, "runner_name", endpoint="/double").keys() == {"Doubler"}
+    assert counted(after, name, "service_version", endpoint="/double").keys() == {"not available"}
+    # its histogram counts the same requests, with the same labels
+    durations = "bentoml_service_request_duration_seconds_count"
+    assert grew(counted(after, durations, "http_response_code", endpoint="/double"),
+                counted(before, durations, "http_response_code", endpoint="/double")) == requests_by_code
+    # nothing else moved: scraping /metrics is not counted, and no health probe was sent meanwhile
+    assert grew(counted(after, name, "endpoint"), counted(before, name, "endpoint")) == {"/double": 110}
+
+
+def test_bentoml_counts_health_probes_as_requests(bentoml_server):
+    before = scrape(bentoml_server)
+    for _ in range(3):
+        assert bentoml_server.probe_health() == 200
+    for path in ("/readyz", "/livez"):
+        assert requests.get(bentoml_server.url + path, timeout=10).status_code == 200
+    assert requests.get(bentoml_server.url + "/no-such-route", timeout=10).status_code == 404
+    after = scrape(bentoml_server)
+
+    # each under its literal path as `endpoint`, in the same counter as predictions; an unknown path too
+    # (one series per path asked for)
+    name = "bentoml_service_request_total"
+    assert grew(counted(after, name, "endpoint"), counted(before, name, "endpoint")) == {
+        "/healthz": 3, "/readyz": 1, "/livez": 1, "/no-such-route": 1}
+    assert counted(after, name, "http_response_code", endpoint="/no-such-route") == {"404": 1}
+    assert not [labels for sample, labels in after if dict(labels).get("endpoint") == "/metrics"]
+
+
+def test_bentoml_restart_starts_its_counters_afresh(bentoml_server):
+    ports = dict(bentoml_server.ports)
+    drive(bentoml_server, good=3, client_errors=1, server_errors=1)
+    bentoml_server.restart()
+    assert bentoml_server.ports == ports
+
+    fresh = scrape(bentoml_server)
+    name = "bentoml_service_request_total"
+    # at start the API's 200 and 500 series are there at 0 (not 400); the readiness probes are counted
+    assert counted(fresh, name, "http_response_code", endpoint="/double") == {"200": 0, "500": 0}
+    assert counted(fresh, name, "http_response_code", endpoint="/healthz") == {
+        str(code): n for code, n in bentoml_server.health_probes.items()}
+    truth = drive(bentoml_server, good=10, client_errors=2, server_errors=2)
+    after = scrape(bentoml_server)
+    assert counted(after, name, "http_response_code", endpoint="/double") == {"200": 10, "400": 2, "500": 2}
+    assert counted(after, name, "endpoint") == {"/double": 14, "/healthz": sum(truth.health_probes.values())}
+
+
+# --- MLServer 1.7 ---------------------------------------------------------------------------------
+
+INFER = "/v2/models/{model_name}/infer"  # starlette_exporter's path label: the route's template
+
+
+def test_mlserver_counts_every_request_by_status(mlserver_server):
+    before = scrape(mlserver_server)
+    truth = drive(mlserver_server)
+    after = scrape(mlserver_server)
+
+    assert truth.by_status() == {200: 100, 422: 5, 500: 5}
+    # rest_server_requests_total{app_name="mlserver", method, path=<route template>, status_code}
+    name = "rest_server_requests_total"
+    assert label_sets(after, name) == {("app_name", "method", "path", "status_code")}
+    by_code = grew(counted(after, name, "status_code", path=INFER, method="POST", app_name="mlserver"),
+                   counted(before, name, "status_code", path=INFER, method="POST", app_name="mlserver"))
+    assert by_code == {"200": 100, "422": 5, "500": 5}
+    assert sum(by_code.values()) == truth.total == 110
+    assert grew(counted(after, "rest_server_request_duration_seconds_count", "status_code", path=INFER),
+                counted(before, "rest_server_request_duration_seconds_count", "status_code", path=INFER)) == by_code
+    assert grew(counted(after, name, "path"), counted(before, name, "path")) == {INFER: 110}
+
+    # The model's own counters, {model="doubler", version="None"} (no version set: Python's str(None)):
+    # success counts the 100; failure counts the 5 the model raised on, not the 5 malformed ones (422:
+    # rejected by the REST layer before the model is looked up); the summary counts both of those.
+    model = {"model": "doubler", "version": "None"}
+    def moved(sample):
+        return counted(after, sample, "model", **model)["doubler"] - counted(before, sample, "model", **model)["doubler"]
+    assert moved("model_infer_request_success_total") == 100
+    assert moved("model_infer_request_failure_total") == 5
+    assert moved("model_infer_request_duration_count") == 105
+
+
+def test_mlserver_skips_server_health_but_counts_model_ready(mlserver_server):
+    before = scrape(mlserver_server)
+    for _ in range(3):
+        assert mlserver_server.probe_health() == 200  # GET /v2/health/ready
+    assert requests.get(mlserver_server.url + "/v2/health/live", timeout=10).status_code == 200
+    for _ in range(2):
+        assert requests.get(mlserver_server.url + "/v2/models/doubler/ready", timeout=10).status_code == 200
+    assert requests.get(mlserver_server.url + "/v2/no-such-route", timeout=10).status_code == 404
+    after = scrape(mlserver_server)
+
+    name = "rest_server_requests_total"
+    # /v2/health/* are skipped; the model's readiness is counted under its route template; an unknown
+    # path is not counted at all (starlette_exporter drops paths no route matches)
+    assert grew(counted(after, name, "path"), counted(before, name, "path")) == {"/v2/models/{model_name}/ready": 2}
+    assert not [labels for sample, labels in after if dict(labels).get("path", "").startswith("/v2/health")]
+
+
+def test_mlserver_restart_starts_its_counters_afresh(mlserver_server):
+    ports = dict(mlserver_server.ports)
+    drive(mlserver_server, good=3, client_errors=1, server_errors=1)
+    mlserver_server.restart()
+    assert mlserver_server.ports == ports
+
+    fresh = scrape(mlserver_server)
+    # a graceful stop removes the worker's and the server's multiprocess files: nothing counted yet (the
+    # readiness probes, /v2/health/ready, are not counted)
+    assert not counted(fresh, "rest_server_requests_total", "path")
+    assert not counted(fresh, "model_infer_request_success_total", "model")
+    drive(mlserver_server, good=10, client_errors=2, server_errors=2)
+    after = scrape(mlserver_server)
+    assert counted(after, "rest_server_requests_total", "status_code", path=INFER) == {"200": 10, "422": 2, "500": 2}
+    assert counted(after, "model_infer_request_success_total", "model") == {"doubler": 10}
+    assert counted(after, "model_infer_request_failure_total", "model") == {"doubler": 2}
+
+
+# --- the harness itself ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", [BENTOML, MLSERVER], ids=lambda s: s.name)
+def test_venv_has_the_pins_and_is_reused(spec):
+    venv = ensure_venv(spec)
+    assert venv == real_servers.VENVS / f"{spec.name}-{spec.version}"
+    assert (venv / ".installed").read_text().split() == list(spec.pins)
+    assert ensure_venv(spec) == venv  # the marker is there: nothing is installed again
+    versions = subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "import importlib.metadata as m, sys; print(*(m.version(p) for p in sys.argv[1:]))",
+         spec.name, *(["uvloop"] if spec is MLSERVER else [])],
+        capture_output=True, text=True, check=True).stdout.split()
+    assert versions[0] == spec.version
+    if spec is MLSERVER:
+        assert tuple(int(n) for n in versions[1].split(".")[:2]) < (0, 22)  # 0.23 crashes its worker
+
+
+def test_a_failed_install_says_what_failed(tmp_path, monkeypatch):
+    monkeypatch.setattr(real_servers, "VENVS", tmp_path)
+    spec = replace(BENTOML, name="broken", version="0", pins=("not a requirement ===",))  # pip rejects it offline
+    with pytest.raises(RuntimeError, match="could not install broken 0") as failure:
+        ensure_venv(spec)
+    assert "Invalid requirement" in str(failure.value)  # pip's own words, from the log's tail
+    assert not (tmp_path / "broken-0" / ".installed").exists()
+
+
+def test_a_failed_start_shows_the_log(tmp_path):
+    spec = replace(BENTOML, name="crashing", command=lambda bin, app, ports: [
+        sys.executable, "-c", "print('no model to serve'); raise SystemExit(3)"])
+    with pytest.raises(RuntimeError, match="exited with 3") as failure:
+        start(spec, tmp_path, venv=Path(sys.prefix))
+    assert "no model to serve" in str(failure.value)
+
+
+# --- the recorded pages (make record-servers) -----------------------------------------------------
+
+RECORDED = {  # server -> (its request counter, route label, route, status label): the drive's 110 on it
+    "bentoml": ("bentoml_service_request_total", "endpoint", "/double", "http_response_code", {"200": 100, "400": 5, "500": 5}),
+    "mlserver": ("rest_server_requests_total", "path", INFER, "status_code", {"200": 100, "422": 5, "500": 5}),
+}
+
+
+@pytest.mark.parametrize("spec", [BENTOML, MLSERVER], ids=lambda s: s.name)
+def test_recorded_page_is_the_real_servers_after_the_drive(spec):
+    from record_servers import FIXTURES
+
+    text = (FIXTURES / f"{spec.name}-real.prom").read_text()
+    assert f"a real {spec.name} {spec.version}" in text.splitlines()[0]  # re-record when a pin moves
+    name, route_label, route, status_label, expected = RECORDED[spec.name]
+    assert counted(samples(text), name, status_label, **{route_label: route}) == expected

@@ -1,0 +1,442 @@
+"""Real model servers from PyPI, run on 127.0.0.1 for the test tier, and driven with known traffic.
+
+Each server is one small `ServerSpec`: its pins (installed into a virtualenv of its own, made once and
+kept under `.cache/server-venvs/<server>-<version>/`), the tiny model it serves (a function that doubles
+its input and raises on a negative one), the command that starts it, and its routes and payloads.
+`start(spec, workdir)` runs it on free loopback ports; `drive(server, ...)` sends an exact mix of good,
+malformed (4xx) and raising (5xx) requests and returns what was sent and what came back (`Truth`), so a
+test can hold the server's own /metrics page, or the exporter's figures, against it.
+
+To add a server (KServe, TorchServe, PyTriton, Ray Serve...): write one more spec below and add it to
+SPECS. What each status really is was found by sending the requests and reading the codes back.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import requests
+
+from conftest import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+VENVS = REPO / ".cache" / "server-venvs"
+INSTALL_TIMEOUT = 1800.0  # seconds for one `pip install` (cold, it takes well under a minute here)
+READY_TIMEOUT = 120.0  # the first start of a fresh venv imports (and byte-compiles) a lot
+STOP_TIMEOUT = 30.0
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One model server: how to install it, what it serves, how to start it, what to send it."""
+
+    name: str  # short name, used in paths and fixture files: "bentoml"
+    version: str  # the server package's version (the first pin pins it)
+    pins: tuple[str, ...]  # pip requirements installed into the server's own venv
+    files: Mapping[str, str]  # the model/service source: relative path -> text, written into the app dir
+    ports: tuple[str, ...]  # names of the loopback ports it needs; "http" serves predictions and health
+    command: Callable[[Path, Path, Mapping[str, int]], list[str]]  # (venv bin dir, app dir, ports) -> argv
+    health_path: str  # GET, 200 once the model can serve
+    predict_path: str  # POST, JSON
+    good: Callable[[float], bytes]  # a request body asking to double x
+    answer: Callable[[bytes], float]  # the doubled value, read from a good reply's body
+    client_error: bytes  # a malformed request: the server answers 4xx without calling the model
+    server_error: bytes  # a well-formed request whose input makes the model raise: the server answers 5xx
+    env: Callable[[Path, Mapping[str, int]], Mapping[str, str]] = lambda app, ports: {}
+    metrics_port: str = "http"  # which of `ports` serves the metrics page
+    metrics_path: str = "/metrics"
+    content_type: str = "application/json"
+
+
+# --- BentoML -------------------------------------------------------------------------------------
+# A 1.4 service (the new SDK): one API `double` at POST /double, JSON {"x": <float>} in, a JSON number out.
+# 4xx: BentoML validates the body with pydantic before the API runs: invalid JSON, a missing field
+# ({"y": 1}), a string for x, an array, an empty body all answer 400 (so does a text/plain body). GET on
+# the route is 405, an unknown path 404.  5xx: the API raising answers 500 {"error": "An unexpected error
+# has occurred..."}.  Metrics: /metrics on the same port; /healthz, /readyz, /livez are counted in
+# bentoml_service_request_total like any route (endpoint label = the literal path).
+BENTOML_SERVICE = '''\
+import bentoml
+
+
+@bentoml.service(workers=1)
+class Doubler:
+    @bentoml.api
+    def double(self, x: float) -> float:
+        if x < 0:
+            raise ValueError(f"negative input {x}")
+        return 2 * x
+'''
+
+BENTOML = ServerSpec(
+    name="bentoml",
+    version="1.4.40",
+    pins=("bentoml==1.4.40",),
+    files={"service.py": BENTOML_SERVICE},
+    ports=("http",),
+    command=lambda bin, app, ports: [str(bin / "bentoml"), "serve", "service:Doubler", "--working-dir", str(app),
+                                     "--host", LOOPBACK, "--port", str(ports["http"])],
+    env=lambda app, ports: {"BENTOML_HOME": str(app / "bentoml-home"), "BENTOML_DO_NOT_TRACK": "true"},
+    health_path="/healthz",
+    predict_path="/double",
+    good=lambda x: json.dumps({"x": x}).encode(),
+    answer=lambda body: float(json.loads(body)),
+    client_error=b'{"x": ',  # invalid JSON: 400
+    server_error=b'{"x": -1}',  # the API raises ValueError: 500
+)
+
+# --- MLServer ------------------------------------------------------------------------------------
+# A custom runtime (MLModel) under the model name "doubler", served by `mlserver start <app dir>` with its
+# default inference pool (parallel_workers 1: the model runs in a worker process). V2 inference
+# protocol: POST /v2/models/doubler/infer {"inputs": [{"name", "shape", "datatype", "data"}]}.
+# 4xx: FastAPI validates the body against InferenceRequest before the model runs: invalid JSON, a body
+# without "inputs", an unknown datatype, an empty body, a non-JSON content type all answer 422; an
+# unknown model name 404.  5xx: whatever the model raises answers 500 {"error": "builtins.ValueError: ..."}
+# -- and so does a schema-valid request the model cannot read (shape [2] with one datum, "inputs": []).
+# Metrics: on their own port (settings metrics_port, env MLSERVER_METRICS_PORT; default 8082).
+# Ports, host and the multiprocess metrics dir are set through MLSERVER_* variables, settings.json
+# stays fixed. uvloop is held below 0.22: 0.23 crashes MLServer's worker process.
+MLSERVER_MODEL = '''\
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+
+class Doubler(MLModel):
+    async def load(self) -> bool:
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = NumpyCodec.decode_input(payload.inputs[0])
+        if (x < 0).any():
+            raise ValueError(f"negative input {x.tolist()}")
+        return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("y", x * 2)])
+'''
+
+
+def _v2_request(x: float) -> bytes:
+    return json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [x]}]}).encode()
+
+
+MLSERVER = ServerSpec(
+    name="mlserver",
+    version="1.7.1",
+    pins=("mlserver==1.7.1", "uvloop<0.22"),
+    files={
+        "settings.json": json.dumps({"debug": False}) + "\n",
+        "doubler/model-settings.json": json.dumps({"name": "doubler", "implementation": "model.Doubler"}) + "\n",
+        "doubler/model.py": MLSERVER_MODEL,
+    },
+    ports=("http", "grpc", "metrics"),
+    command=lambda bin, app, ports: [str(bin / "mlserver"), "start", str(app)],
+    env=lambda app, ports: {
+        "MLSERVER_HOST": LOOPBACK,
+        "MLSERVER_HTTP_PORT": str(ports["http"]),
+        "MLSERVER_GRPC_PORT": str(ports["grpc"]),
+        "MLSERVER_METRICS_PORT": str(ports["metrics"]),
+        "MLSERVER_METRICS_DIR": str(app / ".metrics"),
+    },
+    metrics_port="metrics",
+    # Server-wide readiness: 200 once every model is loaded (400 before). MLServer's request counters
+    # skip /v2/health/*; /v2/models/doubler/ready is counted.
+    health_path="/v2/health/ready",
+    predict_path="/v2/models/doubler/infer",
+    good=_v2_request,
+    answer=lambda body: float(json.loads(body)["outputs"][0]["data"][0]),
+    client_error=b'{"inputs": ',  # invalid JSON: 422
+    server_error=_v2_request(-1.0),  # the model raises ValueError: 500
+)
+
+SPECS: dict[str, ServerSpec] = {spec.name: spec for spec in (BENTOML, MLSERVER)}
+
+
+# --- virtualenvs ---------------------------------------------------------------------------------
+
+def venv_dir(spec: ServerSpec) -> Path:
+    return VENVS / f"{spec.name}-{spec.version}"
+
+
+def _marker_text(spec: ServerSpec) -> str:
+    return "".join(f"{pin}\n" for pin in spec.pins)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def ensure_venv(spec: ServerSpec) -> Path:
+    """The server's own virtualenv: made once (`python -m venv`, `pip install` of the pins) and reused
+    while its marker file, written only after a successful install, names the same pins."""
+    target = venv_dir(spec)
+    marker = target / ".installed"
+    VENVS.mkdir(parents=True, exist_ok=True)
+    with open(VENVS / f".{target.name}.lock", "w") as lock:  # two processes never build one venv at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.is_file() and marker.read_text() == _marker_text(spec):
+            return target
+        shutil.rmtree(target, ignore_errors=True)  # a half-made one from a failed or interrupted install
+        log = VENVS / f"{target.name}.install.log"
+        started = time.monotonic()
+        steps = [[sys.executable, "-m", "venv", str(target)],
+                 [str(target / "bin" / "python"), "-m", "pip", "install", "--no-input", "--progress-bar", "off",
+                  "--disable-pip-version-check", *spec.pins]]
+        with open(log, "w") as out:
+            for step in steps:
+                out.write(f"$ {' '.join(step)}\n")
+                out.flush()
+                try:
+                    rc = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        timeout=INSTALL_TIMEOUT).returncode
+                except subprocess.TimeoutExpired:
+                    rc = f"timed out after {INSTALL_TIMEOUT:.0f}s"
+                if rc != 0:
+                    out.close()
+                    raise RuntimeError(
+                        f"could not install {spec.name} {spec.version} ({' '.join(spec.pins)}) into {target}: "
+                        f"`{' '.join(step[:4])} ...` exited {rc}. Full log: {log}. Its tail:\n{_tail(log)}")
+        seconds = time.monotonic() - started
+        marker.write_text(_marker_text(spec))
+        (target / ".install-seconds").write_text(f"{seconds:.1f}\n")
+        return target
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+def _child_env(spec: ServerSpec, venv: Path, app: Path, ports: Mapping[str, int]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PROMETHEUS_MULTIPROC_DIR")}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(venv)
+    env.update({"DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"})  # no usage telemetry; logs as they come
+    env.update(spec.env(app, ports))
+    return env
+
+
+def _free_ports(names: tuple[str, ...]) -> dict[str, int]:
+    ports: dict[str, int] = {}
+    while len(ports) < len(names):
+        port = free_port()
+        if port not in ports.values():
+            ports[names[len(ports)]] = port
+    return ports
+
+
+class RunningServer:
+    """A started server. `health_probes` counts, by status, the health requests it answered since its
+    last (re)start: the readiness polls and `probe_health` calls (a server may count them: BentoML does)."""
+
+    def __init__(self, spec: ServerSpec, workdir: Path, venv: Path):
+        self.spec = spec
+        self.workdir = workdir
+        self.venv = venv
+        self.app = workdir / "app"
+        self.log_path = workdir / f"{spec.name}.log"
+        self.ports = _free_ports(spec.ports)
+        self.proc: subprocess.Popen | None = None
+        self.health_probes: Counter[int] = Counter()
+        self.ready_seconds: float | None = None
+        self.session = requests.Session()
+
+    @property
+    def url(self) -> str:
+        """The base URL predictions and health are served under."""
+        return f"http://{LOOPBACK}:{self.ports['http']}"
+
+    @property
+    def predict_url(self) -> str:
+        return self.url + self.spec.predict_path
+
+    @property
+    def health_path(self) -> str:
+        return self.spec.health_path
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports[self.spec.metrics_port]}{self.spec.metrics_path}"
+
+    def _launch(self) -> None:
+        self.health_probes = Counter()
+        log = open(self.log_path, "ab")
+        log.write(f"\n=== {time.strftime('%H:%M:%S')} starting {self.spec.name} {self.spec.version} on {self.ports}\n".encode())
+        log.flush()
+        try:
+            self.proc = subprocess.Popen(
+                self.spec.command(self.venv / "bin", self.app, self.ports), cwd=self.app,
+                env=_child_env(self.spec, self.venv, self.app, self.ports),
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            log.close()
+        started = time.monotonic()
+        try:
+            self._wait_ready(started + READY_TIMEOUT)
+        except BaseException:
+            self.stop()
+            raise
+        self.ready_seconds = time.monotonic() - started
+
+    def _failure(self, what: str) -> str:
+        return (f"{self.spec.name} {self.spec.version} {what}; health probes answered: {dict(self.health_probes)}; "
+                f"log {self.log_path}, its tail:\n{_tail(self.log_path)}")
+
+    def _wait_ready(self, deadline: float) -> None:
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self._failure(f"exited with {self.proc.returncode} before {self.health_path} answered 200"))
+            try:
+                # wait as long as the deadline allows: a probe given up on while it sat in the listening
+                # socket's backlog would still be answered (and counted, by BentoML) once a worker is up
+                if self.probe_health(timeout=max(1.0, deadline - time.monotonic())) == 200:
+                    return
+            except requests.RequestException:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise TimeoutError(self._failure(f"did not answer 200 on {self.url}{self.health_path} within {READY_TIMEOUT:.0f}s"))
+            time.sleep(0.25)  # poll interval
+
+    def probe_health(self, timeout: float = 10) -> int:
+        """One GET of the health route; its status (also counted in `health_probes`)."""
+        status = requests.get(self.url + self.health_path, timeout=timeout).status_code
+        self.health_probes[status] += 1
+        return status
+
+    def metrics(self) -> str:
+        """The server's own metrics page, as text."""
+        reply = requests.get(self.metrics_url, timeout=30)
+        reply.raise_for_status()
+        return reply.text
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group (its workers too), SIGKILL if still there after 30 s."""
+        self.session.close()
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+            except ProcessLookupError:
+                pass
+        try:  # whatever of its group is left (a worker that outlived its parent)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait(timeout=STOP_TIMEOUT)
+
+    def restart(self) -> RunningServer:
+        """Stop, then start again on the same ports (its counters start again from nothing)."""
+        self.stop()
+        self.session = requests.Session()
+        self._launch()
+        return self
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start(spec: ServerSpec, workdir: Path, venv: Path | None = None) -> RunningServer:
+    """Write the spec's model into `workdir/app`, start the server on free loopback ports, and wait until its
+    health route answers 200 (120 s at most). stdout and stderr go to `workdir/<name>.log`."""
+    venv = venv or ensure_venv(spec)
+    workdir = Path(workdir)
+    server = RunningServer(spec, workdir, venv)
+    for rel, text in spec.files.items():
+        path = server.app / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    server._launch()
+    return server
+
+
+# --- traffic ---------------------------------------------------------------------------------------
+
+KINDS = ("good", "client_error", "server_error")
+
+
+@dataclass
+class Truth:
+    """What `drive` sent, and the statuses that came back, by kind of request."""
+
+    server: str
+    version: str
+    predict_path: str
+    good: int
+    client_errors: int
+    server_errors: int
+    statuses: dict[str, Counter[int]] = field(default_factory=dict)  # kind -> status -> count
+    health_path: str = ""
+    health_probes: Counter[int] = field(default_factory=Counter)  # answered since the last start, by status
+
+    @property
+    def total(self) -> int:
+        return self.good + self.client_errors + self.server_errors
+
+    def by_status(self) -> Counter[int]:
+        """Every predict request sent, by the status it got."""
+        out: Counter[int] = Counter()
+        for counts in self.statuses.values():
+            out.update(counts)
+        return out
+
+    def describe(self) -> str:
+        def codes(kind: str) -> str:
+            return ", ".join(f"{n}x{code}" for code, n in sorted(self.statuses.get(kind, {}).items()))
+
+        return (f"{self.good} good POST {self.predict_path} ({codes('good')}), {self.client_errors} malformed "
+                f"({codes('client_error')}), {self.server_errors} that make the model raise ({codes('server_error')}); "
+                f"health probes GET {self.health_path} answered since the start: "
+                f"{', '.join(f'{n}x{code}' for code, n in sorted(self.health_probes.items())) or 'none'}")
+
+
+def drive(server: RunningServer, good: int = 100, client_errors: int = 5, server_errors: int = 5) -> Truth:
+    """Send exactly `good` requests the model answers (inputs 1..good, each reply checked to be doubled),
+    `client_errors` malformed ones and `server_errors` whose input makes the model raise, interleaved,
+    one at a time. Asserts every good one got a 2xx, every malformed one a 4xx, every raising one a 5xx."""
+    spec = server.spec
+    goods = [("good", spec.good(float(i + 1)), 2.0 * (i + 1)) for i in range(good)]
+    errors = [item for k in range(max(client_errors, server_errors))
+              for item, wanted in ((("client_error", spec.client_error, None), client_errors),
+                                   (("server_error", spec.server_error, None), server_errors)) if k < wanted]
+    # the errors spread evenly through the good requests, the same order every run
+    placed = [(i / max(1, good), item) for i, item in enumerate(goods)]
+    placed += [((j + 0.5) / max(1, len(errors)), item) for j, item in enumerate(errors)]
+    plan = [item for _, item in sorted(placed, key=lambda p: p[0])]
+    statuses: dict[str, Counter[int]] = {kind: Counter() for kind in KINDS}
+    wrong: list[str] = []
+    headers = {"Content-Type": spec.content_type}
+    for kind, body, expected in plan:
+        reply = server.session.post(server.predict_url, data=body, headers=headers, timeout=60)
+        statuses[kind][reply.status_code] += 1
+        family = reply.status_code // 100
+        if kind == "good":
+            if family != 2:
+                wrong.append(f"good {body!r} -> {reply.status_code} {reply.text[:200]!r}")
+            elif spec.answer(reply.content) != expected:
+                wrong.append(f"good {body!r} -> {reply.text[:200]!r}, expected {expected}")
+        elif family != {"client_error": 4, "server_error": 5}[kind]:
+            wrong.append(f"{kind} {body!r} -> {reply.status_code} {reply.text[:200]!r}")
+    truth = Truth(spec.name, spec.version, spec.predict_path, good, client_errors, server_errors, statuses,
+                  spec.health_path, Counter(server.health_probes))
+    assert not wrong, f"{spec.name}: {len(wrong)} replies not as expected:\n" + "\n".join(wrong[:10])
+    return truth
