@@ -237,3 +237,74 @@ def test_recorded_page_is_the_real_servers_after_the_drive(spec):
     assert f"a real {spec.name} {spec.version}" in text.splitlines()[0]  # re-record when a pin moves
     name, route_label, route, status_label, expected = RECORDED[spec.name]
     assert counted(samples(text), name, status_label, **{route_label: route}) == expected
+
+
+# --- the exporter's figures against the truth, with the shipped presets and no metrics_labels ----------
+def exporter_source(server, preset: str):
+    from mlops_kpi_exporter.config import config_from_dict
+    from mlops_kpi_exporter.pricing import Pricer
+    from mlops_kpi_exporter.sources.endpoints import EndpointSource
+
+    config = config_from_dict({"mlflow": {"tracking_uri": "sqlite:///unused.db"}, "endpoints": [{
+        "name": "real", "url": server.url, "metrics_url": server.metrics_url, "preset": preset,
+        "probe": {"path": server.health_path, "interval": "5s", "timeout": "5s"}}]})
+    return EndpointSource(config.endpoints[0], config, Pricer(config.pricing))
+
+
+def figures(source) -> dict:
+    from conftest import render
+
+    return samples(render(source.poll()[0]))
+
+
+def shown(m: dict, name: str) -> float:
+    return m[(name, (("endpoint", "real"),))]
+
+
+@pytest.mark.parametrize("fixture, preset", [("bentoml_server", "bentoml"), ("mlserver_server", "mlserver")])
+def test_the_exporter_counts_what_the_server_did(request, fixture, preset):
+    """100 good, 5 malformed, 5 raising, the exporter probing the health route between its reads:
+    requests 110, errors 5 (server faults), client errors 5, latency observations 110; and after an
+    upstream restart (its counters from zero) the same again on top, never a fall."""
+    server = request.getfixturevalue(fixture).restart()  # counters from zero
+    source = exporter_source(server, preset)
+    m = figures(source)  # probes and reads before any prediction
+    # an idle server is not a wrong preset (MLServer writes no request series before its first request)
+    assert shown(m, "mlops_endpoint_metrics_up") == 1
+    drive(server)
+    for _ in range(3):
+        m = figures(source)  # the health probes in between are not predictions
+    assert shown(m, "mlops_endpoint_up") == 1 and shown(m, "mlops_endpoint_metrics_up") == 1
+    assert shown(m, "mlops_endpoint_requests_total") == 110
+    assert shown(m, "mlops_endpoint_errors_total") == 5
+    assert shown(m, "mlops_endpoint_client_errors_total") == 5
+    assert shown(m, "mlops_endpoint_request_duration_seconds_count") == 110
+    assert m[("mlops_endpoint_request_duration_seconds_bucket", (("endpoint", "real"), ("le", "+Inf")))] == 110
+    server.restart()
+    figures(source)  # a read between the restart and new traffic sees the counters fall (as Prometheus would)
+    drive(server)
+    m = figures(source)
+    assert shown(m, "mlops_endpoint_requests_total") == 220
+    assert shown(m, "mlops_endpoint_errors_total") == 10
+    assert shown(m, "mlops_endpoint_client_errors_total") == 10
+
+
+def test_the_wrong_preset_on_a_live_page_is_unmatched_and_check_fails(mlserver_server, mlflow_server, tmp_path):
+    """triton's names on MLServer's page: unmatched, metrics_up 0, and `check` exits 1 saying why."""
+    import yaml
+
+    from conftest import EXPORTER, child_env
+
+    source = exporter_source(mlserver_server, "triton")
+    m = figures(source)
+    assert shown(m, "mlops_endpoint_metrics_up") == 0
+    assert m[("mlops_endpoint_metrics_scrapes_total", (("endpoint", "real"), ("outcome", "unmatched")))] == 1
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "mlflow": {"tracking_uri": mlflow_server.url, "experiments": ["no-such-experiment"]},
+        "endpoints": [{"name": "real", "url": mlserver_server.url, "metrics_url": mlserver_server.metrics_url,
+                       "preset": "triton", "probe": {"path": mlserver_server.health_path}}]}))
+    proc = subprocess.run([EXPORTER, "check", "--config", str(config)], capture_output=True, text=True,
+                          env=child_env(), timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "unmatched" in proc.stdout and "nv_inference_request_success" in proc.stdout, proc.stdout

@@ -103,6 +103,9 @@ class CustomMapping(_Strict):
     latency_sum: MetricSelector | None = None  # a cumulative sum of latencies, with latency_count
     latency_count: MetricSelector | None = None
     utilization: dict[str, MetricSelector] = Field(default_factory=dict)  # resource -> gauge (scale to 0-1)
+    # series that show a page is this server's before it has served anything: some servers (MLServer)
+    # write no request series at all until the first request, and an idle server is not a wrong preset
+    identified_by: list[str] = Field(default_factory=list)
 
     @field_validator("exclude_routes")
     @classmethod
@@ -121,6 +124,11 @@ class CustomMapping(_Strict):
             names += [f"{self.latency_histogram.name}_{suffix}" for suffix in ("bucket", "count", "sum")]
         names += [s.name for s in (self.latency_sum, self.latency_count) if s is not None]
         return tuple(names)
+
+    def page_series(self) -> tuple[str, ...]:
+        """Any of these on a page shows the mapping fits it: its request or latency series, or the
+        server's own marks."""
+        return (*self.request_series(), *self.identified_by)
 
 
 class EndpointConfig(_Strict):

@@ -35,6 +35,7 @@ PRESETS: dict[str, CustomMapping] = {
         errors=[_sel("bentoml_service_request_total", http_response_code="~5..")],
         client_errors=[_sel("bentoml_service_request_total", http_response_code="~4..")],
         latency_histogram=_sel("bentoml_service_request_duration_seconds"),
+        identified_by=["bentoml_service_request_in_progress"],
     ),
     "mlserver": CustomMapping(  # MLServer 1.7 (MLflow's and KServe's V2 runtime): its REST server's infer routes
         route_label="path",
@@ -42,6 +43,7 @@ PRESETS: dict[str, CustomMapping] = {
         errors=[_sel("rest_server_requests_total", path=INFER_ROUTES, status_code="~5..")],
         client_errors=[_sel("rest_server_requests_total", path=INFER_ROUTES, status_code="~4..")],
         latency_histogram=_sel("rest_server_request_duration_seconds", path=INFER_ROUTES),
+        identified_by=["parallel_request_queue", "rest_server_requests_in_progress"],  # before any request
     ),
     "torchserve": CustomMapping(
         requests=[_sel("ts_inference_requests_total")],
@@ -163,7 +165,7 @@ def _key(prefix: str, labels: dict[str, str], drop: str = "") -> Labels:
 def fits(samples: Samples, mapping: CustomMapping) -> bool:
     """Whether the page has any of the mapping's request or latency series (a mapping without any,
     mlflow's, fits every page). A page that matches nothing is a wrong preset or a renamed metric."""
-    names = mapping.request_series()
+    names = mapping.page_series()
     return not names or any(samples.has(n) for n in names)
 
 
