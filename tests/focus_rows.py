@@ -42,6 +42,6 @@ def write_parquet(path: Path, rows: list[dict], columns=FOCUS_13) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {c: [r[c] for r in rows] for c in columns}
     for c in ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost"):
-        data[c] = [float(v) for v in data[c]]
+        data[c] = [None if v in ("", "NULL", "null") else float(v) for v in data[c]]  # Parquet nulls
     pq.write_table(pa.table(data), path)
     return path

@@ -11,6 +11,7 @@ catalog are scaled: a price from the config or a run tag is taken to be what you
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import json
 from decimal import Decimal, InvalidOperation
 
 from mlops_kpi_exporter.runs import NANO
@@ -34,6 +35,20 @@ def to_nano(text: object) -> int:
     if not value.is_finite():
         raise ValueError(f"not a finite number: {text!r}")
     return int((value * NANO).to_integral_value())
+
+
+def parse_tags(text: object) -> dict[str, str]:
+    """A FOCUS Tags cell (JSON, or a mapping from Parquet) as a dict; anything else is no tags."""
+    if text is None or (isinstance(text, str) and text.strip() in MISSING):
+        return {}
+    try:
+        data = json.loads(text) if isinstance(text, str) else dict(text)
+    except (ValueError, TypeError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    # a tag with no value is the boolean true; keys may carry odd spacing
+    return {str(k).strip(): ("true" if v is True else str(v).strip()) for k, v in data.items() if v not in (None, "")}
 
 
 def add_costs(table: dict, key: tuple, costs: Costs) -> None:

@@ -1,6 +1,6 @@
 """The cloud bill joined to MLflow runs (billing.run_join): what each run really cost.
 
-A bill row that a join rule matches (see FocusReader._join_row) names a key: a run id, or a value
+A bill row that a join rule matches (see FocusReader.join_one) names a key: a run id, or a value
 that runs carry as a tag (a Databricks cluster id, a launcher's job name). Rows are kept grouped by
 (rule, key, provider, month, charge period), never one by one.
 

@@ -16,7 +16,7 @@ import fnmatch
 import glob
 import gzip
 import io
-import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -24,15 +24,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mlops_kpi_exporter import extras
-from mlops_kpi_exporter.bill import COMPUTE_CATEGORIES, MISSING, Costs, FileTotals, add_costs, to_nano
+from mlops_kpi_exporter.bill import COMPUTE_CATEGORIES, MISSING, Costs, FileTotals, add_costs, parse_tags, to_nano
 from mlops_kpi_exporter.config.billing import tag_keys
 from mlops_kpi_exporter.runs import UNTAGGED
+from mlops_kpi_exporter.sources import focus_columnar
 
 COST_COLUMNS = ("BilledCost", "EffectiveCost", "ListCost")  # in the order of bill.BASES
 REQUIRED = (*COST_COLUMNS, "ChargePeriodStart", "ChargePeriodEnd", "ServiceName")
 PROVIDER_COLUMNS = ("ServiceProviderName", "ProviderName")  # 1.3 renamed it; 1.0-1.2 have the second
 OPTIONAL = ("ServiceCategory", "Tags", "ChargeCategory", "BillingCurrency", "AllocatedTags")  # AllocatedTags: 1.3
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
+
+log = logging.getLogger(__name__)
 
 
 class NotFocus(ValueError):
@@ -48,19 +51,6 @@ def _utc(text: object) -> datetime | None:
     else:
         moment = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-
-def _tags(text: object) -> dict[str, str]:
-    if text is None or (isinstance(text, str) and text.strip() in MISSING):
-        return {}
-    try:
-        data = json.loads(text) if isinstance(text, str) else dict(text)
-    except (ValueError, TypeError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    # a tag with no value is the boolean true; keys may carry odd spacing
-    return {str(k).strip(): ("true" if v is True else str(v).strip()) for k, v in data.items() if v not in (None, "")}
 
 
 class FocusReader:
@@ -79,8 +69,15 @@ class FocusReader:
         return {"currency": self.currency, "keys": self.keys, "join_keys": self.join_keys}
 
     def read(self, path: Path, name: str | None = None) -> FileTotals:
-        """The totals of one file; `name` (default the path) is how errors name it, e.g. an s3:// URL."""
+        """The totals of one file; `name` (default the path) is how errors name it, e.g. an s3:// URL.
+        With the `bills` extra, DuckDB groups the file as it reads it (focus_columnar.py); a file it
+        calls irregular, and every file without the extra, is read row by row here."""
         name = name or str(path)
+        if focus_columnar.available():
+            try:
+                return focus_columnar.totals(self, path, name)
+            except (focus_columnar.Irregular, NotFocus) as exc:  # the row reader names what is wrong exactly
+                log.info("%s: read row by row (%s)", name, exc)
         totals = FileTotals()
         rows = self._parquet_rows(path, name) if name.endswith(".parquet") else self._csv_rows(path, name)
         for number, row in enumerate(rows, start=2):
@@ -106,7 +103,7 @@ class FocusReader:
             raise ValueError(f"BillingCurrency {billed_in}, not pricing.currency {self.currency}")
         costs = [to_nano(row.get(column)) for column in COST_COLUMNS]
         add_costs(totals.costs, (month, provider, service, category), costs)
-        tags = _tags(row.get("Tags"))
+        tags = parse_tags(row.get("Tags"))
         compute = category in COMPUTE_CATEGORIES
         charge = str(row.get("ChargeCategory") or "").strip()
         if compute and charge in ("Usage", *MISSING):
@@ -117,23 +114,23 @@ class FocusReader:
         if end is not None:
             totals.last_charge[provider] = max(totals.last_charge.get(provider, 0.0), end.timestamp())
             if self.join_keys:
-                self._join_row(totals, row, tags, provider, month, start, end, costs)
+                self.join_one(totals, row, tags, provider, month, int(start.timestamp() * 1000),
+                              int(end.timestamp() * 1000), costs)
         totals.rows += 1
 
-    def _join_row(self, totals: FileTotals, row: dict, tags: dict[str, str], provider: str, month: str,
-                  start: datetime, end: datetime, costs: Costs) -> None:
+    def join_one(self, totals: FileTotals, row: dict, tags: dict[str, str], provider: str, month: str,
+                 start_ms: int, end_ms: int, costs: Costs) -> None:
         """The first run_join rule whose bill tag the row carries (split cost allocation's
         AllocatedTags first: the pod's labels on its share of a node) takes the row."""
-        allocated = _tags(row.get("AllocatedTags"))
+        allocated = parse_tags(row.get("AllocatedTags"))
         for index, keys in enumerate(self.join_keys):
             value = next((found[k] for found in (allocated, tags) for k in keys if found.get(k)), None)
             if value is not None and value != "true":
-                key = (index, value[:250], provider, month, int(start.timestamp() * 1000), int(end.timestamp() * 1000))
-                add_costs(totals.joined, key, costs)
+                add_costs(totals.joined, (index, value[:250], provider, month, start_ms, end_ms), costs)
                 return
 
     @staticmethod
-    def _check_columns(name: str, columns: list[str]) -> None:
+    def check_columns(name: str, columns: list[str]) -> None:
         for column in REQUIRED:
             if column not in columns:
                 raise NotFocus(f"{name}: not a FOCUS export: no {column} column")
@@ -144,7 +141,7 @@ class FocusReader:
         raw = gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")
         with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
             reader = csv.DictReader(text)
-            self._check_columns(name, list(reader.fieldnames or []))
+            self.check_columns(name, list(reader.fieldnames or []))
             yield from reader
 
     def _parquet_rows(self, path: Path, name: str):
@@ -156,7 +153,7 @@ class FocusReader:
         except Exception as exc:  # pyarrow's ArrowInvalid: not a Parquet file at all
             raise NotFocus(f"{name}: not a Parquet file: {str(exc)[:120]}") from None
         columns = table.schema_arrow.names
-        self._check_columns(name, columns)
+        self.check_columns(name, columns)
         wanted = [c for c in (*REQUIRED, *PROVIDER_COLUMNS, *OPTIONAL) if c in columns]
         for batch in table.iter_batches(batch_size=50_000, columns=wanted):
             data = batch.to_pydict()
