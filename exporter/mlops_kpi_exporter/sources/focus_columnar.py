@@ -26,6 +26,18 @@ COSTS = ("BilledCost", "EffectiveCost", "ListCost")  # in the order of bill.BASE
 MISSING_SQL = "(" + ", ".join(f"'{m}'" for m in sorted(MISSING)) + ")"
 
 
+SETTINGS = {"threads": min(4, os.cpu_count() or 1)}  # up to 4 cores
+
+
+def _connect():
+    """A DuckDB of its own, without its progress bar (it writes to stdout, where `once` writes the exposition)."""
+    import duckdb
+
+    con = duckdb.connect(config=SETTINGS)
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
 class Irregular(Exception):
     """The file needs the row reader (its message says why, for the log)."""
 
@@ -89,7 +101,7 @@ def columns_of(path: Path, name: str) -> dict[str, str]:
     import duckdb
 
     try:
-        with duckdb.connect() as con:
+        with _connect() as con:
             return {row[0]: row[1] for row in con.execute(f"DESCRIBE SELECT * FROM {source_sql(path, name)}").fetchall()}
     except duckdb.Error as exc:
         raise Irregular(f"{type(exc).__name__}: {str(exc)[:160]}") from None
@@ -136,7 +148,7 @@ def totals(reader: FocusReader, path: Path, name: str) -> FileTotals:
             f"FROM {{source}}))")
     source = source_sql(path, name)
     cost_sums = "sum(c0), sum(c1), sum(c2)"
-    with duckdb.connect(config={"threads": min(4, os.cpu_count() or 1)}) as con:
+    with _connect() as con:
         try:
             con.execute(f"CREATE TEMP VIEW r AS {rows.format(source=source)}")
             groups = con.execute(
