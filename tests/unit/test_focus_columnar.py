@@ -105,3 +105,12 @@ def test_any_amounts_sum_to_the_same_nano_units(tmp_path_factory, amounts):
     with pytest.MonkeyPatch.context() as patched:
         patched.setattr(focus_columnar, "available", lambda: False)
         assert asdict(got) == asdict(READER.read(path))
+
+
+def test_a_regular_file_is_never_read_row_by_row(tmp_path, caplog, monkeypatch):
+    path = tmp_path / "bill.csv.gz"
+    write_csv(path, QUIRKS, FOCUS_13_SPLIT, gz=True)
+    with caplog.at_level("INFO"):
+        got = asdict(READER.read(path))
+    assert not [r for r in caplog.records if "row by row" in r.getMessage()], caplog.records
+    assert got == by_rows(path, monkeypatch)
