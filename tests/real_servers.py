@@ -59,6 +59,7 @@ class ServerSpec:
     metrics_port: str = "http"  # which of `ports` serves the metrics page
     metrics_path: str = "/metrics"
     content_type: str = "application/json"
+    keep_alive: bool = True  # False: each request on a connection of its own (`Connection: close`)
 
 
 # --- BentoML -------------------------------------------------------------------------------------
@@ -160,7 +161,77 @@ MLSERVER = ServerSpec(
     server_error=_v2_request(-1.0),  # the model raises ValueError: 500
 )
 
-SPECS: dict[str, ServerSpec] = {spec.name: spec for spec in (BENTOML, MLSERVER)}
+# --- KServe --------------------------------------------------------------------------------------
+# The KServe Python model server (kserve.Model + kserve.ModelServer, what KServe's custom predictors run),
+# model name "doubler", V1 protocol: POST /v1/models/doubler:predict {"instances": [x]} -> {"predictions": [2x]}.
+# KServe's REST server binds 0.0.0.0 with no option to change it: the model file makes uvicorn bind
+# 127.0.0.1. gRPC is off (--enable_grpc false). One uvicorn worker (the default), so one process.
+# 4xx: a body that is not JSON is refused while decoding (400 {"error": "Unrecognized request format"}),
+# before the model is called; the model raising kserve.errors.InvalidInput answers 400 too, but from
+# inside predict().  5xx: predict() raising anything else answers 500 {"error": "ValueError : ..."}.
+# A body sent without Content-Type: application/json is handed to the model as raw bytes. Each 500 also
+# closes its connection (see keep_alive).
+# Metrics: /metrics on the same port: histograms request_preprocess_seconds, request_predict_seconds,
+# request_postprocess_seconds, request_explain_seconds, label model_name only; no route, status or error
+# series, so health checks (GET /, /v1/models/doubler, /v2/health/*) are never counted.
+KSERVE_MODEL = '''\
+import uvicorn
+
+import kserve
+from kserve.errors import InvalidInput
+
+
+class _Loopback(uvicorn.Config):  # KServe's REST server hard-codes host="0.0.0.0"
+    def __init__(self, app, **kwargs):
+        kwargs["host"] = "127.0.0.1"
+        super().__init__(app, **kwargs)
+
+
+uvicorn.Config = _Loopback
+
+
+class Doubler(kserve.Model):
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.load()
+
+    def load(self) -> bool:
+        self.ready = True
+        return self.ready
+
+    def predict(self, payload, headers=None):
+        xs = payload["instances"]
+        if not all(isinstance(x, (int, float)) for x in xs):
+            raise InvalidInput(f"instances must be numbers, got {xs!r}")
+        if any(x < 0 for x in xs):
+            raise ValueError(f"negative input {xs}")
+        return {"predictions": [2 * x for x in xs]}
+
+
+if __name__ == "__main__":
+    kserve.ModelServer().start([Doubler(kserve.model_server.args.model_name)])
+'''
+
+KSERVE = ServerSpec(
+    name="kserve",
+    version="0.21.0",
+    pins=("kserve==0.21.0",),
+    files={"model.py": KSERVE_MODEL},
+    ports=("http",),
+    command=lambda bin, app, ports: [str(bin / "python"), str(app / "model.py"), "--model_name", "doubler",
+                                     "--http_port", str(ports["http"]), "--enable_grpc", "false"],
+    health_path="/v1/models/doubler",  # the model's readiness: 200 {"name": "doubler", "ready": true}
+    predict_path="/v1/models/doubler:predict",
+    good=lambda x: json.dumps({"instances": [x]}).encode(),
+    answer=lambda body: float(json.loads(body)["predictions"][0]),
+    client_error=b'{"instances": ',  # not JSON: 400 before predict()
+    server_error=b'{"instances": [-1]}',  # predict() raises ValueError: 500
+    # after a 500, Starlette re-raises the exception its handler answered and uvicorn closes the
+    # connection: a keep-alive client's next request on it is reset
+    keep_alive=False,
+)
+
+SPECS: dict[str, ServerSpec] = {spec.name: spec for spec in (BENTOML, MLSERVER, KSERVE)}
 
 
 # --- virtualenvs ---------------------------------------------------------------------------------
@@ -424,7 +495,7 @@ def drive(server: RunningServer, good: int = 100, client_errors: int = 5, server
     plan = [item for _, item in sorted(placed, key=lambda p: p[0])]
     statuses: dict[str, Counter[int]] = {kind: Counter() for kind in KINDS}
     wrong: list[str] = []
-    headers = {"Content-Type": spec.content_type}
+    headers = {"Content-Type": spec.content_type, **({} if spec.keep_alive else {"Connection": "close"})}
     for kind, body, expected in plan:
         reply = server.session.post(server.predict_url, data=body, headers=headers, timeout=60)
         statuses[kind][reply.status_code] += 1
