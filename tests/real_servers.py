@@ -231,7 +231,117 @@ KSERVE = ServerSpec(
     keep_alive=False,
 )
 
-SPECS: dict[str, ServerSpec] = {spec.name: spec for spec in (BENTOML, MLSERVER, KSERVE)}
+# --- LitServe ------------------------------------------------------------------------------------
+# LitServe has no metrics of its own: the service below instruments itself as LitServe's docs show
+# ("Logging and monitoring": a Logger that mounts prometheus_client's ASGI app at /metrics, in
+# prometheus_client's multiprocess mode, since LitServe runs its HTTP server in a forked process, its
+# model in spawned inference workers and its loggers in one more process), plus a small ASGI
+# middleware (LitServer(middlewares=...)) that counts every HTTP request by route and status, which no
+# LitServe hook sees. Its names are this example's own: a user's instrumentation names its own.
+# POST /predict {"x": <float>} -> {"y": 2x}; the request type is a pydantic model, so FastAPI validates
+# the body before LitServe queues it.  4xx: invalid JSON, a missing or non-numeric x: 422.
+# 5xx: predict() raising answers 500 {"detail": "Internal server error"}.  GET /health: 200 once the
+# inference worker is set up (503 before).  Mount quirk: GET /metrics answers 307 to /metrics/.
+LITSERVE_SERVICE = '''\
+import os
+import shutil
+import time
+
+if __name__ == "__main__":  # a fresh start counts from nothing: the last run's value files go
+    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+import litserve as ls
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app, multiprocess
+from pydantic import BaseModel
+
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry)
+
+REQUESTS = Counter("litserve_http_requests", "HTTP requests answered, by route and status",
+                   ["route", "status_code"])
+LATENCY = Histogram("litserve_http_request_duration_seconds", "HTTP request latency, by route", ["route"])
+PREDICT = Histogram("litserve_predict_seconds", "time inside predict(), for the calls that returned")
+
+
+class PrometheusMiddleware:
+    """Every HTTP request, by its path and the status it got (500 if the app raised)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def sending(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            REQUESTS.labels(scope["path"], str(status)).inc()
+            LATENCY.labels(scope["path"]).observe(time.perf_counter() - started)
+
+
+class PrometheusLogger(ls.Logger):
+    def process(self, key, value):
+        if key == "predict_seconds":
+            PREDICT.observe(value)
+
+
+class Input(BaseModel):
+    x: float
+
+
+class Doubler(ls.LitAPI):
+    def setup(self, device):
+        pass
+
+    def decode_request(self, request: Input):
+        return request.x
+
+    def predict(self, x):
+        started = time.perf_counter()
+        if x < 0:
+            raise ValueError(f"negative input {x}")
+        self.log("predict_seconds", time.perf_counter() - started)
+        return 2 * x
+
+    def encode_response(self, output):
+        return {"y": output}
+
+
+if __name__ == "__main__":
+    logger = PrometheusLogger()
+    logger.mount(path="/metrics", app=make_asgi_app(registry=registry))
+    server = ls.LitServer(Doubler(), loggers=logger, middlewares=[PrometheusMiddleware])
+    server.run(host="127.0.0.1", port=int(os.environ["LITSERVE_PORT"]), generate_client_file=False)
+'''
+
+LITSERVE = ServerSpec(
+    name="litserve",
+    version="0.2.19",
+    pins=("litserve==0.2.19", "prometheus-client==0.26.0"),
+    files={"service.py": LITSERVE_SERVICE},
+    ports=("http",),
+    command=lambda bin, app, ports: [str(bin / "python"), str(app / "service.py")],
+    env=lambda app, ports: {"LITSERVE_PORT": str(ports["http"]), "PROMETHEUS_MULTIPROC_DIR": str(app / ".metrics")},
+    health_path="/health",
+    predict_path="/predict",
+    good=lambda x: json.dumps({"x": x}).encode(),
+    answer=lambda body: float(json.loads(body)["y"]),
+    client_error=b'{"x": ',  # invalid JSON: 422 (FastAPI's validation, before LitServe queues it)
+    server_error=b'{"x": -1}',  # predict() raises ValueError: 500
+    metrics_path="/metrics/",  # where the mount answers; /metrics redirects here (307)
+)
+
+SPECS: dict[str, ServerSpec] = {spec.name: spec for spec in (BENTOML, MLSERVER, KSERVE, LITSERVE)}
 
 
 # --- virtualenvs ---------------------------------------------------------------------------------

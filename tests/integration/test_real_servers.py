@@ -1,7 +1,7 @@
 """The real-server harness (tests/real_servers.py) against the servers' OWN metrics pages: real BentoML,
-MLServer and KServe from PyPI, each in a venv of its own (made once under .cache/server-venvs/), on
-127.0.0.1, driven with known traffic. What each server counts, and under
-which labels, is asserted as observed."""
+MLServer, KServe and LitServe (instrumented as its docs show) from PyPI, each in a venv of its own
+(made once under .cache/server-venvs/), on 127.0.0.1, driven with known traffic. What each server
+counts, and under which labels, is asserted as observed."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import requests
 
 import real_servers
 from conftest import samples
-from real_servers import BENTOML, KSERVE, MLSERVER, drive, ensure_venv, start
+from real_servers import BENTOML, KSERVE, LITSERVE, MLSERVER, drive, ensure_venv, start
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +36,13 @@ def mlserver_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def kserve_server(tmp_path_factory):
     server = start(KSERVE, tmp_path_factory.mktemp("kserve"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def litserve_server(tmp_path_factory):
+    server = start(LITSERVE, tmp_path_factory.mktemp("litserve"))
     yield server
     server.stop()
 
@@ -258,9 +265,61 @@ def test_kserve_restart_starts_its_counters_afresh(kserve_server):
     assert stage_counts(scrape(kserve_server))["request_predict_seconds"] == 12
 
 
+# --- LitServe 0.2.19, instrumented as LITSERVE_SERVICE --------------------------------------------
+
+def test_litserve_counts_every_request_by_status(litserve_server):
+    before = scrape(litserve_server)
+    truth = drive(litserve_server)
+    after = scrape(litserve_server)
+
+    assert truth.by_status() == {200: 100, 422: 5, 500: 5}
+    name = "litserve_http_requests_total"
+    assert label_sets(after, name) == {("route", "status_code")}
+    by_code = grew(counted(after, name, "status_code", route="/predict"), counted(before, name, "status_code", route="/predict"))
+    assert by_code == {"200": 100, "422": 5, "500": 5}  # FastAPI refuses the malformed body before LitServe queues it
+    durations = "litserve_http_request_duration_seconds_count"
+    assert grew(counted(after, durations, "route"), counted(before, durations, "route"))["/predict"] == 110
+    # the model-time histogram, written by the logger process: the 100 calls that returned
+    assert after[("litserve_predict_seconds_count", ())] - before[("litserve_predict_seconds_count", ())] == 100
+    # the one scrape in between (of /metrics/) is counted by the middleware too, under its own path
+    assert grew(counted(after, name, "route"), counted(before, name, "route")) == {"/predict": 110, "/metrics/": 1}
+
+
+def test_litserve_mount_redirects_and_other_routes_are_counted_under_their_paths(litserve_server):
+    before = scrape(litserve_server)
+    redirect = requests.get(f"{litserve_server.url}/metrics", allow_redirects=False, timeout=10)
+    assert redirect.status_code == 307 and redirect.headers["Location"] == f"{litserve_server.url}/metrics/"
+    for _ in range(3):
+        assert litserve_server.probe_health() == 200  # GET /health
+    assert requests.get(litserve_server.url + "/info", timeout=10).status_code == 200
+    assert requests.get(litserve_server.url + "/no-such-route", timeout=10).status_code == 404
+    for body in (b'{"y": 1}', b'{"x": "a"}', b"[]"):  # a missing or non-numeric x: refused like invalid JSON
+        assert litserve_server.session.post(litserve_server.predict_url, data=body, timeout=10).status_code == 422
+    after = scrape(litserve_server)
+    assert grew(counted(after, "litserve_http_requests_total", "route"),
+                counted(before, "litserve_http_requests_total", "route")) == {
+        "/metrics": 1, "/metrics/": 1, "/health": 3, "/info": 1, "/no-such-route": 1, "/predict": 3}
+    assert counted(after, "litserve_http_requests_total", "status_code", route="/metrics") == {"307": 1}
+
+
+def test_litserve_restart_starts_its_counters_afresh(litserve_server):
+    ports = dict(litserve_server.ports)
+    drive(litserve_server, good=3, client_errors=1, server_errors=1)
+    litserve_server.restart()
+    assert litserve_server.ports == ports
+
+    fresh = scrape(litserve_server)
+    # the service clears its multiprocess directory at start: only the readiness probes so far
+    assert counted(fresh, "litserve_http_requests_total", "route") == {"/health": sum(litserve_server.health_probes.values())}
+    assert fresh[("litserve_predict_seconds_count", ())] == 0  # declared in every process from the start
+    drive(litserve_server, good=10, client_errors=2, server_errors=2)
+    after = scrape(litserve_server)
+    assert counted(after, "litserve_http_requests_total", "status_code", route="/predict") == {"200": 10, "422": 2, "500": 2}
+
+
 # --- the harness itself ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE], ids=lambda s: s.name)
 def test_venv_has_the_pins_and_is_reused(spec):
     venv = ensure_venv(spec)
     assert venv == real_servers.VENVS / f"{spec.name}-{spec.version}"
@@ -300,10 +359,11 @@ RECORDED = {  # server -> (its request counter, route label, route, status label
     "mlserver": ("rest_server_requests_total", "path", INFER, "status_code", {"200": 100, "422": 5, "500": 5}),
     # KServe has no status label: predict() calls by model, the 5 refused before it left out
     "kserve": ("request_predict_seconds_count", "model_name", "doubler", "model_name", {"doubler": 105}),
+    "litserve": ("litserve_http_requests_total", "route", "/predict", "status_code", {"200": 100, "422": 5, "500": 5}),
 }
 
 
-@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE], ids=lambda s: s.name)
 def test_recorded_page_is_the_real_servers_after_the_drive(spec):
     from record_servers import FIXTURES
 
@@ -314,15 +374,24 @@ def test_recorded_page_is_the_real_servers_after_the_drive(spec):
 
 
 # --- the exporter's figures against the truth, with the shipped presets and no metrics_labels ----------
-def exporter_source(server, preset: str):
+def exporter_source(server, preset: str, custom: dict | None = None, metrics_url: str | None = None):
     from mlops_kpi_exporter.config import config_from_dict
     from mlops_kpi_exporter.pricing import Pricer
     from mlops_kpi_exporter.sources.endpoints import EndpointSource
 
     config = config_from_dict({"mlflow": {"tracking_uri": "sqlite:///unused.db"}, "endpoints": [{
-        "name": "real", "url": server.url, "metrics_url": server.metrics_url, "preset": preset,
+        "name": "real", "url": server.url, "metrics_url": metrics_url or server.metrics_url, "preset": preset,
+        **({"custom": custom} if custom is not None else {}),
         "probe": {"path": server.health_path, "interval": "5s", "timeout": "5s"}}]})
     return EndpointSource(config.endpoints[0], config, Pricer(config.pricing))
+
+
+def readme_example(after: str) -> dict:
+    """The README's YAML example that follows the text `after`, parsed."""
+    import yaml
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    return yaml.safe_load(readme.split(after, 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0])
 
 
 def figures(source) -> dict:
@@ -404,3 +473,33 @@ def test_the_exporter_counts_kserve_predict_calls(kserve_server):
     figures(source)
     drive(server)
     assert shown(figures(source), "mlops_endpoint_requests_total") == 210
+
+
+@pytest.mark.parametrize("metrics_path", ["/metrics", "/metrics/"], ids=["redirected", "direct"])
+def test_the_exporter_counts_litserve_with_the_readmes_custom_mapping(litserve_server, metrics_path):
+    """The README's LitServe mapping, on the service instrumented as it says, read at /metrics (307 to
+    /metrics/, followed once) or at /metrics/: 110 requests, 5 errors, 5 client errors, 110 latency
+    observations, the exporter's /health probes, the scrapes and the redirect left out; the same again
+    on top after a restart."""
+    example = readme_example("LitServe has no metrics of its own")
+    assert example["preset"] == "custom" and example["metrics_url"].endswith("/metrics")
+    server = litserve_server.restart()
+    source = exporter_source(server, "custom", custom=example["custom"], metrics_url=server.url + metrics_path)
+    m = figures(source)
+    assert shown(m, "mlops_endpoint_metrics_up") == 1  # before any prediction
+    assert shown(m, "mlops_endpoint_requests_total") == 0
+    drive(server)
+    for _ in range(3):
+        m = figures(source)
+    assert shown(m, "mlops_endpoint_up") == 1 and shown(m, "mlops_endpoint_metrics_up") == 1
+    assert shown(m, "mlops_endpoint_requests_total") == 110
+    assert shown(m, "mlops_endpoint_errors_total") == 5
+    assert shown(m, "mlops_endpoint_client_errors_total") == 5
+    assert shown(m, "mlops_endpoint_request_duration_seconds_count") == 110
+    server.restart()
+    figures(source)
+    drive(server)
+    m = figures(source)
+    assert shown(m, "mlops_endpoint_requests_total") == 220
+    assert shown(m, "mlops_endpoint_errors_total") == 10
+    assert shown(m, "mlops_endpoint_client_errors_total") == 10
