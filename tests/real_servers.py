@@ -59,6 +59,7 @@ class ServerSpec:
     metrics_port: str = "http"  # which of `ports` serves the metrics page
     metrics_path: str = "/metrics"
     content_type: str = "application/json"
+    keep_alive: bool = True  # False: each request on a connection of its own (`Connection: close`)
 
 
 # --- BentoML -------------------------------------------------------------------------------------
@@ -160,7 +161,187 @@ MLSERVER = ServerSpec(
     server_error=_v2_request(-1.0),  # the model raises ValueError: 500
 )
 
-SPECS: dict[str, ServerSpec] = {spec.name: spec for spec in (BENTOML, MLSERVER)}
+# --- KServe --------------------------------------------------------------------------------------
+# The KServe Python model server (kserve.Model + kserve.ModelServer, what KServe's custom predictors run),
+# model name "doubler", V1 protocol: POST /v1/models/doubler:predict {"instances": [x]} -> {"predictions": [2x]}.
+# KServe's REST server binds 0.0.0.0 with no option to change it: the model file makes uvicorn bind
+# 127.0.0.1. gRPC is off (--enable_grpc false). One uvicorn worker (the default), so one process.
+# 4xx: a body that is not JSON is refused while decoding (400 {"error": "Unrecognized request format"}),
+# before the model is called; the model raising kserve.errors.InvalidInput answers 400 too, but from
+# inside predict().  5xx: predict() raising anything else answers 500 {"error": "ValueError : ..."}.
+# A body sent without Content-Type: application/json is handed to the model as raw bytes. Each 500 also
+# closes its connection (see keep_alive).
+# Metrics: /metrics on the same port: histograms request_preprocess_seconds, request_predict_seconds,
+# request_postprocess_seconds, request_explain_seconds, label model_name only; no route, status or error
+# series, so health checks (GET /, /v1/models/doubler, /v2/health/*) are never counted.
+KSERVE_MODEL = '''\
+import uvicorn
+
+import kserve
+from kserve.errors import InvalidInput
+
+
+class _Loopback(uvicorn.Config):  # KServe's REST server hard-codes host="0.0.0.0"
+    def __init__(self, app, **kwargs):
+        kwargs["host"] = "127.0.0.1"
+        super().__init__(app, **kwargs)
+
+
+uvicorn.Config = _Loopback
+
+
+class Doubler(kserve.Model):
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.load()
+
+    def load(self) -> bool:
+        self.ready = True
+        return self.ready
+
+    def predict(self, payload, headers=None):
+        xs = payload["instances"]
+        if not all(isinstance(x, (int, float)) for x in xs):
+            raise InvalidInput(f"instances must be numbers, got {xs!r}")
+        if any(x < 0 for x in xs):
+            raise ValueError(f"negative input {xs}")
+        return {"predictions": [2 * x for x in xs]}
+
+
+if __name__ == "__main__":
+    kserve.ModelServer().start([Doubler(kserve.model_server.args.model_name)])
+'''
+
+KSERVE = ServerSpec(
+    name="kserve",
+    version="0.21.0",
+    pins=("kserve==0.21.0",),
+    files={"model.py": KSERVE_MODEL},
+    ports=("http",),
+    command=lambda bin, app, ports: [str(bin / "python"), str(app / "model.py"), "--model_name", "doubler",
+                                     "--http_port", str(ports["http"]), "--enable_grpc", "false"],
+    health_path="/v1/models/doubler",  # the model's readiness: 200 {"name": "doubler", "ready": true}
+    predict_path="/v1/models/doubler:predict",
+    good=lambda x: json.dumps({"instances": [x]}).encode(),
+    answer=lambda body: float(json.loads(body)["predictions"][0]),
+    client_error=b'{"instances": ',  # not JSON: 400 before predict()
+    server_error=b'{"instances": [-1]}',  # predict() raises ValueError: 500
+    # after a 500, Starlette re-raises the exception its handler answered and uvicorn closes the
+    # connection: a keep-alive client's next request on it is reset
+    keep_alive=False,
+)
+
+# --- LitServe ------------------------------------------------------------------------------------
+# LitServe has no metrics of its own: the service below instruments itself as LitServe's docs show
+# ("Logging and monitoring": a Logger that mounts prometheus_client's ASGI app at /metrics, in
+# prometheus_client's multiprocess mode, since LitServe runs its HTTP server in a forked process, its
+# model in spawned inference workers and its loggers in one more process), plus a small ASGI
+# middleware (LitServer(middlewares=...)) that counts every HTTP request by route and status, which no
+# LitServe hook sees. Its names are this example's own: a user's instrumentation names its own.
+# POST /predict {"x": <float>} -> {"y": 2x}; the request type is a pydantic model, so FastAPI validates
+# the body before LitServe queues it.  4xx: invalid JSON, a missing or non-numeric x: 422.
+# 5xx: predict() raising answers 500 {"detail": "Internal server error"}.  GET /health: 200 once the
+# inference worker is set up (503 before).  Mount quirk: GET /metrics answers 307 to /metrics/.
+LITSERVE_SERVICE = '''\
+import os
+import shutil
+import time
+
+if __name__ == "__main__":  # a fresh start counts from nothing: the last run's value files go
+    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+import litserve as ls
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app, multiprocess
+from pydantic import BaseModel
+
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry)
+
+REQUESTS = Counter("litserve_http_requests", "HTTP requests answered, by route and status",
+                   ["route", "status_code"])
+LATENCY = Histogram("litserve_http_request_duration_seconds", "HTTP request latency, by route", ["route"])
+PREDICT = Histogram("litserve_predict_seconds", "time inside predict(), for the calls that returned")
+
+
+class PrometheusMiddleware:
+    """Every HTTP request, by its path and the status it got (500 if the app raised)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def sending(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            REQUESTS.labels(scope["path"], str(status)).inc()
+            LATENCY.labels(scope["path"]).observe(time.perf_counter() - started)
+
+
+class PrometheusLogger(ls.Logger):
+    def process(self, key, value):
+        if key == "predict_seconds":
+            PREDICT.observe(value)
+
+
+class Input(BaseModel):
+    x: float
+
+
+class Doubler(ls.LitAPI):
+    def setup(self, device):
+        pass
+
+    def decode_request(self, request: Input):
+        return request.x
+
+    def predict(self, x):
+        started = time.perf_counter()
+        if x < 0:
+            raise ValueError(f"negative input {x}")
+        self.log("predict_seconds", time.perf_counter() - started)
+        return 2 * x
+
+    def encode_response(self, output):
+        return {"y": output}
+
+
+if __name__ == "__main__":
+    logger = PrometheusLogger()
+    logger.mount(path="/metrics", app=make_asgi_app(registry=registry))
+    server = ls.LitServer(Doubler(), loggers=logger, middlewares=[PrometheusMiddleware])
+    server.run(host="127.0.0.1", port=int(os.environ["LITSERVE_PORT"]), generate_client_file=False)
+'''
+
+LITSERVE = ServerSpec(
+    name="litserve",
+    version="0.2.19",
+    pins=("litserve==0.2.19", "prometheus-client==0.26.0"),
+    files={"service.py": LITSERVE_SERVICE},
+    ports=("http",),
+    command=lambda bin, app, ports: [str(bin / "python"), str(app / "service.py")],
+    env=lambda app, ports: {"LITSERVE_PORT": str(ports["http"]), "PROMETHEUS_MULTIPROC_DIR": str(app / ".metrics")},
+    health_path="/health",
+    predict_path="/predict",
+    good=lambda x: json.dumps({"x": x}).encode(),
+    answer=lambda body: float(json.loads(body)["y"]),
+    client_error=b'{"x": ',  # invalid JSON: 422 (FastAPI's validation, before LitServe queues it)
+    server_error=b'{"x": -1}',  # predict() raises ValueError: 500
+    metrics_path="/metrics/",  # where the mount answers; /metrics redirects here (307)
+)
+
+SPECS: dict[str, ServerSpec] = {spec.name: spec for spec in (BENTOML, MLSERVER, KSERVE, LITSERVE)}
 
 
 # --- virtualenvs ---------------------------------------------------------------------------------
@@ -424,7 +605,7 @@ def drive(server: RunningServer, good: int = 100, client_errors: int = 5, server
     plan = [item for _, item in sorted(placed, key=lambda p: p[0])]
     statuses: dict[str, Counter[int]] = {kind: Counter() for kind in KINDS}
     wrong: list[str] = []
-    headers = {"Content-Type": spec.content_type}
+    headers = {"Content-Type": spec.content_type, **({} if spec.keep_alive else {"Connection": "close"})}
     for kind, body, expected in plan:
         reply = server.session.post(server.predict_url, data=body, headers=headers, timeout=60)
         statuses[kind][reply.status_code] += 1

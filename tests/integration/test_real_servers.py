@@ -1,6 +1,7 @@
-"""The real-server harness (tests/real_servers.py) against the servers' OWN metrics pages: real BentoML
-and MLServer from PyPI, each in a venv of its own (made once under .cache/server-venvs/), on 127.0.0.1,
-driven with known traffic. What each server counts, and under which labels, is asserted as observed."""
+"""The real-server harness (tests/real_servers.py) against the servers' OWN metrics pages: real BentoML,
+MLServer, KServe and LitServe (instrumented as its docs show) from PyPI, each in a venv of its own
+(made once under .cache/server-venvs/), on 127.0.0.1, driven with known traffic. What each server
+counts, and under which labels, is asserted as observed."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import requests
 
 import real_servers
 from conftest import samples
-from real_servers import BENTOML, MLSERVER, drive, ensure_venv, start
+from real_servers import BENTOML, KSERVE, LITSERVE, MLSERVER, drive, ensure_venv, start
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +29,20 @@ def bentoml_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mlserver_server(tmp_path_factory):
     server = start(MLSERVER, tmp_path_factory.mktemp("mlserver"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kserve_server(tmp_path_factory):
+    server = start(KSERVE, tmp_path_factory.mktemp("kserve"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def litserve_server(tmp_path_factory):
+    server = start(LITSERVE, tmp_path_factory.mktemp("litserve"))
     yield server
     server.stop()
 
@@ -186,9 +201,125 @@ def test_mlserver_restart_starts_its_counters_afresh(mlserver_server):
     assert counted(after, "model_infer_request_failure_total", "model") == {"doubler": 2}
 
 
+# --- KServe 0.21 ----------------------------------------------------------------------------------
+
+STAGES = ("request_preprocess_seconds", "request_predict_seconds", "request_postprocess_seconds")
+
+
+def stage_counts(page: dict) -> dict[str, float]:
+    return {stage: counted(page, f"{stage}_count", "model_name")["doubler"] for stage in STAGES}
+
+
+def test_kserve_counts_predict_calls_not_requests(kserve_server):
+    before = scrape(kserve_server)
+    truth = drive(kserve_server)
+    after = scrape(kserve_server)
+
+    assert truth.by_status() == {200: 100, 400: 5, 500: 5}
+    # one histogram per stage of the model's __call__, label model_name only
+    for stage in (*STAGES, "request_explain_seconds"):
+        assert label_sets(after, f"{stage}_count") <= {("model_name",)}
+    moved = {stage: after_n - stage_counts(before)[stage] for stage, after_n in stage_counts(after).items()}
+    # the 5 bodies that are not JSON are refused while decoding (400), before the model is called: in no
+    # histogram; the 5 that predict() raises on are timed (prometheus_client's timer observes on the way
+    # out of an exception too) but never reach postprocess()
+    assert moved == {"request_preprocess_seconds": 105, "request_predict_seconds": 105,
+                     "request_postprocess_seconds": 100}
+    # no status, route or error series at all: what answered 4xx or 5xx is not on the page
+    assert not [labels for _, labels in after if {k for k, _ in labels} & {"status", "code", "status_code", "path", "route"}]
+    served = {sample for sample, _ in after if not sample.startswith(("python_", "process_"))}
+    assert served <= {f"{stage}_{suffix}" for stage in (*STAGES, "request_explain_seconds")
+                      for suffix in ("bucket", "count", "sum", "created")}
+
+
+def test_kserve_counts_a_4xx_raised_inside_predict_and_no_health_check(kserve_server):
+    before = stage_counts(scrape(kserve_server))
+    # the model raising kserve.errors.InvalidInput: 400 too, but from inside predict(), so timed there
+    reply = requests.post(kserve_server.predict_url, data=b'{"instances": ["a"]}',
+                          headers={"Content-Type": "application/json", "Connection": "close"}, timeout=10)
+    assert reply.status_code == 400 and "instances must be numbers" in reply.json()["error"]
+    # without Content-Type: application/json the body reaches the model as bytes: it raises, 500
+    reply = requests.post(kserve_server.predict_url, data=b'{"instances": [1]}',
+                          headers={"Content-Type": "text/plain", "Connection": "close"}, timeout=10)
+    assert reply.status_code == 500
+    # health checks, a model list and an unknown model are counted nowhere
+    for path in ("/", "/v1/models", "/v1/models/doubler", "/v2/health/ready", "/v2/health/live"):
+        assert requests.get(kserve_server.url + path, timeout=10).status_code == 200, path
+    assert requests.get(kserve_server.url + "/v1/models/nosuch", timeout=10).status_code == 404
+    after = stage_counts(scrape(kserve_server))
+    assert {k: after[k] - before[k] for k in after} == {
+        "request_preprocess_seconds": 2, "request_predict_seconds": 2, "request_postprocess_seconds": 0}
+
+
+def test_kserve_restart_starts_its_counters_afresh(kserve_server):
+    ports = dict(kserve_server.ports)
+    drive(kserve_server, good=3, client_errors=1, server_errors=1)
+    kserve_server.restart()
+    assert kserve_server.ports == ports
+
+    fresh = scrape(kserve_server)
+    # the histograms are declared (HELP and TYPE on the page) but have no sample before the first call
+    assert "# TYPE request_predict_seconds histogram" in kserve_server.metrics()
+    assert not [sample for sample, _ in fresh if sample.startswith("request_")]
+    drive(kserve_server, good=10, client_errors=2, server_errors=2)
+    assert stage_counts(scrape(kserve_server))["request_predict_seconds"] == 12
+
+
+# --- LitServe 0.2.19, instrumented as LITSERVE_SERVICE --------------------------------------------
+
+def test_litserve_counts_every_request_by_status(litserve_server):
+    before = scrape(litserve_server)
+    truth = drive(litserve_server)
+    after = scrape(litserve_server)
+
+    assert truth.by_status() == {200: 100, 422: 5, 500: 5}
+    name = "litserve_http_requests_total"
+    assert label_sets(after, name) == {("route", "status_code")}
+    by_code = grew(counted(after, name, "status_code", route="/predict"), counted(before, name, "status_code", route="/predict"))
+    assert by_code == {"200": 100, "422": 5, "500": 5}  # FastAPI refuses the malformed body before LitServe queues it
+    durations = "litserve_http_request_duration_seconds_count"
+    assert grew(counted(after, durations, "route"), counted(before, durations, "route"))["/predict"] == 110
+    # the model-time histogram, written by the logger process: the 100 calls that returned
+    assert after[("litserve_predict_seconds_count", ())] - before[("litserve_predict_seconds_count", ())] == 100
+    # the one scrape in between (of /metrics/) is counted by the middleware too, under its own path
+    assert grew(counted(after, name, "route"), counted(before, name, "route")) == {"/predict": 110, "/metrics/": 1}
+
+
+def test_litserve_mount_redirects_and_other_routes_are_counted_under_their_paths(litserve_server):
+    before = scrape(litserve_server)
+    redirect = requests.get(f"{litserve_server.url}/metrics", allow_redirects=False, timeout=10)
+    assert redirect.status_code == 307 and redirect.headers["Location"] == f"{litserve_server.url}/metrics/"
+    for _ in range(3):
+        assert litserve_server.probe_health() == 200  # GET /health
+    assert requests.get(litserve_server.url + "/info", timeout=10).status_code == 200
+    assert requests.get(litserve_server.url + "/no-such-route", timeout=10).status_code == 404
+    for body in (b'{"y": 1}', b'{"x": "a"}', b"[]"):  # a missing or non-numeric x: refused like invalid JSON
+        assert litserve_server.session.post(litserve_server.predict_url, data=body, timeout=10).status_code == 422
+    after = scrape(litserve_server)
+    assert grew(counted(after, "litserve_http_requests_total", "route"),
+                counted(before, "litserve_http_requests_total", "route")) == {
+        "/metrics": 1, "/metrics/": 1, "/health": 3, "/info": 1, "/no-such-route": 1, "/predict": 3}
+    assert counted(after, "litserve_http_requests_total", "status_code", route="/metrics") == {"307": 1}
+
+
+def test_litserve_restart_starts_its_counters_afresh(litserve_server):
+    ports = dict(litserve_server.ports)
+    drive(litserve_server, good=3, client_errors=1, server_errors=1)
+    litserve_server.restart()
+    assert litserve_server.ports == ports
+
+    fresh = scrape(litserve_server)
+    # the service clears its multiprocess directory at start: only the readiness probes so far
+    assert counted(fresh, "litserve_http_requests_total", "route") == {"/health": sum(litserve_server.health_probes.values())}
+    assert fresh[("litserve_predict_seconds_count", ())] == 0  # declared in every process from the start
+    drive(litserve_server, good=10, client_errors=2, server_errors=2)
+    after = scrape(litserve_server)
+    assert counted(after, "litserve_http_requests_total", "status_code", route="/predict") == {"200": 10, "422": 2, "500": 2}
+
+
 # --- the harness itself ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", [BENTOML, MLSERVER], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE], ids=lambda s: s.name)
 def test_venv_has_the_pins_and_is_reused(spec):
     venv = ensure_venv(spec)
     assert venv == real_servers.VENVS / f"{spec.name}-{spec.version}"
@@ -226,10 +357,13 @@ def test_a_failed_start_shows_the_log(tmp_path):
 RECORDED = {  # server -> (its request counter, route label, route, status label): the drive's 110 on it
     "bentoml": ("bentoml_service_request_total", "endpoint", "/double", "http_response_code", {"200": 100, "400": 5, "500": 5}),
     "mlserver": ("rest_server_requests_total", "path", INFER, "status_code", {"200": 100, "422": 5, "500": 5}),
+    # KServe has no status label: predict() calls by model, the 5 refused before it left out
+    "kserve": ("request_predict_seconds_count", "model_name", "doubler", "model_name", {"doubler": 105}),
+    "litserve": ("litserve_http_requests_total", "route", "/predict", "status_code", {"200": 100, "422": 5, "500": 5}),
 }
 
 
-@pytest.mark.parametrize("spec", [BENTOML, MLSERVER], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE], ids=lambda s: s.name)
 def test_recorded_page_is_the_real_servers_after_the_drive(spec):
     from record_servers import FIXTURES
 
@@ -240,15 +374,24 @@ def test_recorded_page_is_the_real_servers_after_the_drive(spec):
 
 
 # --- the exporter's figures against the truth, with the shipped presets and no metrics_labels ----------
-def exporter_source(server, preset: str):
+def exporter_source(server, preset: str, custom: dict | None = None, metrics_url: str | None = None):
     from mlops_kpi_exporter.config import config_from_dict
     from mlops_kpi_exporter.pricing import Pricer
     from mlops_kpi_exporter.sources.endpoints import EndpointSource
 
     config = config_from_dict({"mlflow": {"tracking_uri": "sqlite:///unused.db"}, "endpoints": [{
-        "name": "real", "url": server.url, "metrics_url": server.metrics_url, "preset": preset,
+        "name": "real", "url": server.url, "metrics_url": metrics_url or server.metrics_url, "preset": preset,
+        **({"custom": custom} if custom is not None else {}),
         "probe": {"path": server.health_path, "interval": "5s", "timeout": "5s"}}]})
     return EndpointSource(config.endpoints[0], config, Pricer(config.pricing))
+
+
+def readme_example(after: str) -> dict:
+    """The README's YAML example that follows the text `after`, parsed."""
+    import yaml
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    return yaml.safe_load(readme.split(after, 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0])
 
 
 def figures(source) -> dict:
@@ -308,3 +451,55 @@ def test_the_wrong_preset_on_a_live_page_is_unmatched_and_check_fails(mlserver_s
                           env=child_env(), timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "unmatched" in proc.stdout and "nv_inference_request_success" in proc.stdout, proc.stdout
+
+
+def test_the_exporter_counts_kserve_predict_calls(kserve_server):
+    """KServe's preset by design: requests are predict() calls (105: the 5 refused before predict() are
+    not in it, the 5 it raised on are), no errors or client errors at all (KServe has no status series),
+    latency is time inside predict(); after an upstream restart, the same again on top."""
+    server = kserve_server.restart()
+    source = exporter_source(server, "kserve")
+    m = figures(source)
+    assert shown(m, "mlops_endpoint_metrics_up") == 1  # idle: its histograms are declared, not yet sampled
+    drive(server)
+    for _ in range(3):
+        m = figures(source)
+    assert shown(m, "mlops_endpoint_up") == 1 and shown(m, "mlops_endpoint_metrics_up") == 1
+    assert shown(m, "mlops_endpoint_requests_total") == 105
+    assert not [name for name, _ in m if name.startswith(("mlops_endpoint_errors", "mlops_endpoint_client_errors"))]
+    assert shown(m, "mlops_endpoint_request_duration_seconds_count") == 105
+    assert m[("mlops_endpoint_request_duration_seconds_bucket", (("endpoint", "real"), ("le", "+Inf")))] == 105
+    server.restart()
+    figures(source)
+    drive(server)
+    assert shown(figures(source), "mlops_endpoint_requests_total") == 210
+
+
+@pytest.mark.parametrize("metrics_path", ["/metrics", "/metrics/"], ids=["redirected", "direct"])
+def test_the_exporter_counts_litserve_with_the_readmes_custom_mapping(litserve_server, metrics_path):
+    """The README's LitServe mapping, on the service instrumented as it says, read at /metrics (307 to
+    /metrics/, followed once) or at /metrics/: 110 requests, 5 errors, 5 client errors, 110 latency
+    observations, the exporter's /health probes, the scrapes and the redirect left out; the same again
+    on top after a restart."""
+    example = readme_example("LitServe has no metrics of its own")
+    assert example["preset"] == "custom" and example["metrics_url"].endswith("/metrics")
+    server = litserve_server.restart()
+    source = exporter_source(server, "custom", custom=example["custom"], metrics_url=server.url + metrics_path)
+    m = figures(source)
+    assert shown(m, "mlops_endpoint_metrics_up") == 1  # before any prediction
+    assert shown(m, "mlops_endpoint_requests_total") == 0
+    drive(server)
+    for _ in range(3):
+        m = figures(source)
+    assert shown(m, "mlops_endpoint_up") == 1 and shown(m, "mlops_endpoint_metrics_up") == 1
+    assert shown(m, "mlops_endpoint_requests_total") == 110
+    assert shown(m, "mlops_endpoint_errors_total") == 5
+    assert shown(m, "mlops_endpoint_client_errors_total") == 5
+    assert shown(m, "mlops_endpoint_request_duration_seconds_count") == 110
+    server.restart()
+    figures(source)
+    drive(server)
+    m = figures(source)
+    assert shown(m, "mlops_endpoint_requests_total") == 220
+    assert shown(m, "mlops_endpoint_errors_total") == 10
+    assert shown(m, "mlops_endpoint_client_errors_total") == 10

@@ -62,9 +62,12 @@ PRESETS: dict[str, CustomMapping] = {
         utilization={"gpu": _sel("nv_gpu_utilization"), "cpu": _sel("nv_cpu_utilization"),
                      "memory": _sel("nv_gpu_memory_used_bytes", divide_by="nv_gpu_memory_total_bytes")},
     ),
-    "kserve": CustomMapping(  # predict() calls and the time inside predict() only: no HTTP-level series
+    "kserve": CustomMapping(  # KServe 0.21: predict() calls and the time inside predict() only, no
+        # HTTP-level series: a request refused before predict() (not JSON: 400) is in no figure, one that
+        # predict() raises on is a request (its status is nowhere), so errors are not exported
         requests=[_sel("request_predict_seconds_count")],
         latency_histogram=_sel("request_predict_seconds"),
+        identified_by=["request_predict_seconds"],  # its families show, without samples, before any request
     ),
     "vllm": CustomMapping(
         requests=[_sel("vllm:request_success_total"), _sel("http_requests_total", status="5xx")],
