@@ -7,7 +7,7 @@ its input and raises on a negative one), the command that starts it, and its rou
 malformed (4xx) and raising (5xx) requests and returns what was sent and what came back (`Truth`), so a
 test can hold the server's own /metrics page, or the exporter's figures, against it.
 
-To add a server (KServe, TorchServe, PyTriton, Ray Serve...): write one more spec below and add it to
+To add a server (TorchServe, PyTriton...): write one more spec below and add it to
 SPECS. What each status really is was found by sending the requests and reading the codes back.
 """
 
@@ -59,7 +59,11 @@ class ServerSpec:
     metrics_port: str = "http"  # which of `ports` serves the metrics page
     metrics_path: str = "/metrics"
     content_type: str = "application/json"
+    ready_body: str | None = None  # ready once the health reply is 200 and holds this text (else 200 alone)
     keep_alive: bool = True  # False: each request on a connection of its own (`Connection: close`)
+    scratch: Callable[[Mapping[str, int]], tuple[Path, ...]] = lambda ports: ()  # written outside the app dir: removed at stop
+    # a page that lags behind the traffic (Ray's): whether it already shows the n predict requests sent
+    shows: Callable[[str, int], bool] = lambda page, n: True
 
 
 # --- BentoML -------------------------------------------------------------------------------------
@@ -341,7 +345,105 @@ LITSERVE = ServerSpec(
     metrics_path="/metrics/",  # where the mount answers; /metrics redirects here (307)
 )
 
-SPECS: dict[str, ServerSpec] = {spec.name: spec for spec in (BENTOML, MLSERVER, KSERVE, LITSERVE)}
+# --- Ray Serve -----------------------------------------------------------------------------------
+# A one-node Ray cluster (`ray start --head`, every port it opens chosen here, the dashboard off, usage
+# stats off) and a Serve application "doubler" at route prefix /double, deployed by a driver that then
+# waits; SIGTERM to the group stops the lot. POST /double {"x": <float>} -> {"y": 2x}.
+# 4xx: the deployment answers a body it cannot read (invalid JSON, no numeric x) with 400 itself.
+# 5xx: the deployment raising answers 500 (Ray Serve's own "Internal Server Error" page).
+# Readiness: /-/healthz answers 200 as soon as the proxy is up, before the application is: the harness
+# waits for /-/routes to list /double. Metrics: on the --metrics-export-port, served by Ray's
+# dashboard agent; Ray pushes them there every metrics_report_interval_ms (10 s by default).
+RAY_DRIVER = '''\
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import ray
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class Doubler:
+    async def __call__(self, request: Request):
+        try:
+            x = float((await request.json())["x"])
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": "expected a JSON body {\\"x\\": <number>}"}, status_code=400)
+        if x < 0:
+            raise ValueError(f"negative input {x}")
+        return {"y": 2 * x}
+
+
+def main():
+    port = {name: os.environ[f"RAY_TEST_{name.upper()}_PORT"] for name in (
+        "http", "metrics", "gcs", "node_manager", "object_manager", "agent_http", "agent_grpc", "runtime_env",
+        "client")}
+    temp = os.environ["RAY_TEST_TEMP_DIR"]  # short: Ray's unix socket paths must fit in 107 bytes
+    shutil.rmtree(temp, ignore_errors=True)
+    subprocess.run([
+        os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+        f"--port={port['gcs']}", f"--node-manager-port={port['node_manager']}",
+        f"--object-manager-port={port['object_manager']}", f"--metrics-export-port={port['metrics']}",
+        f"--dashboard-agent-listen-port={port['agent_http']}", f"--dashboard-agent-grpc-port={port['agent_grpc']}",
+        f"--runtime-env-agent-port={port['runtime_env']}", f"--ray-client-server-port={port['client']}",
+        "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}", "--num-cpus=2",
+        "--object-store-memory=100000000"], check=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    ray.init(address=f"127.0.0.1:{port['gcs']}")
+    serve.start(http_options={"host": "127.0.0.1", "port": int(port["http"])})
+    serve.run(Doubler.bind(), name="doubler", route_prefix="/double")
+    print("serving", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+def _ray_counted(page: str, route: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(sample.value for family in text_string_to_metric_families(page) for sample in family.samples
+               if sample.name == "ray_serve_num_http_requests_total" and sample.labels.get("route") == route)
+
+
+def _ray_temp(ports: Mapping[str, int]) -> Path:
+    return Path(f"/tmp/ray-{ports['gcs']}")  # short: Ray's unix socket paths in it must fit in 107 bytes
+
+
+RAY = ServerSpec(
+    name="ray",
+    version="2.60.0",
+    pins=("ray[serve]==2.60.0",),
+    files={"driver.py": RAY_DRIVER},
+    ports=("http", "metrics", "gcs", "node_manager", "object_manager", "agent_http", "agent_grpc", "runtime_env",
+           "client"),
+    command=lambda bin, app, ports: [str(bin / "python"), str(app / "driver.py")],
+    env=lambda app, ports: {**{f"RAY_TEST_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+                            "RAY_TEST_TEMP_DIR": str(_ray_temp(ports)), "RAY_USAGE_STATS_ENABLED": "0",
+                            # Ray turns --node-ip-address=127.0.0.1 into the host's own address (its
+                            # processes then talk over it) unless clusters are off, as on macOS: loopback
+                            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+    metrics_port="metrics",
+    health_path="/-/routes",  # 200 {} from the proxy's start; lists /double once the app is running
+    ready_body='"/double"',
+    predict_path="/double",
+    good=lambda x: json.dumps({"x": x}).encode(),
+    answer=lambda body: float(json.loads(body)["y"]),
+    client_error=b'{"x": ',  # invalid JSON: the deployment answers 400
+    server_error=b'{"x": -1}',  # the deployment raises ValueError: 500
+    scratch=lambda ports: (_ray_temp(ports),),  # its sessions' logs and sockets
+    shows=lambda page, n: _ray_counted(page, "/double") == n,
+)
+
+SPECS: dict[str, ServerSpec] = {spec.name: spec for spec in (BENTOML, MLSERVER, KSERVE, LITSERVE, RAY)}
 
 
 # --- virtualenvs ---------------------------------------------------------------------------------
@@ -418,6 +520,23 @@ def _free_ports(names: tuple[str, ...]) -> dict[str, int]:
     return ports
 
 
+def session_members(sid: int) -> list[int]:
+    """The live processes of session `sid` (a server is started in a session of its own, so this is the
+    server and everything it started, whatever process groups they made)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        state, _ppid, _pgrp, session = stat[stat.rindex(")") + 2:].split()[:4]
+        if int(session) == sid and state not in ("Z", "X"):
+            members.append(int(entry))
+    return members
+
+
 class RunningServer:
     """A started server. `health_probes` counts, by status, the health requests it answered since its
     last (re)start: the readiness polls and `probe_health` calls (a server may count them: BentoML does)."""
@@ -482,7 +601,8 @@ class RunningServer:
             try:
                 # wait as long as the deadline allows: a probe given up on while it sat in the listening
                 # socket's backlog would still be answered (and counted, by BentoML) once a worker is up
-                if self.probe_health(timeout=max(1.0, deadline - time.monotonic())) == 200:
+                reply = self._get_health(timeout=max(1.0, deadline - time.monotonic()))
+                if reply.status_code == 200 and (self.spec.ready_body is None or self.spec.ready_body in reply.text):
                     return
             except requests.RequestException:
                 pass  # not listening yet
@@ -490,11 +610,23 @@ class RunningServer:
                 raise TimeoutError(self._failure(f"did not answer 200 on {self.url}{self.health_path} within {READY_TIMEOUT:.0f}s"))
             time.sleep(0.25)  # poll interval
 
+    def _get_health(self, timeout: float) -> requests.Response:
+        reply = requests.get(self.url + self.health_path, timeout=timeout)
+        self.health_probes[reply.status_code] += 1
+        return reply
+
     def probe_health(self, timeout: float = 10) -> int:
         """One GET of the health route; its status (also counted in `health_probes`)."""
-        status = requests.get(self.url + self.health_path, timeout=timeout).status_code
-        self.health_probes[status] += 1
-        return status
+        return self._get_health(timeout).status_code
+
+    def settled_metrics(self, sent: int, timeout: float = 60.0) -> str:
+        """The page once it shows the `sent` predict requests (at once, but for a page that lags: Ray's)."""
+        deadline = time.monotonic() + timeout
+        while not self.spec.shows(page := self.metrics(), sent):
+            if time.monotonic() > deadline:
+                raise TimeoutError(self._failure(f"its page did not show the {sent} requests sent within {timeout:.0f}s"))
+            time.sleep(0.5)  # poll interval
+        return page
 
     def metrics(self) -> str:
         """The server's own metrics page, as text."""
@@ -503,7 +635,9 @@ class RunningServer:
         return reply.text
 
     def stop(self) -> None:
-        """SIGTERM to the server's process group (its workers too), SIGKILL if still there after 30 s."""
+        """SIGTERM to the server's process group (its workers too), SIGKILL if still there after 30 s; then
+        SIGKILL to whatever is left of the session it was started in (workers that made process groups
+        of their own: Ray's), waiting until they are gone; then the scratch paths go."""
         self.session.close()
         proc, self.proc = self.proc, None
         if proc is None:
@@ -521,6 +655,18 @@ class RunningServer:
         except (ProcessLookupError, PermissionError):
             pass
         proc.wait(timeout=STOP_TIMEOUT)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while left := session_members(proc.pid):
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(self._failure(f"left processes {left} running after it stopped"))
+            time.sleep(0.1)  # poll interval: SIGKILL takes effect at once, the exit a moment later
+        for path in self.spec.scratch(self.ports):
+            shutil.rmtree(path, ignore_errors=True)
 
     def restart(self) -> RunningServer:
         """Stop, then start again on the same ports (its counters start again from nothing)."""

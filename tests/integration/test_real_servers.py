@@ -1,12 +1,13 @@
 """The real-server harness (tests/real_servers.py) against the servers' OWN metrics pages: real BentoML,
-MLServer, KServe and LitServe (instrumented as its docs show) from PyPI, each in a venv of its own
-(made once under .cache/server-venvs/), on 127.0.0.1, driven with known traffic. What each server
-counts, and under which labels, is asserted as observed."""
+MLServer, KServe, LitServe (instrumented as its docs show) and Ray Serve (marked heavy_server) from
+PyPI, each in a venv of its own (made once under .cache/server-venvs/), on 127.0.0.1, driven with
+known traffic. What each server counts, and under which labels, is asserted as observed."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,7 @@ import requests
 
 import real_servers
 from conftest import samples
-from real_servers import BENTOML, KSERVE, LITSERVE, MLSERVER, drive, ensure_venv, start
+from real_servers import BENTOML, KSERVE, LITSERVE, MLSERVER, RAY, drive, ensure_venv, start
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +44,13 @@ def kserve_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def litserve_server(tmp_path_factory):
     server = start(LITSERVE, tmp_path_factory.mktemp("litserve"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_server(tmp_path_factory):
+    server = start(RAY, tmp_path_factory.mktemp("ray"))
     yield server
     server.stop()
 
@@ -317,9 +325,83 @@ def test_litserve_restart_starts_its_counters_afresh(litserve_server):
     assert counted(after, "litserve_http_requests_total", "status_code", route="/predict") == {"200": 10, "422": 2, "500": 2}
 
 
+# --- Ray Serve 2.60 (heavy_server: not in `make test`; `make test-heavy-servers`) --------------------
+# About 110 s from cold (its venv 43 s, a start 10 s on both cores, each report of its metrics 10 s
+# late, three starts here), over the ~90 s a server may cost the default tier.
+
+RAY_EXPORT_WAIT = 60.0  # Ray pushes its metrics to the page every 10 s (metrics_report_interval_ms)
+
+
+def eventually(read, until, timeout: float = RAY_EXPORT_WAIT):
+    """read() again until until(result) holds: what Ray counted reaches its page a report interval later."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = read()
+        if until(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f}s; last read: {result}")
+        time.sleep(0.5)  # poll interval
+
+
+def ray_requests(page: dict, name: str = "ray_serve_num_http_requests_total", code: str = "status_code") -> dict:
+    """{(route, status): count} of one of Ray's per-request counters."""
+    out: Counter = Counter()
+    for (sample, labels), v in page.items():
+        if sample == name:
+            labels = dict(labels)
+            out[(labels["route"], labels[code])] += v
+    return dict(out)
+
+
+@pytest.mark.heavy_server
+def test_ray_counts_every_request_with_its_own_routes(ray_server):
+    """The drive, 3 GETs of /-/healthz and one of an unknown path, on the session's fresh server (the
+    first test to use it: Ray's page is read whole, not as a difference, since it lags)."""
+    truth = drive(ray_server)
+    for _ in range(3):
+        assert requests.get(ray_server.url + "/-/healthz", timeout=10).status_code == 200
+    assert requests.get(ray_server.url + "/no-such-route", timeout=10).status_code == 404
+    assert truth.by_status() == {200: 100, 400: 5, 500: 5}
+    # GET /-/routes until it listed /double: a 503 while the proxy starts is counted too
+    readiness = {("/-/routes", str(code)): n for code, n in ray_server.health_probes.items()}
+    expected = {("/double", "200"): 100, ("/double", "400"): 5, ("/double", "500"): 5,
+                ("/-/healthz", "200"): 3, ("", "404"): 1, **readiness}
+    page = eventually(lambda: scrape(ray_server), lambda page: ray_requests(page) == expected)
+
+    # ray_serve_num_http_requests_total{application, method, route (the route prefix), status_code}, plus
+    # Ray's own labels (Component, NodeAddress, SessionName, Version, WorkerId, otel_scope_*): its own
+    # /-/healthz and /-/routes are counted, with application "", and so is a path no application serves,
+    # with route "" too
+    assert {k for labels in label_sets(page, "ray_serve_num_http_requests_total") for k in labels} >= {
+        "application", "method", "route", "status_code"}
+    assert counted(page, "ray_serve_num_http_requests_total", "application", route="/double") == {"doubler": 110}
+    assert counted(page, "ray_serve_num_http_requests_total", "application", route="/-/healthz") == {"": 3}
+    # its "error" counter holds the 4xx and the 5xx alike, by error_code
+    assert ray_requests(page, "ray_serve_num_http_error_requests_total", "error_code") == {
+        ("/double", "400"): 5, ("/double", "500"): 5, ("", "404"): 1,
+        **{route: n for route, n in readiness.items() if route[1] != "200"}}
+    # the latency histogram counts the same requests; its _sum is rebuilt from its buckets' midpoints
+    assert ray_requests(page, "ray_serve_http_request_latency_ms_count") == expected
+    for status in ("200", "400", "500"):
+        match = {"route": "/double", "status_code": status}
+        buckets = sorted((float(dict(labels)["le"]), v) for (sample, labels), v in page.items()
+                         if sample == "ray_serve_http_request_latency_ms_bucket"
+                         and all(dict(labels).get(k) == w for k, w in match.items()))
+        midpoints, low, below = 0.0, 0.0, 0.0
+        for bound, cumulative in buckets[:-1]:
+            midpoints += (cumulative - below) * (low + bound) / 2
+            low, below = bound, cumulative
+        assert buckets[-1] == (float("inf"), below)  # nothing slower than the last finite bound
+        assert sum(counted(page, "ray_serve_http_request_latency_ms_sum", "route", **match).values()) == pytest.approx(midpoints)
+    # a Serve page names its replicas' health from the start
+    assert counted(page, "ray_serve_deployment_replica_healthy", "deployment", application="doubler") == {"Doubler": 1}
+
+
 # --- the harness itself ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE, pytest.param(RAY, marks=pytest.mark.heavy_server)],
+                         ids=lambda s: s.name)
 def test_venv_has_the_pins_and_is_reused(spec):
     venv = ensure_venv(spec)
     assert venv == real_servers.VENVS / f"{spec.name}-{spec.version}"
@@ -360,10 +442,11 @@ RECORDED = {  # server -> (its request counter, route label, route, status label
     # KServe has no status label: predict() calls by model, the 5 refused before it left out
     "kserve": ("request_predict_seconds_count", "model_name", "doubler", "model_name", {"doubler": 105}),
     "litserve": ("litserve_http_requests_total", "route", "/predict", "status_code", {"200": 100, "422": 5, "500": 5}),
+    "ray": ("ray_serve_num_http_requests_total", "route", "/double", "status_code", {"200": 100, "400": 5, "500": 5}),
 }
 
 
-@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE, RAY], ids=lambda s: s.name)
 def test_recorded_page_is_the_real_servers_after_the_drive(spec):
     from record_servers import FIXTURES
 
@@ -374,7 +457,8 @@ def test_recorded_page_is_the_real_servers_after_the_drive(spec):
 
 
 # --- the exporter's figures against the truth, with the shipped presets and no metrics_labels ----------
-def exporter_source(server, preset: str, custom: dict | None = None, metrics_url: str | None = None):
+def exporter_source(server, preset: str, custom: dict | None = None, metrics_url: str | None = None,
+                    probe_path: str | None = None):
     from mlops_kpi_exporter.config import config_from_dict
     from mlops_kpi_exporter.pricing import Pricer
     from mlops_kpi_exporter.sources.endpoints import EndpointSource
@@ -382,7 +466,7 @@ def exporter_source(server, preset: str, custom: dict | None = None, metrics_url
     config = config_from_dict({"mlflow": {"tracking_uri": "sqlite:///unused.db"}, "endpoints": [{
         "name": "real", "url": server.url, "metrics_url": metrics_url or server.metrics_url, "preset": preset,
         **({"custom": custom} if custom is not None else {}),
-        "probe": {"path": server.health_path, "interval": "5s", "timeout": "5s"}}]})
+        "probe": {"path": probe_path or server.health_path, "interval": "5s", "timeout": "5s"}}]})
     return EndpointSource(config.endpoints[0], config, Pricer(config.pricing))
 
 
@@ -503,3 +587,36 @@ def test_the_exporter_counts_litserve_with_the_readmes_custom_mapping(litserve_s
     assert shown(m, "mlops_endpoint_requests_total") == 220
     assert shown(m, "mlops_endpoint_errors_total") == 10
     assert shown(m, "mlops_endpoint_client_errors_total") == 10
+
+
+@pytest.mark.heavy_server
+def test_the_exporter_counts_ray_serve_with_the_readmes_custom_mapping(ray_server):
+    """The README's Ray Serve mapping, the exporter probing /-/healthz (which Ray counts): 110 requests,
+    5 errors, 5 client errors, 110 latency observations once Ray has pushed them to its page; after a
+    restart of the whole cluster, the same again on top."""
+    example = readme_example("For example Ray Serve:")
+    assert example["preset"] == "custom"
+    server = ray_server.restart()
+    source = exporter_source(server, "custom", custom=example["custom"], probe_path="/-/healthz")
+    figures(source)  # a just-started Ray may have no Serve series on its page yet: unmatched, for a moment
+
+    def settled(want: tuple[int, int, int, int]):
+        return eventually(lambda: figures(source), lambda m: shown(m, "mlops_endpoint_metrics_up") == 1 and (
+            shown(m, "mlops_endpoint_requests_total"), shown(m, "mlops_endpoint_errors_total"),
+            shown(m, "mlops_endpoint_client_errors_total"), shown(m, "mlops_endpoint_request_duration_seconds_count"),
+        ) == want)
+
+    drive(server)
+    m = settled((110, 5, 5, 110))
+    assert shown(m, "mlops_endpoint_up") == 1
+    assert m[("mlops_endpoint_request_duration_seconds_bucket", (("endpoint", "real"), ("le", "+Inf")))] == 110
+    assert 0 < m[("mlops_endpoint_utilization_ratio", (("endpoint", "real"), ("resource", "cpu")))] <= 1
+    # the probes were counted by Ray, under /-/healthz: left out
+    assert ray_requests(scrape(server)).get(("/-/healthz", "200"), 0) >= 1
+    server.restart()
+    figures(source)
+    drive(server)
+    settled((220, 10, 10, 220))
+    # the restarted cluster counts from nothing: its page holds the second drive alone
+    assert {k: v for k, v in ray_requests(scrape(server)).items() if k[0] == "/double"} == {
+        ("/double", "200"): 100, ("/double", "400"): 5, ("/double", "500"): 5}
