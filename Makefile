@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium openjdk-17-jre-headless
 
 .PHONY: demo test test-heavy-servers unit fuzz generate install system-deps bench record-servers clean
 
@@ -25,9 +25,10 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed-local
 	$(BIN)/mlops-kpi-exporter demo
 
-# The tests run real promtool/Prometheus/Alertmanager binaries from Debian; as root they are installed here.
+# The tests run real promtool/Prometheus/Alertmanager binaries and Java 17 (TorchServe) from Debian; as root
+# they are installed here.
 system-deps:
-	@command -v promtool >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 || { \
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && command -v java >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
 	  else echo "Install the Debian packages first: sudo apt-get install -y $(DEBIAN_PACKAGES)"; exit 1; fi; }

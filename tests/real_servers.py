@@ -443,7 +443,77 @@ RAY = ServerSpec(
     shows=lambda page, n: _ray_counted(page, "/double") == n,
 )
 
-SPECS: dict[str, ServerSpec] = {spec.name: spec for spec in (BENTOML, MLSERVER, KSERVE, LITSERVE, RAY)}
+# --- TorchServe ----------------------------------------------------------------------------------
+# TorchServe 0.12 (a Java frontend, the jar inside the wheel, needs Java 17: Debian's
+# openjdk-17-jre-headless; a Python worker that imports torch: the CPU wheel) serving the model
+# "doubler" from a model store in TorchServe's no-archive form (a directory with MAR-INF/MANIFEST.json)
+# and a function handler. POST /predictions/doubler {"x": <float>} -> {"y": 2x}. Every address on
+# 127.0.0.1 (inference, management, metrics, both gRPC ports); token authorization off; Prometheus mode.
+# 4xx: TorchServe hands the body to the handler as it is (JSON it cannot parse as bytes): the handler
+# refuses what it cannot read with PredictionException(..., 400).  5xx: the handler raising anything
+# else answers 503 {"code": 503, "type": "InternalServerException", "message": "Prediction failed"}.
+# torch==2.13.0 installs the CPU wheel this machine keeps in pip's find-links (/opt/wheels, 2.13.0+cpu
+# sorts above PyPI's 2.13.0); elsewhere pip would fetch PyPI's, with its CUDA libraries.
+TORCHSERVE_HANDLER = '''\
+from ts.utils.util import PredictionException
+
+
+def handle(data, context):
+    if data is None:  # the call at load time
+        return None
+    out = []
+    for row in data:
+        body = row.get("body", row.get("data"))
+        if not isinstance(body, dict) or not isinstance(body.get("x"), (int, float)):
+            raise PredictionException("expected a JSON body {\\"x\\": <number>}", 400)
+        if body["x"] < 0:
+            raise ValueError(f"negative input {body['x']}")
+        out.append({"y": 2 * body["x"]})
+    return out
+'''
+
+
+def _torchserve_config(app: Path, ports: Mapping[str, int]) -> list[str]:
+    config = app / "config.properties"
+    config.write_text("".join(f"{k}={v}\n" for k, v in {
+        "inference_address": f"http://{LOOPBACK}:{ports['http']}",
+        "management_address": f"http://{LOOPBACK}:{ports['management']}",
+        "metrics_address": f"http://{LOOPBACK}:{ports['metrics']}",
+        "grpc_inference_address": LOOPBACK, "grpc_inference_port": ports["grpc"],
+        "grpc_management_address": LOOPBACK, "grpc_management_port": ports["grpc_management"],
+        "initial_worker_port": ports["worker"],  # names its worker's unix socket (/tmp/.ts.sock.<port>)
+        "metrics_mode": "prometheus", "disable_token_authorization": "true",
+        "model_store": app / "model-store", "load_models": "doubler=doubler",
+        "default_workers_per_model": 1, "install_py_dep_per_model": "false",
+    }.items()))
+    return ["--ts-config", str(config)]
+
+
+TORCHSERVE = ServerSpec(
+    name="torchserve",
+    version="0.12.0",
+    pins=("torchserve==0.12.0", "torch==2.13.0", "pyyaml==6.0.3", "numpy==2.4.6"),
+    files={
+        "model-store/doubler/MAR-INF/MANIFEST.json": json.dumps({
+            "runtime": "python", "archiverVersion": "0.12.0",
+            "model": {"modelName": "doubler", "handler": "handler.py", "modelVersion": "1.0"}}) + "\n",
+        "model-store/doubler/handler.py": TORCHSERVE_HANDLER,
+    },
+    ports=("http", "management", "metrics", "grpc", "grpc_management", "worker"),
+    command=lambda bin, app, ports: [str(bin / "torchserve"), "--start", "--foreground", "--ncs",
+                                     *_torchserve_config(app, ports)],
+    env=lambda app, ports: {"LOG_LOCATION": str(app / "logs"), "METRICS_LOCATION": str(app / "logs")},
+    metrics_port="metrics",
+    health_path="/ping",  # {"status": "Healthy"} once its worker is up (the frontend answers before)
+    ready_body="Healthy",
+    predict_path="/predictions/doubler",
+    good=lambda x: json.dumps({"x": x}).encode(),
+    answer=lambda body: float(json.loads(body)["y"]),
+    client_error=b'{"x": ',  # not JSON: the handler refuses it, 400
+    server_error=b'{"x": -1}',  # the handler raises ValueError: 503
+)
+
+SPECS: dict[str, ServerSpec] = {spec.name: spec for spec in (BENTOML, MLSERVER, KSERVE, LITSERVE, RAY, TORCHSERVE)}
 
 
 # --- virtualenvs ---------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The real-server harness (tests/real_servers.py) against the servers' OWN metrics pages: real BentoML,
-MLServer, KServe, LitServe (instrumented as its docs show) and Ray Serve (marked heavy_server) from
+MLServer, KServe, TorchServe, LitServe (instrumented as its docs show) and Ray Serve (marked heavy_server) from
 PyPI, each in a venv of its own (made once under .cache/server-venvs/), on 127.0.0.1, driven with
 known traffic. What each server counts, and under which labels, is asserted as observed."""
 
@@ -17,7 +17,7 @@ import requests
 
 import real_servers
 from conftest import samples
-from real_servers import BENTOML, KSERVE, LITSERVE, MLSERVER, RAY, drive, ensure_venv, start
+from real_servers import BENTOML, KSERVE, LITSERVE, MLSERVER, RAY, TORCHSERVE, drive, ensure_venv, start
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +44,13 @@ def kserve_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def litserve_server(tmp_path_factory):
     server = start(LITSERVE, tmp_path_factory.mktemp("litserve"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def torchserve_server(tmp_path_factory):
+    server = start(TORCHSERVE, tmp_path_factory.mktemp("torchserve"))
     yield server
     server.stop()
 
@@ -398,9 +405,72 @@ def test_ray_counts_every_request_with_its_own_routes(ray_server):
     assert counted(page, "ray_serve_deployment_replica_healthy", "deployment", application="doubler") == {"Doubler": 1}
 
 
+# --- TorchServe 0.12 ------------------------------------------------------------------------------
+
+def ts_server_wide(page: dict) -> dict[str, float]:
+    out: Counter = Counter()
+    for (sample, labels), v in page.items():
+        if sample in ("Requests2XX_total", "Requests4XX_total", "Requests5XX_total"):
+            assert {k for k, _ in labels} == {"Level", "Hostname"} and dict(labels)["Level"] == "Host"
+            out[sample.removesuffix("_total")] += v
+    return out
+
+
+def test_torchserve_counts_every_prediction_and_its_statuses_server_wide(torchserve_server):
+    before = scrape(torchserve_server)
+    truth = drive(torchserve_server)
+    after = scrape(torchserve_server)
+
+    assert truth.by_status() == {200: 100, 400: 5, 503: 5}
+    # per model: ts_inference_requests_total{model_name, model_version="default", hostname}, every
+    # prediction whatever its outcome, and the sum of their latencies (a counter, in microseconds)
+    assert label_sets(after, "ts_inference_requests_total") == {("hostname", "model_name", "model_version")}
+    def model(page, name):
+        return counted(page, name, "model_version", model_name="doubler")
+    assert grew(model(after, "ts_inference_requests_total"), model(before, "ts_inference_requests_total")) == {"default": 110}
+    assert model(after, "ts_inference_latency_microseconds_total")["default"] > model(before, "ts_inference_latency_microseconds_total")["default"]
+    # by status class: Requests2XX/4XX/5XX{Level="Host", Hostname}, no model label; the scrape in
+    # between is counted as a 2XX once answered
+    assert grew(ts_server_wide(after), ts_server_wide(before)) == {"Requests2XX": 101, "Requests4XX": 5, "Requests5XX": 5}
+
+
+def test_torchserve_counts_pings_scrapes_and_any_4xx_in_its_server_wide_counters(torchserve_server):
+    before = scrape(torchserve_server)
+    for _ in range(3):
+        assert torchserve_server.probe_health() == 200  # GET /ping
+    assert requests.get(torchserve_server.url + "/no-such-route", timeout=10).status_code == 404
+    assert requests.get(torchserve_server.url + "/predictions/nosuch", timeout=10).status_code == 404
+    management = f"http://127.0.0.1:{torchserve_server.ports['management']}"
+    assert requests.get(management + "/models", timeout=10).status_code == 200
+    assert requests.get(management + "/models/nosuch", timeout=10).status_code == 404
+    after = scrape(torchserve_server)
+    # not predictions: ts_inference_requests_total did not move; every API's statuses (the management
+    # API's too) and every unknown path are in the server-wide classes
+    assert grew(counted(after, "ts_inference_requests_total", "model_name"), counted(before, "ts_inference_requests_total", "model_name")) == {}
+    assert grew(ts_server_wide(after), ts_server_wide(before)) == {"Requests2XX": 5, "Requests4XX": 3}
+
+
+def test_torchserve_restart_starts_its_counters_afresh(torchserve_server):
+    ports = dict(torchserve_server.ports)
+    drive(torchserve_server, good=3, client_errors=1, server_errors=1)
+    torchserve_server.restart()
+    assert torchserve_server.ports == ports
+
+    fresh = scrape(torchserve_server)
+    # every family is declared from the start (TYPE lines); the readiness pings alone have samples
+    assert ts_server_wide(fresh) == {"Requests2XX": torchserve_server.health_probes[200]}
+    assert not counted(fresh, "ts_inference_requests_total", "model_name")
+    assert "# TYPE ts_inference_requests_total counter" in torchserve_server.metrics()
+    drive(torchserve_server, good=10, client_errors=2, server_errors=2)
+    after = scrape(torchserve_server)
+    assert counted(after, "ts_inference_requests_total", "model_name") == {"doubler": 14}
+    assert {k: v for k, v in ts_server_wide(after).items() if k != "Requests2XX"} == {"Requests4XX": 2, "Requests5XX": 2}
+
+
 # --- the harness itself ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE, pytest.param(RAY, marks=pytest.mark.heavy_server)],
+@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE, TORCHSERVE,
+                                  pytest.param(RAY, marks=pytest.mark.heavy_server)],
                          ids=lambda s: s.name)
 def test_venv_has_the_pins_and_is_reused(spec):
     venv = ensure_venv(spec)
@@ -443,10 +513,12 @@ RECORDED = {  # server -> (its request counter, route label, route, status label
     "kserve": ("request_predict_seconds_count", "model_name", "doubler", "model_name", {"doubler": 105}),
     "litserve": ("litserve_http_requests_total", "route", "/predict", "status_code", {"200": 100, "422": 5, "500": 5}),
     "ray": ("ray_serve_num_http_requests_total", "route", "/double", "status_code", {"200": 100, "400": 5, "500": 5}),
+    # TorchServe's per-model counter has no status label: the 110 predictions by model
+    "torchserve": ("ts_inference_requests_total", "model_name", "doubler", "model_name", {"doubler": 110}),
 }
 
 
-@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE, RAY], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE, RAY, TORCHSERVE], ids=lambda s: s.name)
 def test_recorded_page_is_the_real_servers_after_the_drive(spec):
     from record_servers import FIXTURES
 
@@ -488,7 +560,8 @@ def shown(m: dict, name: str) -> float:
     return m[(name, (("endpoint", "real"),))]
 
 
-@pytest.mark.parametrize("fixture, preset", [("bentoml_server", "bentoml"), ("mlserver_server", "mlserver")])
+@pytest.mark.parametrize("fixture, preset", [("bentoml_server", "bentoml"), ("mlserver_server", "mlserver"),
+                                             ("torchserve_server", "torchserve")])
 def test_the_exporter_counts_what_the_server_did(request, fixture, preset):
     """100 good, 5 malformed, 5 raising, the exporter probing the health route between its reads:
     requests 110, errors 5 (server faults), client errors 5, latency observations 110; and after an
