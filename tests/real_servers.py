@@ -511,9 +511,86 @@ TORCHSERVE = ServerSpec(
     answer=lambda body: float(json.loads(body)["y"]),
     client_error=b'{"x": ',  # not JSON: the handler refuses it, 400
     server_error=b'{"x": -1}',  # the handler raises ValueError: 503
+    scratch=lambda ports: (Path(f"/tmp/.ts.sock.{ports['worker']}"),),  # its worker's unix socket
 )
 
-SPECS: dict[str, ServerSpec] = {spec.name: spec for spec in (BENTOML, MLSERVER, KSERVE, LITSERVE, RAY, TORCHSERVE)}
+# --- PyTriton (Triton Inference Server) ----------------------------------------------------------
+# nvidia-pytriton 0.7 runs the Triton Inference Server binary shipped in its wheel, with a Python
+# function bound as model "doubler" (one FP64 input x, one output y, batching up to 8); Triton's own
+# HTTP (KServe V2 protocol), gRPC and metrics servers, each on 127.0.0.1, GPU metrics off. Triton's
+# Python backend stub links against libpython: LD_LIBRARY_PATH holds the interpreter's lib dir.
+# POST /v2/models/doubler/infer {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [x]}]}.
+# 4xx: a request Triton can read but that does not fit the model (another datatype, input name or
+# shape, a batch over 8): 400, before the model.  5xx: the function raising answers 500; but so does a
+# body Triton cannot parse (not JSON, no "inputs", data not matching its shape): 500 "failed to parse
+# the request JSON buffer", before the model too. Health: /v2/health/ready, /v2/models/doubler/ready.
+# Metrics: on their own port (default 8002): nv_inference_request_success, _failure{reason}, durations
+# (of the successful requests only), nv_cpu_*; what Triton refuses before scheduling is in none of them.
+PYTRITON_SERVICE = '''\
+import os
+import pathlib
+import shutil
+
+import numpy as np
+from pytriton.decorators import batch
+from pytriton.model_config import ModelConfig, Tensor
+from pytriton.triton import Triton, TritonConfig
+
+
+@batch
+def infer(x):
+    if (x < 0).any():
+        raise ValueError(f"negative input {x.tolist()}")
+    return {"y": x * 2}
+
+
+workspace = pathlib.Path(os.environ["PT_WORKSPACE"])
+shutil.rmtree(workspace, ignore_errors=True)  # a stopped PyTriton leaves its own; it wants a new one
+config = TritonConfig(
+    http_address="127.0.0.1", http_port=int(os.environ["PT_HTTP_PORT"]),
+    grpc_address="127.0.0.1", grpc_port=int(os.environ["PT_GRPC_PORT"]),
+    metrics_address="127.0.0.1", metrics_port=int(os.environ["PT_METRICS_PORT"]),
+    allow_gpu_metrics=False, allow_sagemaker=False, allow_vertex_ai=False)
+with Triton(config=config, workspace=workspace) as triton:
+    triton.bind(model_name="doubler", infer_func=infer,
+                inputs=[Tensor(name="x", dtype=np.float64, shape=(1,))],
+                outputs=[Tensor(name="y", dtype=np.float64, shape=(1,))],
+                config=ModelConfig(max_batch_size=8))
+    triton.serve()
+'''
+
+
+def _pytriton_env(app: Path, ports: Mapping[str, int]) -> dict[str, str]:
+    libdir = Path(sys.base_prefix) / "lib"  # the venv's interpreter's own: libpython3.X.so
+    return {"PT_HTTP_PORT": str(ports["http"]), "PT_GRPC_PORT": str(ports["grpc"]),
+            "PT_METRICS_PORT": str(ports["metrics"]), "PT_WORKSPACE": str(app / "workspace"),
+            "LD_LIBRARY_PATH": os.pathsep.join(filter(None, (str(libdir), os.environ.get("LD_LIBRARY_PATH"))))}
+
+
+def _v2_fp64(x: float) -> bytes:
+    return json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [x]}]}).encode()
+
+
+PYTRITON = ServerSpec(
+    name="pytriton",
+    version="0.7.0",
+    pins=("nvidia-pytriton==0.7.0", "numpy==1.26.4"),
+    files={"service.py": PYTRITON_SERVICE},
+    ports=("http", "grpc", "metrics"),
+    command=lambda bin, app, ports: [str(bin / "python"), str(app / "service.py")],
+    env=_pytriton_env,
+    metrics_port="metrics",
+    health_path="/v2/models/doubler/ready",
+    predict_path="/v2/models/doubler/infer",
+    good=_v2_fp64,
+    answer=lambda body: float(json.loads(body)["outputs"][0]["data"][0]),
+    # FP32 where the model takes FP64: 400 (not JSON would be a 500, see above)
+    client_error=json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}).encode(),
+    server_error=_v2_fp64(-1.0),  # the function raises ValueError: 500
+)
+
+SPECS: dict[str, ServerSpec] = {spec.name: spec for spec in (BENTOML, MLSERVER, KSERVE, LITSERVE, RAY, TORCHSERVE,
+                                                                   PYTRITON)}
 
 
 # --- virtualenvs ---------------------------------------------------------------------------------
@@ -605,6 +682,24 @@ def session_members(sid: int) -> list[int]:
         if int(session) == sid and state not in ("Z", "X"):
             members.append(int(entry))
     return members
+
+
+def shared_memory_of(pids: list[int]) -> set[Path]:
+    """The files under /dev/shm that these processes have mapped or open."""
+    found: set[Path] = set()
+    for pid in pids:
+        try:
+            for line in Path("/proc", str(pid), "maps").read_text().splitlines():
+                name = line.split(maxsplit=5)[5:]
+                if name and name[0].startswith("/dev/shm/") and not name[0].endswith(" (deleted)"):
+                    found.add(Path(name[0]))
+            for fd in Path("/proc", str(pid), "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("/dev/shm/") and not target.endswith(" (deleted)"):
+                    found.add(Path(target))
+        except OSError:
+            continue  # gone meanwhile
+    return found
 
 
 class RunningServer:
@@ -707,11 +802,13 @@ class RunningServer:
     def stop(self) -> None:
         """SIGTERM to the server's process group (its workers too), SIGKILL if still there after 30 s; then
         SIGKILL to whatever is left of the session it was started in (workers that made process groups
-        of their own: Ray's), waiting until they are gone; then the scratch paths go."""
+        of their own: Ray's), waiting until they are gone; then its scratch paths go, and the files in
+        /dev/shm its processes had open or mapped (PyTriton's and Triton's, left behind when killed)."""
         self.session.close()
         proc, self.proc = self.proc, None
         if proc is None:
             return
+        shared = shared_memory_of(session_members(proc.pid))  # what a killed server cannot unlink itself
         if proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -735,8 +832,11 @@ class RunningServer:
             if time.monotonic() > deadline:
                 raise RuntimeError(self._failure(f"left processes {left} running after it stopped"))
             time.sleep(0.1)  # poll interval: SIGKILL takes effect at once, the exit a moment later
-        for path in self.spec.scratch(self.ports):
-            shutil.rmtree(path, ignore_errors=True)
+        for path in (*self.spec.scratch(self.ports), *shared):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
     def restart(self) -> RunningServer:
         """Stop, then start again on the same ports (its counters start again from nothing)."""

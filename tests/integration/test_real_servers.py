@@ -5,6 +5,7 @@ known traffic. What each server counts, and under which labels, is asserted as o
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import requests
 
 import real_servers
 from conftest import samples
-from real_servers import BENTOML, KSERVE, LITSERVE, MLSERVER, RAY, TORCHSERVE, drive, ensure_venv, start
+from real_servers import BENTOML, KSERVE, LITSERVE, MLSERVER, PYTRITON, RAY, TORCHSERVE, drive, ensure_venv, start
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +52,13 @@ def litserve_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def torchserve_server(tmp_path_factory):
     server = start(TORCHSERVE, tmp_path_factory.mktemp("torchserve"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pytriton_server(tmp_path_factory):
+    server = start(PYTRITON, tmp_path_factory.mktemp("pytriton"))
     yield server
     server.stop()
 
@@ -467,9 +475,72 @@ def test_torchserve_restart_starts_its_counters_afresh(torchserve_server):
     assert {k: v for k, v in ts_server_wide(after).items() if k != "Requests2XX"} == {"Requests4XX": 2, "Requests5XX": 2}
 
 
+# --- PyTriton 0.7 (Triton Inference Server) --------------------------------------------------------
+
+NV = ("nv_inference_request_success_total", "nv_inference_count_total", "nv_inference_exec_count_total",
+      "nv_inference_request_duration_us_total")
+
+
+def nv_counts(page: dict) -> dict[str, float]:
+    """Triton's per-model counters for doubler version 1, failures by reason."""
+    out = {name: counted(page, name, "model", version="1")["doubler"] for name in NV}
+    for reason, n in counted(page, "nv_inference_request_failure_total", "reason", model="doubler", version="1").items():
+        out[f"failure {reason}"] = n
+    return out
+
+
+def test_pytriton_counts_what_reaches_the_model(pytriton_server):
+    before = nv_counts(scrape(pytriton_server))
+    truth = drive(pytriton_server)
+    after = nv_counts(scrape(pytriton_server))
+
+    assert truth.by_status() == {200: 100, 400: 5, 500: 5}
+    moved = {k: after[k] - before.get(k, 0) for k in after}
+    # the 5 with the wrong datatype are refused (400) before scheduling: in no counter; the 5 the
+    # function raised on are failures with reason BACKEND; durations are the successful requests' only
+    assert moved["nv_inference_request_success_total"] == 100
+    assert moved["nv_inference_count_total"] == 100  # inferences (batch items), one per request here
+    assert {k: v for k, v in moved.items() if k.startswith("failure")} == {
+        "failure BACKEND": 5, "failure CANCELED": 0, "failure OTHER": 0, "failure REJECTED": 0}
+    assert moved["nv_inference_exec_count_total"] == 105  # the raising ones were executed too
+    assert moved["nv_inference_request_duration_us_total"] > 0
+
+
+def test_pytriton_answers_unparsable_bodies_500_and_counts_them_nowhere(pytriton_server):
+    before = nv_counts(scrape(pytriton_server))
+    headers = {"Content-Type": "application/json"}
+    for body in (b'{"inputs": ', b"{}", json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [1, 2]}]}).encode()):
+        reply = pytriton_server.session.post(pytriton_server.predict_url, data=body, headers=headers, timeout=10)
+        assert reply.status_code == 500, reply.text  # a client's mistake, answered as a server error
+    for body in (json.dumps({"inputs": [{"name": "z", "shape": [1, 1], "datatype": "FP64", "data": [1]}]}).encode(),
+                 json.dumps({"inputs": [{"name": "x", "shape": [9, 1], "datatype": "FP64", "data": [1] * 9}]}).encode()):
+        assert pytriton_server.session.post(pytriton_server.predict_url, data=body, headers=headers, timeout=10).status_code == 400
+    for path in ("/v2/health/ready", "/v2/health/live", "/v2/models/doubler/ready", "/v2/models/doubler"):
+        assert requests.get(pytriton_server.url + path, timeout=10).status_code == 200
+    assert requests.get(pytriton_server.url + "/v2", timeout=10).json()["version"] == "2.51.0"  # the Triton inside
+    assert nv_counts(scrape(pytriton_server)) == before
+    # CPU utilization as a ratio (0-1) and memory in bytes, without any GPU
+    page = scrape(pytriton_server)
+    assert 0 <= page[("nv_cpu_utilization", ())] <= 1 and page[("nv_cpu_memory_total_bytes", ())] > 0
+
+
+def test_pytriton_restart_starts_its_counters_afresh(pytriton_server):
+    ports = dict(pytriton_server.ports)
+    drive(pytriton_server, good=3, client_errors=1, server_errors=1)
+    pytriton_server.restart()
+    assert pytriton_server.ports == ports
+    fresh = nv_counts(scrape(pytriton_server))
+    # every series is there at 0 from the start, failures by each reason
+    assert fresh == {**{name: 0 for name in NV}, "failure BACKEND": 0, "failure CANCELED": 0, "failure OTHER": 0,
+                     "failure REJECTED": 0}
+    drive(pytriton_server, good=10, client_errors=2, server_errors=2)
+    after = nv_counts(scrape(pytriton_server))
+    assert after["nv_inference_request_success_total"] == 10 and after["failure BACKEND"] == 2
+
+
 # --- the harness itself ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE, TORCHSERVE,
+@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE, TORCHSERVE, PYTRITON,
                                   pytest.param(RAY, marks=pytest.mark.heavy_server)],
                          ids=lambda s: s.name)
 def test_venv_has_the_pins_and_is_reused(spec):
@@ -480,7 +551,7 @@ def test_venv_has_the_pins_and_is_reused(spec):
     versions = subprocess.run(
         [str(venv / "bin" / "python"), "-c",
          "import importlib.metadata as m, sys; print(*(m.version(p) for p in sys.argv[1:]))",
-         spec.name, *(["uvloop"] if spec is MLSERVER else [])],
+         spec.pins[0].split("==")[0].split("[")[0], *(["uvloop"] if spec is MLSERVER else [])],
         capture_output=True, text=True, check=True).stdout.split()
     assert versions[0] == spec.version
     if spec is MLSERVER:
@@ -515,10 +586,13 @@ RECORDED = {  # server -> (its request counter, route label, route, status label
     "ray": ("ray_serve_num_http_requests_total", "route", "/double", "status_code", {"200": 100, "400": 5, "500": 5}),
     # TorchServe's per-model counter has no status label: the 110 predictions by model
     "torchserve": ("ts_inference_requests_total", "model_name", "doubler", "model_name", {"doubler": 110}),
+    # Triton: what reached the model; the 5 refused with 400 are in no counter
+    "pytriton": ("nv_inference_request_failure_total", "model", "doubler", "reason",
+                 {"BACKEND": 5, "CANCELED": 0, "OTHER": 0, "REJECTED": 0}),
 }
 
 
-@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE, RAY, TORCHSERVE], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE, RAY, TORCHSERVE, PYTRITON], ids=lambda s: s.name)
 def test_recorded_page_is_the_real_servers_after_the_drive(spec):
     from record_servers import FIXTURES
 
@@ -526,6 +600,8 @@ def test_recorded_page_is_the_real_servers_after_the_drive(spec):
     assert f"a real {spec.name} {spec.version}" in text.splitlines()[0]  # re-record when a pin moves
     name, route_label, route, status_label, expected = RECORDED[spec.name]
     assert counted(samples(text), name, status_label, **{route_label: route}) == expected
+    if spec is PYTRITON:
+        assert counted(samples(text), "nv_inference_request_success_total", "model") == {"doubler": 100}
 
 
 # --- the exporter's figures against the truth, with the shipped presets and no metrics_labels ----------
@@ -693,3 +769,30 @@ def test_the_exporter_counts_ray_serve_with_the_readmes_custom_mapping(ray_serve
     # the restarted cluster counts from nothing: its page holds the second drive alone
     assert {k: v for k, v in ray_requests(scrape(server)).items() if k[0] == "/double"} == {
         ("/double", "200"): 100, ("/double", "400"): 5, ("/double", "500"): 5}
+
+
+def test_the_exporter_counts_what_reaches_triton(pytriton_server):
+    """The triton preset on PyTriton by design: requests are what Triton scheduled (105: the 5 it refused
+    with 400 before the model are not on its page), errors its failures (the 5 the function raised on),
+    no client errors (Triton has no status series), latency the successful requests' (100); after a
+    restart, the same again on top."""
+    server = pytriton_server.restart()
+    source = exporter_source(server, "triton")
+    m = figures(source)
+    assert shown(m, "mlops_endpoint_metrics_up") == 1
+    drive(server)
+    for _ in range(3):
+        m = figures(source)
+    assert shown(m, "mlops_endpoint_up") == 1 and shown(m, "mlops_endpoint_metrics_up") == 1
+    assert shown(m, "mlops_endpoint_requests_total") == 105
+    assert shown(m, "mlops_endpoint_errors_total") == 5
+    assert not [name for name, _ in m if name.startswith("mlops_endpoint_client_errors")]
+    assert shown(m, "mlops_endpoint_request_duration_seconds_count") == 100
+    assert 0 < shown(m, "mlops_endpoint_request_duration_seconds_sum") < 100  # microseconds read as seconds
+    assert 0 <= m[("mlops_endpoint_utilization_ratio", (("endpoint", "real"), ("resource", "cpu")))] <= 1
+    server.restart()
+    figures(source)
+    drive(server)
+    m = figures(source)
+    assert shown(m, "mlops_endpoint_requests_total") == 210
+    assert shown(m, "mlops_endpoint_errors_total") == 10
