@@ -7,7 +7,7 @@ its input and raises on a negative one), the command that starts it, and its rou
 malformed (4xx) and raising (5xx) requests and returns what was sent and what came back (`Truth`), so a
 test can hold the server's own /metrics page, or the exporter's figures, against it.
 
-To add a server (KServe, TorchServe, PyTriton, Ray Serve...): write one more spec below and add it to
+To add a server (TorchServe, PyTriton...): write one more spec below and add it to
 SPECS. What each status really is was found by sending the requests and reading the codes back.
 """
 
@@ -59,7 +59,11 @@ class ServerSpec:
     metrics_port: str = "http"  # which of `ports` serves the metrics page
     metrics_path: str = "/metrics"
     content_type: str = "application/json"
+    ready_body: str | None = None  # ready once the health reply is 200 and holds this text (else 200 alone)
     keep_alive: bool = True  # False: each request on a connection of its own (`Connection: close`)
+    scratch: Callable[[Mapping[str, int]], tuple[Path, ...]] = lambda ports: ()  # written outside the app dir: removed at stop
+    # a page that lags behind the traffic (Ray's): whether it already shows the n predict requests sent
+    shows: Callable[[str, int], bool] = lambda page, n: True
 
 
 # --- BentoML -------------------------------------------------------------------------------------
@@ -341,7 +345,252 @@ LITSERVE = ServerSpec(
     metrics_path="/metrics/",  # where the mount answers; /metrics redirects here (307)
 )
 
-SPECS: dict[str, ServerSpec] = {spec.name: spec for spec in (BENTOML, MLSERVER, KSERVE, LITSERVE)}
+# --- Ray Serve -----------------------------------------------------------------------------------
+# A one-node Ray cluster (`ray start --head`, every port it opens chosen here, the dashboard off, usage
+# stats off) and a Serve application "doubler" at route prefix /double, deployed by a driver that then
+# waits; SIGTERM to the group stops the lot. POST /double {"x": <float>} -> {"y": 2x}.
+# 4xx: the deployment answers a body it cannot read (invalid JSON, no numeric x) with 400 itself.
+# 5xx: the deployment raising answers 500 (Ray Serve's own "Internal Server Error" page).
+# Readiness: /-/healthz answers 200 as soon as the proxy is up, before the application is: the harness
+# waits for /-/routes to list /double. Metrics: on the --metrics-export-port, served by Ray's
+# dashboard agent; Ray pushes them there every metrics_report_interval_ms (10 s by default).
+RAY_DRIVER = '''\
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import ray
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class Doubler:
+    async def __call__(self, request: Request):
+        try:
+            x = float((await request.json())["x"])
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": "expected a JSON body {\\"x\\": <number>}"}, status_code=400)
+        if x < 0:
+            raise ValueError(f"negative input {x}")
+        return {"y": 2 * x}
+
+
+def main():
+    port = {name: os.environ[f"RAY_TEST_{name.upper()}_PORT"] for name in (
+        "http", "metrics", "gcs", "node_manager", "object_manager", "agent_http", "agent_grpc", "runtime_env",
+        "client")}
+    temp = os.environ["RAY_TEST_TEMP_DIR"]  # short: Ray's unix socket paths must fit in 107 bytes
+    shutil.rmtree(temp, ignore_errors=True)
+    subprocess.run([
+        os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+        f"--port={port['gcs']}", f"--node-manager-port={port['node_manager']}",
+        f"--object-manager-port={port['object_manager']}", f"--metrics-export-port={port['metrics']}",
+        f"--dashboard-agent-listen-port={port['agent_http']}", f"--dashboard-agent-grpc-port={port['agent_grpc']}",
+        f"--runtime-env-agent-port={port['runtime_env']}", f"--ray-client-server-port={port['client']}",
+        "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}", "--num-cpus=2",
+        "--object-store-memory=100000000"], check=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    ray.init(address=f"127.0.0.1:{port['gcs']}")
+    serve.start(http_options={"host": "127.0.0.1", "port": int(port["http"])})
+    serve.run(Doubler.bind(), name="doubler", route_prefix="/double")
+    print("serving", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+def _ray_counted(page: str, route: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(sample.value for family in text_string_to_metric_families(page) for sample in family.samples
+               if sample.name == "ray_serve_num_http_requests_total" and sample.labels.get("route") == route)
+
+
+def _ray_temp(ports: Mapping[str, int]) -> Path:
+    return Path(f"/tmp/ray-{ports['gcs']}")  # short: Ray's unix socket paths in it must fit in 107 bytes
+
+
+RAY = ServerSpec(
+    name="ray",
+    version="2.60.0",
+    pins=("ray[serve]==2.60.0",),
+    files={"driver.py": RAY_DRIVER},
+    ports=("http", "metrics", "gcs", "node_manager", "object_manager", "agent_http", "agent_grpc", "runtime_env",
+           "client"),
+    command=lambda bin, app, ports: [str(bin / "python"), str(app / "driver.py")],
+    env=lambda app, ports: {**{f"RAY_TEST_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+                            "RAY_TEST_TEMP_DIR": str(_ray_temp(ports)), "RAY_USAGE_STATS_ENABLED": "0",
+                            # Ray turns --node-ip-address=127.0.0.1 into the host's own address (its
+                            # processes then talk over it) unless clusters are off, as on macOS: loopback
+                            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+    metrics_port="metrics",
+    health_path="/-/routes",  # 200 {} from the proxy's start; lists /double once the app is running
+    ready_body='"/double"',
+    predict_path="/double",
+    good=lambda x: json.dumps({"x": x}).encode(),
+    answer=lambda body: float(json.loads(body)["y"]),
+    client_error=b'{"x": ',  # invalid JSON: the deployment answers 400
+    server_error=b'{"x": -1}',  # the deployment raises ValueError: 500
+    scratch=lambda ports: (_ray_temp(ports),),  # its sessions' logs and sockets
+    shows=lambda page, n: _ray_counted(page, "/double") == n,
+)
+
+# --- TorchServe ----------------------------------------------------------------------------------
+# TorchServe 0.12 (a Java frontend, the jar inside the wheel, needs Java 17: Debian's
+# openjdk-17-jre-headless; a Python worker that imports torch: the CPU wheel) serving the model
+# "doubler" from a model store in TorchServe's no-archive form (a directory with MAR-INF/MANIFEST.json)
+# and a function handler. POST /predictions/doubler {"x": <float>} -> {"y": 2x}. Every address on
+# 127.0.0.1 (inference, management, metrics, both gRPC ports); token authorization off; Prometheus mode.
+# 4xx: TorchServe hands the body to the handler as it is (JSON it cannot parse as bytes): the handler
+# refuses what it cannot read with PredictionException(..., 400).  5xx: the handler raising anything
+# else answers 503 {"code": 503, "type": "InternalServerException", "message": "Prediction failed"}.
+# torch==2.13.0 installs the CPU wheel this machine keeps in pip's find-links (/opt/wheels, 2.13.0+cpu
+# sorts above PyPI's 2.13.0); elsewhere pip would fetch PyPI's, with its CUDA libraries.
+TORCHSERVE_HANDLER = '''\
+from ts.utils.util import PredictionException
+
+
+def handle(data, context):
+    if data is None:  # the call at load time
+        return None
+    out = []
+    for row in data:
+        body = row.get("body", row.get("data"))
+        if not isinstance(body, dict) or not isinstance(body.get("x"), (int, float)):
+            raise PredictionException("expected a JSON body {\\"x\\": <number>}", 400)
+        if body["x"] < 0:
+            raise ValueError(f"negative input {body['x']}")
+        out.append({"y": 2 * body["x"]})
+    return out
+'''
+
+
+def _torchserve_config(app: Path, ports: Mapping[str, int]) -> list[str]:
+    config = app / "config.properties"
+    config.write_text("".join(f"{k}={v}\n" for k, v in {
+        "inference_address": f"http://{LOOPBACK}:{ports['http']}",
+        "management_address": f"http://{LOOPBACK}:{ports['management']}",
+        "metrics_address": f"http://{LOOPBACK}:{ports['metrics']}",
+        "grpc_inference_address": LOOPBACK, "grpc_inference_port": ports["grpc"],
+        "grpc_management_address": LOOPBACK, "grpc_management_port": ports["grpc_management"],
+        "initial_worker_port": ports["worker"],  # names its worker's unix socket (/tmp/.ts.sock.<port>)
+        "metrics_mode": "prometheus", "disable_token_authorization": "true",
+        "model_store": app / "model-store", "load_models": "doubler=doubler",
+        "default_workers_per_model": 1, "install_py_dep_per_model": "false",
+    }.items()))
+    return ["--ts-config", str(config)]
+
+
+TORCHSERVE = ServerSpec(
+    name="torchserve",
+    version="0.12.0",
+    pins=("torchserve==0.12.0", "torch==2.13.0", "pyyaml==6.0.3", "numpy==2.4.6"),
+    files={
+        "model-store/doubler/MAR-INF/MANIFEST.json": json.dumps({
+            "runtime": "python", "archiverVersion": "0.12.0",
+            "model": {"modelName": "doubler", "handler": "handler.py", "modelVersion": "1.0"}}) + "\n",
+        "model-store/doubler/handler.py": TORCHSERVE_HANDLER,
+    },
+    ports=("http", "management", "metrics", "grpc", "grpc_management", "worker"),
+    command=lambda bin, app, ports: [str(bin / "torchserve"), "--start", "--foreground", "--ncs",
+                                     *_torchserve_config(app, ports)],
+    env=lambda app, ports: {"LOG_LOCATION": str(app / "logs"), "METRICS_LOCATION": str(app / "logs")},
+    metrics_port="metrics",
+    health_path="/ping",  # {"status": "Healthy"} once its worker is up (the frontend answers before)
+    ready_body="Healthy",
+    predict_path="/predictions/doubler",
+    good=lambda x: json.dumps({"x": x}).encode(),
+    answer=lambda body: float(json.loads(body)["y"]),
+    client_error=b'{"x": ',  # not JSON: the handler refuses it, 400
+    server_error=b'{"x": -1}',  # the handler raises ValueError: 503
+    scratch=lambda ports: (Path(f"/tmp/.ts.sock.{ports['worker']}"),),  # its worker's unix socket
+)
+
+# --- PyTriton (Triton Inference Server) ----------------------------------------------------------
+# nvidia-pytriton 0.7 runs the Triton Inference Server binary shipped in its wheel, with a Python
+# function bound as model "doubler" (one FP64 input x, one output y, batching up to 8); Triton's own
+# HTTP (KServe V2 protocol), gRPC and metrics servers, each on 127.0.0.1, GPU metrics off. Triton's
+# Python backend stub links against libpython: LD_LIBRARY_PATH holds the interpreter's lib dir.
+# POST /v2/models/doubler/infer {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [x]}]}.
+# 4xx: a request Triton can read but that does not fit the model (another datatype, input name or
+# shape, a batch over 8): 400, before the model.  5xx: the function raising answers 500; but so does a
+# body Triton cannot parse (not JSON, no "inputs", data not matching its shape): 500 "failed to parse
+# the request JSON buffer", before the model too. Health: /v2/health/ready, /v2/models/doubler/ready.
+# Metrics: on their own port (default 8002): nv_inference_request_success, _failure{reason}, durations
+# (of the successful requests only), nv_cpu_*; what Triton refuses before scheduling is in none of them.
+PYTRITON_SERVICE = '''\
+import os
+import pathlib
+import shutil
+
+import numpy as np
+from pytriton.decorators import batch
+from pytriton.model_config import ModelConfig, Tensor
+from pytriton.triton import Triton, TritonConfig
+
+
+@batch
+def infer(x):
+    if (x < 0).any():
+        raise ValueError(f"negative input {x.tolist()}")
+    return {"y": x * 2}
+
+
+workspace = pathlib.Path(os.environ["PT_WORKSPACE"])
+shutil.rmtree(workspace, ignore_errors=True)  # a stopped PyTriton leaves its own; it wants a new one
+config = TritonConfig(
+    http_address="127.0.0.1", http_port=int(os.environ["PT_HTTP_PORT"]),
+    grpc_address="127.0.0.1", grpc_port=int(os.environ["PT_GRPC_PORT"]),
+    metrics_address="127.0.0.1", metrics_port=int(os.environ["PT_METRICS_PORT"]),
+    allow_gpu_metrics=False, allow_sagemaker=False, allow_vertex_ai=False)
+with Triton(config=config, workspace=workspace) as triton:
+    triton.bind(model_name="doubler", infer_func=infer,
+                inputs=[Tensor(name="x", dtype=np.float64, shape=(1,))],
+                outputs=[Tensor(name="y", dtype=np.float64, shape=(1,))],
+                config=ModelConfig(max_batch_size=8))
+    triton.serve()
+'''
+
+
+def _pytriton_env(app: Path, ports: Mapping[str, int]) -> dict[str, str]:
+    libdir = Path(sys.base_prefix) / "lib"  # the venv's interpreter's own: libpython3.X.so
+    return {"PT_HTTP_PORT": str(ports["http"]), "PT_GRPC_PORT": str(ports["grpc"]),
+            "PT_METRICS_PORT": str(ports["metrics"]), "PT_WORKSPACE": str(app / "workspace"),
+            "LD_LIBRARY_PATH": os.pathsep.join(filter(None, (str(libdir), os.environ.get("LD_LIBRARY_PATH"))))}
+
+
+def _v2_fp64(x: float) -> bytes:
+    return json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [x]}]}).encode()
+
+
+PYTRITON = ServerSpec(
+    name="pytriton",
+    version="0.7.0",
+    pins=("nvidia-pytriton==0.7.0", "numpy==1.26.4"),
+    files={"service.py": PYTRITON_SERVICE},
+    ports=("http", "grpc", "metrics"),
+    command=lambda bin, app, ports: [str(bin / "python"), str(app / "service.py")],
+    env=_pytriton_env,
+    metrics_port="metrics",
+    health_path="/v2/models/doubler/ready",
+    predict_path="/v2/models/doubler/infer",
+    good=_v2_fp64,
+    answer=lambda body: float(json.loads(body)["outputs"][0]["data"][0]),
+    # FP32 where the model takes FP64: 400 (not JSON would be a 500, see above)
+    client_error=json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}).encode(),
+    server_error=_v2_fp64(-1.0),  # the function raises ValueError: 500
+)
+
+SPECS: dict[str, ServerSpec] = {spec.name: spec for spec in (BENTOML, MLSERVER, KSERVE, LITSERVE, RAY, TORCHSERVE,
+                                                                   PYTRITON)}
 
 
 # --- virtualenvs ---------------------------------------------------------------------------------
@@ -418,6 +667,41 @@ def _free_ports(names: tuple[str, ...]) -> dict[str, int]:
     return ports
 
 
+def session_members(sid: int) -> list[int]:
+    """The live processes of session `sid` (a server is started in a session of its own, so this is the
+    server and everything it started, whatever process groups they made)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        state, _ppid, _pgrp, session = stat[stat.rindex(")") + 2:].split()[:4]
+        if int(session) == sid and state not in ("Z", "X"):
+            members.append(int(entry))
+    return members
+
+
+def shared_memory_of(pids: list[int]) -> set[Path]:
+    """The files under /dev/shm that these processes have mapped or open."""
+    found: set[Path] = set()
+    for pid in pids:
+        try:
+            for line in Path("/proc", str(pid), "maps").read_text().splitlines():
+                name = line.split(maxsplit=5)[5:]
+                if name and name[0].startswith("/dev/shm/") and not name[0].endswith(" (deleted)"):
+                    found.add(Path(name[0]))
+            for fd in Path("/proc", str(pid), "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("/dev/shm/") and not target.endswith(" (deleted)"):
+                    found.add(Path(target))
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
 class RunningServer:
     """A started server. `health_probes` counts, by status, the health requests it answered since its
     last (re)start: the readiness polls and `probe_health` calls (a server may count them: BentoML does)."""
@@ -482,7 +766,8 @@ class RunningServer:
             try:
                 # wait as long as the deadline allows: a probe given up on while it sat in the listening
                 # socket's backlog would still be answered (and counted, by BentoML) once a worker is up
-                if self.probe_health(timeout=max(1.0, deadline - time.monotonic())) == 200:
+                reply = self._get_health(timeout=max(1.0, deadline - time.monotonic()))
+                if reply.status_code == 200 and (self.spec.ready_body is None or self.spec.ready_body in reply.text):
                     return
             except requests.RequestException:
                 pass  # not listening yet
@@ -490,11 +775,23 @@ class RunningServer:
                 raise TimeoutError(self._failure(f"did not answer 200 on {self.url}{self.health_path} within {READY_TIMEOUT:.0f}s"))
             time.sleep(0.25)  # poll interval
 
+    def _get_health(self, timeout: float) -> requests.Response:
+        reply = requests.get(self.url + self.health_path, timeout=timeout)
+        self.health_probes[reply.status_code] += 1
+        return reply
+
     def probe_health(self, timeout: float = 10) -> int:
         """One GET of the health route; its status (also counted in `health_probes`)."""
-        status = requests.get(self.url + self.health_path, timeout=timeout).status_code
-        self.health_probes[status] += 1
-        return status
+        return self._get_health(timeout).status_code
+
+    def settled_metrics(self, sent: int, timeout: float = 60.0) -> str:
+        """The page once it shows the `sent` predict requests (at once, but for a page that lags: Ray's)."""
+        deadline = time.monotonic() + timeout
+        while not self.spec.shows(page := self.metrics(), sent):
+            if time.monotonic() > deadline:
+                raise TimeoutError(self._failure(f"its page did not show the {sent} requests sent within {timeout:.0f}s"))
+            time.sleep(0.5)  # poll interval
+        return page
 
     def metrics(self) -> str:
         """The server's own metrics page, as text."""
@@ -503,11 +800,15 @@ class RunningServer:
         return reply.text
 
     def stop(self) -> None:
-        """SIGTERM to the server's process group (its workers too), SIGKILL if still there after 30 s."""
+        """SIGTERM to the server's process group (its workers too), SIGKILL if still there after 30 s; then
+        SIGKILL to whatever is left of the session it was started in (workers that made process groups
+        of their own: Ray's), waiting until they are gone; then its scratch paths go, and the files in
+        /dev/shm its processes had open or mapped (PyTriton's and Triton's, left behind when killed)."""
         self.session.close()
         proc, self.proc = self.proc, None
         if proc is None:
             return
+        shared = shared_memory_of(session_members(proc.pid))  # what a killed server cannot unlink itself
         if proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -521,6 +822,21 @@ class RunningServer:
         except (ProcessLookupError, PermissionError):
             pass
         proc.wait(timeout=STOP_TIMEOUT)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while left := session_members(proc.pid):
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(self._failure(f"left processes {left} running after it stopped"))
+            time.sleep(0.1)  # poll interval: SIGKILL takes effect at once, the exit a moment later
+        for path in (*self.spec.scratch(self.ports), *shared):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
     def restart(self) -> RunningServer:
         """Stop, then start again on the same ports (its counters start again from nothing)."""

@@ -26,7 +26,7 @@ def header(spec: real_servers.ServerSpec, server: real_servers.RunningServer, tr
         f"Recorded by tests/record_servers.py (make record-servers): a real {spec.name} {spec.version}",
         f"(pip install {' '.join(spec.pins)}), serving the harness's model (doubles x, raises on x < 0),",
         f"on 127.0.0.1; GET {spec.metrics_path} on {'its own metrics port' if spec.metrics_port != 'http' else 'the serving port'},"
-        " scraped once after this traffic, from a fresh start:",
+        " scraped once after this traffic (once the page showed it), from a fresh start:",
         f"  {truth.health_probes.total()} health probes GET {truth.health_path} while it started (answered {probes});",
         f"  then, one at a time: {truth.good} good POST {truth.predict_path} ({_codes(truth, 'good')}),",
         f"  {truth.client_errors} malformed ({_codes(truth, 'client_error')}: {spec.client_error.decode()!r}),",
@@ -45,7 +45,7 @@ def record(spec: real_servers.ServerSpec) -> Path:
         server = real_servers.start(spec, Path(workdir))
         try:
             truth = real_servers.drive(server, **TRAFFIC)
-            page = server.metrics()
+            page = server.settled_metrics(truth.total)
         finally:
             server.stop()
     out = FIXTURES / f"{spec.name}-real.prom"

@@ -1,12 +1,14 @@
 """The real-server harness (tests/real_servers.py) against the servers' OWN metrics pages: real BentoML,
-MLServer, KServe and LitServe (instrumented as its docs show) from PyPI, each in a venv of its own
-(made once under .cache/server-venvs/), on 127.0.0.1, driven with known traffic. What each server
-counts, and under which labels, is asserted as observed."""
+MLServer, KServe, TorchServe, LitServe (instrumented as its docs show) and Ray Serve (marked heavy_server) from
+PyPI, each in a venv of its own (made once under .cache/server-venvs/), on 127.0.0.1, driven with
+known traffic. What each server counts, and under which labels, is asserted as observed."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +18,7 @@ import requests
 
 import real_servers
 from conftest import samples
-from real_servers import BENTOML, KSERVE, LITSERVE, MLSERVER, drive, ensure_venv, start
+from real_servers import BENTOML, KSERVE, LITSERVE, MLSERVER, PYTRITON, RAY, TORCHSERVE, drive, ensure_venv, start
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +45,27 @@ def kserve_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def litserve_server(tmp_path_factory):
     server = start(LITSERVE, tmp_path_factory.mktemp("litserve"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def torchserve_server(tmp_path_factory):
+    server = start(TORCHSERVE, tmp_path_factory.mktemp("torchserve"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pytriton_server(tmp_path_factory):
+    server = start(PYTRITON, tmp_path_factory.mktemp("pytriton"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_server(tmp_path_factory):
+    server = start(RAY, tmp_path_factory.mktemp("ray"))
     yield server
     server.stop()
 
@@ -317,9 +340,209 @@ def test_litserve_restart_starts_its_counters_afresh(litserve_server):
     assert counted(after, "litserve_http_requests_total", "status_code", route="/predict") == {"200": 10, "422": 2, "500": 2}
 
 
+# --- Ray Serve 2.60 (heavy_server: not in `make test`; `make test-heavy-servers`) --------------------
+# About 110 s from cold (its venv 43 s, a start 10 s on both cores, each report of its metrics 10 s
+# late, three starts here), over the ~90 s a server may cost the default tier.
+
+RAY_EXPORT_WAIT = 60.0  # Ray pushes its metrics to the page every 10 s (metrics_report_interval_ms)
+
+
+def eventually(read, until, timeout: float = RAY_EXPORT_WAIT):
+    """read() again until until(result) holds: what Ray counted reaches its page a report interval later."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = read()
+        if until(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f}s; last read: {result}")
+        time.sleep(0.5)  # poll interval
+
+
+def ray_requests(page: dict, name: str = "ray_serve_num_http_requests_total", code: str = "status_code") -> dict:
+    """{(route, status): count} of one of Ray's per-request counters."""
+    out: Counter = Counter()
+    for (sample, labels), v in page.items():
+        if sample == name:
+            labels = dict(labels)
+            out[(labels["route"], labels[code])] += v
+    return dict(out)
+
+
+@pytest.mark.heavy_server
+def test_ray_counts_every_request_with_its_own_routes(ray_server):
+    """The drive, 3 GETs of /-/healthz and one of an unknown path, on the session's fresh server (the
+    first test to use it: Ray's page is read whole, not as a difference, since it lags)."""
+    truth = drive(ray_server)
+    for _ in range(3):
+        assert requests.get(ray_server.url + "/-/healthz", timeout=10).status_code == 200
+    assert requests.get(ray_server.url + "/no-such-route", timeout=10).status_code == 404
+    assert truth.by_status() == {200: 100, 400: 5, 500: 5}
+    # GET /-/routes until it listed /double: a 503 while the proxy starts is counted too
+    readiness = {("/-/routes", str(code)): n for code, n in ray_server.health_probes.items()}
+    expected = {("/double", "200"): 100, ("/double", "400"): 5, ("/double", "500"): 5,
+                ("/-/healthz", "200"): 3, ("", "404"): 1, **readiness}
+    page = eventually(lambda: scrape(ray_server), lambda page: ray_requests(page) == expected)
+
+    # ray_serve_num_http_requests_total{application, method, route (the route prefix), status_code}, plus
+    # Ray's own labels (Component, NodeAddress, SessionName, Version, WorkerId, otel_scope_*): its own
+    # /-/healthz and /-/routes are counted, with application "", and so is a path no application serves,
+    # with route "" too
+    assert {k for labels in label_sets(page, "ray_serve_num_http_requests_total") for k in labels} >= {
+        "application", "method", "route", "status_code"}
+    assert counted(page, "ray_serve_num_http_requests_total", "application", route="/double") == {"doubler": 110}
+    assert counted(page, "ray_serve_num_http_requests_total", "application", route="/-/healthz") == {"": 3}
+    # its "error" counter holds the 4xx and the 5xx alike, by error_code
+    assert ray_requests(page, "ray_serve_num_http_error_requests_total", "error_code") == {
+        ("/double", "400"): 5, ("/double", "500"): 5, ("", "404"): 1,
+        **{route: n for route, n in readiness.items() if route[1] != "200"}}
+    # the latency histogram counts the same requests; its _sum is rebuilt from its buckets' midpoints
+    assert ray_requests(page, "ray_serve_http_request_latency_ms_count") == expected
+    for status in ("200", "400", "500"):
+        match = {"route": "/double", "status_code": status}
+        buckets = sorted((float(dict(labels)["le"]), v) for (sample, labels), v in page.items()
+                         if sample == "ray_serve_http_request_latency_ms_bucket"
+                         and all(dict(labels).get(k) == w for k, w in match.items()))
+        midpoints, low, below = 0.0, 0.0, 0.0
+        for bound, cumulative in buckets[:-1]:
+            midpoints += (cumulative - below) * (low + bound) / 2
+            low, below = bound, cumulative
+        assert buckets[-1] == (float("inf"), below)  # nothing slower than the last finite bound
+        assert sum(counted(page, "ray_serve_http_request_latency_ms_sum", "route", **match).values()) == pytest.approx(midpoints)
+    # a Serve page names its replicas' health from the start
+    assert counted(page, "ray_serve_deployment_replica_healthy", "deployment", application="doubler") == {"Doubler": 1}
+
+
+# --- TorchServe 0.12 ------------------------------------------------------------------------------
+
+def ts_server_wide(page: dict) -> dict[str, float]:
+    out: Counter = Counter()
+    for (sample, labels), v in page.items():
+        if sample in ("Requests2XX_total", "Requests4XX_total", "Requests5XX_total"):
+            assert {k for k, _ in labels} == {"Level", "Hostname"} and dict(labels)["Level"] == "Host"
+            out[sample.removesuffix("_total")] += v
+    return out
+
+
+def test_torchserve_counts_every_prediction_and_its_statuses_server_wide(torchserve_server):
+    before = scrape(torchserve_server)
+    truth = drive(torchserve_server)
+    after = scrape(torchserve_server)
+
+    assert truth.by_status() == {200: 100, 400: 5, 503: 5}
+    # per model: ts_inference_requests_total{model_name, model_version="default", hostname}, every
+    # prediction whatever its outcome, and the sum of their latencies (a counter, in microseconds)
+    assert label_sets(after, "ts_inference_requests_total") == {("hostname", "model_name", "model_version")}
+    def model(page, name):
+        return counted(page, name, "model_version", model_name="doubler")
+    assert grew(model(after, "ts_inference_requests_total"), model(before, "ts_inference_requests_total")) == {"default": 110}
+    assert model(after, "ts_inference_latency_microseconds_total")["default"] > model(before, "ts_inference_latency_microseconds_total")["default"]
+    # by status class: Requests2XX/4XX/5XX{Level="Host", Hostname}, no model label; the scrape in
+    # between is counted as a 2XX once answered
+    assert grew(ts_server_wide(after), ts_server_wide(before)) == {"Requests2XX": 101, "Requests4XX": 5, "Requests5XX": 5}
+
+
+def test_torchserve_counts_pings_scrapes_and_any_4xx_in_its_server_wide_counters(torchserve_server):
+    before = scrape(torchserve_server)
+    for _ in range(3):
+        assert torchserve_server.probe_health() == 200  # GET /ping
+    assert requests.get(torchserve_server.url + "/no-such-route", timeout=10).status_code == 404
+    assert requests.get(torchserve_server.url + "/predictions/nosuch", timeout=10).status_code == 404
+    management = f"http://127.0.0.1:{torchserve_server.ports['management']}"
+    assert requests.get(management + "/models", timeout=10).status_code == 200
+    assert requests.get(management + "/models/nosuch", timeout=10).status_code == 404
+    after = scrape(torchserve_server)
+    # not predictions: ts_inference_requests_total did not move; every API's statuses (the management
+    # API's too) and every unknown path are in the server-wide classes
+    assert grew(counted(after, "ts_inference_requests_total", "model_name"), counted(before, "ts_inference_requests_total", "model_name")) == {}
+    assert grew(ts_server_wide(after), ts_server_wide(before)) == {"Requests2XX": 5, "Requests4XX": 3}
+
+
+def test_torchserve_restart_starts_its_counters_afresh(torchserve_server):
+    ports = dict(torchserve_server.ports)
+    drive(torchserve_server, good=3, client_errors=1, server_errors=1)
+    torchserve_server.restart()
+    assert torchserve_server.ports == ports
+
+    fresh = scrape(torchserve_server)
+    # every family is declared from the start (TYPE lines); the readiness pings alone have samples
+    assert ts_server_wide(fresh) == {"Requests2XX": torchserve_server.health_probes[200]}
+    assert not counted(fresh, "ts_inference_requests_total", "model_name")
+    assert "# TYPE ts_inference_requests_total counter" in torchserve_server.metrics()
+    drive(torchserve_server, good=10, client_errors=2, server_errors=2)
+    after = scrape(torchserve_server)
+    assert counted(after, "ts_inference_requests_total", "model_name") == {"doubler": 14}
+    assert {k: v for k, v in ts_server_wide(after).items() if k != "Requests2XX"} == {"Requests4XX": 2, "Requests5XX": 2}
+
+
+# --- PyTriton 0.7 (Triton Inference Server) --------------------------------------------------------
+
+NV = ("nv_inference_request_success_total", "nv_inference_count_total", "nv_inference_exec_count_total",
+      "nv_inference_request_duration_us_total")
+
+
+def nv_counts(page: dict) -> dict[str, float]:
+    """Triton's per-model counters for doubler version 1, failures by reason."""
+    out = {name: counted(page, name, "model", version="1")["doubler"] for name in NV}
+    for reason, n in counted(page, "nv_inference_request_failure_total", "reason", model="doubler", version="1").items():
+        out[f"failure {reason}"] = n
+    return out
+
+
+def test_pytriton_counts_what_reaches_the_model(pytriton_server):
+    before = nv_counts(scrape(pytriton_server))
+    truth = drive(pytriton_server)
+    after = nv_counts(scrape(pytriton_server))
+
+    assert truth.by_status() == {200: 100, 400: 5, 500: 5}
+    moved = {k: after[k] - before.get(k, 0) for k in after}
+    # the 5 with the wrong datatype are refused (400) before scheduling: in no counter; the 5 the
+    # function raised on are failures with reason BACKEND; durations are the successful requests' only
+    assert moved["nv_inference_request_success_total"] == 100
+    assert moved["nv_inference_count_total"] == 100  # inferences (batch items), one per request here
+    assert {k: v for k, v in moved.items() if k.startswith("failure")} == {
+        "failure BACKEND": 5, "failure CANCELED": 0, "failure OTHER": 0, "failure REJECTED": 0}
+    assert moved["nv_inference_exec_count_total"] == 105  # the raising ones were executed too
+    assert moved["nv_inference_request_duration_us_total"] > 0
+
+
+def test_pytriton_answers_unparsable_bodies_500_and_counts_them_nowhere(pytriton_server):
+    before = nv_counts(scrape(pytriton_server))
+    headers = {"Content-Type": "application/json"}
+    for body in (b'{"inputs": ', b"{}", json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [1, 2]}]}).encode()):
+        reply = pytriton_server.session.post(pytriton_server.predict_url, data=body, headers=headers, timeout=10)
+        assert reply.status_code == 500, reply.text  # a client's mistake, answered as a server error
+    for body in (json.dumps({"inputs": [{"name": "z", "shape": [1, 1], "datatype": "FP64", "data": [1]}]}).encode(),
+                 json.dumps({"inputs": [{"name": "x", "shape": [9, 1], "datatype": "FP64", "data": [1] * 9}]}).encode()):
+        assert pytriton_server.session.post(pytriton_server.predict_url, data=body, headers=headers, timeout=10).status_code == 400
+    for path in ("/v2/health/ready", "/v2/health/live", "/v2/models/doubler/ready", "/v2/models/doubler"):
+        assert requests.get(pytriton_server.url + path, timeout=10).status_code == 200
+    assert requests.get(pytriton_server.url + "/v2", timeout=10).json()["version"] == "2.51.0"  # the Triton inside
+    assert nv_counts(scrape(pytriton_server)) == before
+    # CPU utilization as a ratio (0-1) and memory in bytes, without any GPU
+    page = scrape(pytriton_server)
+    assert 0 <= page[("nv_cpu_utilization", ())] <= 1 and page[("nv_cpu_memory_total_bytes", ())] > 0
+
+
+def test_pytriton_restart_starts_its_counters_afresh(pytriton_server):
+    ports = dict(pytriton_server.ports)
+    drive(pytriton_server, good=3, client_errors=1, server_errors=1)
+    pytriton_server.restart()
+    assert pytriton_server.ports == ports
+    fresh = nv_counts(scrape(pytriton_server))
+    # every series is there at 0 from the start, failures by each reason
+    assert fresh == {**{name: 0 for name in NV}, "failure BACKEND": 0, "failure CANCELED": 0, "failure OTHER": 0,
+                     "failure REJECTED": 0}
+    drive(pytriton_server, good=10, client_errors=2, server_errors=2)
+    after = nv_counts(scrape(pytriton_server))
+    assert after["nv_inference_request_success_total"] == 10 and after["failure BACKEND"] == 2
+
+
 # --- the harness itself ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE, TORCHSERVE, PYTRITON,
+                                  pytest.param(RAY, marks=pytest.mark.heavy_server)],
+                         ids=lambda s: s.name)
 def test_venv_has_the_pins_and_is_reused(spec):
     venv = ensure_venv(spec)
     assert venv == real_servers.VENVS / f"{spec.name}-{spec.version}"
@@ -328,7 +551,7 @@ def test_venv_has_the_pins_and_is_reused(spec):
     versions = subprocess.run(
         [str(venv / "bin" / "python"), "-c",
          "import importlib.metadata as m, sys; print(*(m.version(p) for p in sys.argv[1:]))",
-         spec.name, *(["uvloop"] if spec is MLSERVER else [])],
+         spec.pins[0].split("==")[0].split("[")[0], *(["uvloop"] if spec is MLSERVER else [])],
         capture_output=True, text=True, check=True).stdout.split()
     assert versions[0] == spec.version
     if spec is MLSERVER:
@@ -360,10 +583,16 @@ RECORDED = {  # server -> (its request counter, route label, route, status label
     # KServe has no status label: predict() calls by model, the 5 refused before it left out
     "kserve": ("request_predict_seconds_count", "model_name", "doubler", "model_name", {"doubler": 105}),
     "litserve": ("litserve_http_requests_total", "route", "/predict", "status_code", {"200": 100, "422": 5, "500": 5}),
+    "ray": ("ray_serve_num_http_requests_total", "route", "/double", "status_code", {"200": 100, "400": 5, "500": 5}),
+    # TorchServe's per-model counter has no status label: the 110 predictions by model
+    "torchserve": ("ts_inference_requests_total", "model_name", "doubler", "model_name", {"doubler": 110}),
+    # Triton: what reached the model; the 5 refused with 400 are in no counter
+    "pytriton": ("nv_inference_request_failure_total", "model", "doubler", "reason",
+                 {"BACKEND": 5, "CANCELED": 0, "OTHER": 0, "REJECTED": 0}),
 }
 
 
-@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [BENTOML, MLSERVER, KSERVE, LITSERVE, RAY, TORCHSERVE, PYTRITON], ids=lambda s: s.name)
 def test_recorded_page_is_the_real_servers_after_the_drive(spec):
     from record_servers import FIXTURES
 
@@ -371,10 +600,13 @@ def test_recorded_page_is_the_real_servers_after_the_drive(spec):
     assert f"a real {spec.name} {spec.version}" in text.splitlines()[0]  # re-record when a pin moves
     name, route_label, route, status_label, expected = RECORDED[spec.name]
     assert counted(samples(text), name, status_label, **{route_label: route}) == expected
+    if spec is PYTRITON:
+        assert counted(samples(text), "nv_inference_request_success_total", "model") == {"doubler": 100}
 
 
 # --- the exporter's figures against the truth, with the shipped presets and no metrics_labels ----------
-def exporter_source(server, preset: str, custom: dict | None = None, metrics_url: str | None = None):
+def exporter_source(server, preset: str, custom: dict | None = None, metrics_url: str | None = None,
+                    probe_path: str | None = None):
     from mlops_kpi_exporter.config import config_from_dict
     from mlops_kpi_exporter.pricing import Pricer
     from mlops_kpi_exporter.sources.endpoints import EndpointSource
@@ -382,7 +614,7 @@ def exporter_source(server, preset: str, custom: dict | None = None, metrics_url
     config = config_from_dict({"mlflow": {"tracking_uri": "sqlite:///unused.db"}, "endpoints": [{
         "name": "real", "url": server.url, "metrics_url": metrics_url or server.metrics_url, "preset": preset,
         **({"custom": custom} if custom is not None else {}),
-        "probe": {"path": server.health_path, "interval": "5s", "timeout": "5s"}}]})
+        "probe": {"path": probe_path or server.health_path, "interval": "5s", "timeout": "5s"}}]})
     return EndpointSource(config.endpoints[0], config, Pricer(config.pricing))
 
 
@@ -404,7 +636,8 @@ def shown(m: dict, name: str) -> float:
     return m[(name, (("endpoint", "real"),))]
 
 
-@pytest.mark.parametrize("fixture, preset", [("bentoml_server", "bentoml"), ("mlserver_server", "mlserver")])
+@pytest.mark.parametrize("fixture, preset", [("bentoml_server", "bentoml"), ("mlserver_server", "mlserver"),
+                                             ("torchserve_server", "torchserve")])
 def test_the_exporter_counts_what_the_server_did(request, fixture, preset):
     """100 good, 5 malformed, 5 raising, the exporter probing the health route between its reads:
     requests 110, errors 5 (server faults), client errors 5, latency observations 110; and after an
@@ -503,3 +736,63 @@ def test_the_exporter_counts_litserve_with_the_readmes_custom_mapping(litserve_s
     assert shown(m, "mlops_endpoint_requests_total") == 220
     assert shown(m, "mlops_endpoint_errors_total") == 10
     assert shown(m, "mlops_endpoint_client_errors_total") == 10
+
+
+@pytest.mark.heavy_server
+def test_the_exporter_counts_ray_serve_with_the_readmes_custom_mapping(ray_server):
+    """The README's Ray Serve mapping, the exporter probing /-/healthz (which Ray counts): 110 requests,
+    5 errors, 5 client errors, 110 latency observations once Ray has pushed them to its page; after a
+    restart of the whole cluster, the same again on top."""
+    example = readme_example("For example Ray Serve:")
+    assert example["preset"] == "custom"
+    server = ray_server.restart()
+    source = exporter_source(server, "custom", custom=example["custom"], probe_path="/-/healthz")
+    figures(source)  # a just-started Ray may have no Serve series on its page yet: unmatched, for a moment
+
+    def settled(want: tuple[int, int, int, int]):
+        return eventually(lambda: figures(source), lambda m: shown(m, "mlops_endpoint_metrics_up") == 1 and (
+            shown(m, "mlops_endpoint_requests_total"), shown(m, "mlops_endpoint_errors_total"),
+            shown(m, "mlops_endpoint_client_errors_total"), shown(m, "mlops_endpoint_request_duration_seconds_count"),
+        ) == want)
+
+    drive(server)
+    m = settled((110, 5, 5, 110))
+    assert shown(m, "mlops_endpoint_up") == 1
+    assert m[("mlops_endpoint_request_duration_seconds_bucket", (("endpoint", "real"), ("le", "+Inf")))] == 110
+    assert 0 < m[("mlops_endpoint_utilization_ratio", (("endpoint", "real"), ("resource", "cpu")))] <= 1
+    # the probes were counted by Ray, under /-/healthz: left out
+    assert ray_requests(scrape(server)).get(("/-/healthz", "200"), 0) >= 1
+    server.restart()
+    figures(source)
+    drive(server)
+    settled((220, 10, 10, 220))
+    # the restarted cluster counts from nothing: its page holds the second drive alone
+    assert {k: v for k, v in ray_requests(scrape(server)).items() if k[0] == "/double"} == {
+        ("/double", "200"): 100, ("/double", "400"): 5, ("/double", "500"): 5}
+
+
+def test_the_exporter_counts_what_reaches_triton(pytriton_server):
+    """The triton preset on PyTriton by design: requests are what Triton scheduled (105: the 5 it refused
+    with 400 before the model are not on its page), errors its failures (the 5 the function raised on),
+    no client errors (Triton has no status series), latency the successful requests' (100); after a
+    restart, the same again on top."""
+    server = pytriton_server.restart()
+    source = exporter_source(server, "triton")
+    m = figures(source)
+    assert shown(m, "mlops_endpoint_metrics_up") == 1
+    drive(server)
+    for _ in range(3):
+        m = figures(source)
+    assert shown(m, "mlops_endpoint_up") == 1 and shown(m, "mlops_endpoint_metrics_up") == 1
+    assert shown(m, "mlops_endpoint_requests_total") == 105
+    assert shown(m, "mlops_endpoint_errors_total") == 5
+    assert not [name for name, _ in m if name.startswith("mlops_endpoint_client_errors")]
+    assert shown(m, "mlops_endpoint_request_duration_seconds_count") == 100
+    assert 0 < shown(m, "mlops_endpoint_request_duration_seconds_sum") < 100  # microseconds read as seconds
+    assert 0 <= m[("mlops_endpoint_utilization_ratio", (("endpoint", "real"), ("resource", "cpu")))] <= 1
+    server.restart()
+    figures(source)
+    drive(server)
+    m = figures(source)
+    assert shown(m, "mlops_endpoint_requests_total") == 210
+    assert shown(m, "mlops_endpoint_errors_total") == 10

@@ -45,9 +45,10 @@ PRESETS: dict[str, CustomMapping] = {
         latency_histogram=_sel("rest_server_request_duration_seconds", path=INFER_ROUTES),
         identified_by=["parallel_request_queue", "rest_server_requests_in_progress"],  # before any request
     ),
-    "torchserve": CustomMapping(
+    "torchserve": CustomMapping(  # TorchServe 0.12: every prediction request, whatever its outcome
         requests=[_sel("ts_inference_requests_total")],
-        errors=[_sel("Requests5XX")],  # server-wide: no model label (see Traffic, per model)
+        # server-wide: no model label (see Traffic, per model), and every API's (a 404 anywhere too)
+        errors=[_sel("Requests5XX")],
         client_errors=[_sel("Requests4XX")],
         latency_sum=_sel("ts_inference_latency_microseconds", scale=1e-6),
         latency_count=_sel("ts_inference_requests_total"),
