@@ -249,3 +249,18 @@ def moto_server(monkeypatch):
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+# Real model servers over ~90 s and hundreds of MiB from cold (TorchServe with torch and Java, PyTriton
+# with Triton, Ray Serve): their tests are marked heavy_server, left out of `make test` (and CI), and run
+# by `make test-heavy-servers`.
+HEAVY_SERVERS = ("torchserve", "pytriton", "ray")
+
+
+def pytest_collection_modifyitems(items):
+    import pytest
+
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if any(f"{name}_server" in uses or f"[{name}" in item.nodeid for name in HEAVY_SERVERS):
+            item.add_marker(pytest.mark.heavy_server)
