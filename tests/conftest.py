@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -264,3 +265,20 @@ def pytest_collection_modifyitems(items):
         uses = set(getattr(item, "fixturenames", ()))
         if any(f"{name}_server" in uses or f"[{name}" in item.nodeid for name in HEAVY_SERVERS):
             item.add_marker(pytest.mark.heavy_server)
+
+
+# What a test's own `mlflow server` and client need to stay offline: no model catalog fetched, no
+# telemetry, traces written at once (not from a background queue).
+OFFLINE = {"MLFLOW_MODEL_CATALOG_URI": "", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+           "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false"}
+
+
+@contextlib.contextmanager
+def offline():
+    """OFFLINE set in this process's environment for the block (for module-scoped fixtures), then restored."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as patched:
+        for key, value in OFFLINE.items():
+            patched.setenv(key, value)
+        yield

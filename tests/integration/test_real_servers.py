@@ -21,53 +21,46 @@ from conftest import samples
 from real_servers import BENTOML, KSERVE, LITSERVE, MLSERVER, PYTRITON, RAY, TORCHSERVE, drive, ensure_venv, start
 
 
-@pytest.fixture(scope="session")
-def bentoml_server(tmp_path_factory):
-    server = start(BENTOML, tmp_path_factory.mktemp("bentoml"))
+def _running(spec, tmp_path_factory):
+    """A server of `spec` for the whole session, stopped at its end."""
+    server = start(spec, tmp_path_factory.mktemp(spec.name))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def bentoml_server(tmp_path_factory):
+    yield from _running(BENTOML, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def mlserver_server(tmp_path_factory):
-    server = start(MLSERVER, tmp_path_factory.mktemp("mlserver"))
-    yield server
-    server.stop()
+    yield from _running(MLSERVER, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def kserve_server(tmp_path_factory):
-    server = start(KSERVE, tmp_path_factory.mktemp("kserve"))
-    yield server
-    server.stop()
+    yield from _running(KSERVE, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def litserve_server(tmp_path_factory):
-    server = start(LITSERVE, tmp_path_factory.mktemp("litserve"))
-    yield server
-    server.stop()
+    yield from _running(LITSERVE, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def torchserve_server(tmp_path_factory):
-    server = start(TORCHSERVE, tmp_path_factory.mktemp("torchserve"))
-    yield server
-    server.stop()
+    yield from _running(TORCHSERVE, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def pytriton_server(tmp_path_factory):
-    server = start(PYTRITON, tmp_path_factory.mktemp("pytriton"))
-    yield server
-    server.stop()
+    yield from _running(PYTRITON, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def ray_server(tmp_path_factory):
-    server = start(RAY, tmp_path_factory.mktemp("ray"))
-    yield server
-    server.stop()
+    yield from _running(RAY, tmp_path_factory)
 
 
 def counted(page: dict, name: str, by: str, **match: str) -> Counter[str]:

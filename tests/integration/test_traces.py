@@ -24,19 +24,16 @@ all as MLflow's bundled catalog and ours have them; my-finetune from the config:
 
 from __future__ import annotations
 
-import os
 import uuid
 from datetime import datetime, timezone
 
 import pytest
 
-from conftest import InProcess, MlflowServer, connected, render, samples, value
+from conftest import InProcess, MlflowServer, connected, offline, render, samples, value
 from mlops_kpi_exporter.config import config_from_dict
 from mlops_kpi_exporter.runs import NANO
 from mlops_kpi_exporter.sources.traces import TraceSource
 
-OFFLINE = {"MLFLOW_MODEL_CATALOG_URI": "", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-           "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false"}
 FINETUNE = {"input": 0.50, "cached_input": 0.25, "output": 1.50}
 HOUR = 3600.0
 MS_NS = 1_000_000
@@ -49,22 +46,16 @@ POLLED_AT = WRITTEN_AT + 60
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A `mlflow server` of this module's own, started offline (see the module's docstring)."""
-    saved = {key: os.environ.get(key) for key in OFFLINE}
-    os.environ.update(OFFLINE)
-    srv = MlflowServer(tmp_path_factory.mktemp("mlflow-traces")).start()
     import mlflow
 
-    mlflow.set_tracking_uri(srv.url)
-    try:
-        yield srv
-    finally:
-        mlflow.set_tracking_uri(None)
-        srv.kill()
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
+    with offline():
+        srv = MlflowServer(tmp_path_factory.mktemp("mlflow-traces")).start()
+        mlflow.set_tracking_uri(srv.url)
+        try:
+            yield srv
+        finally:
+            mlflow.set_tracking_uri(None)
+            srv.kill()
 
 
 def usage(inp: int, out: int, cached: int | None = None, written: int | None = None) -> dict:

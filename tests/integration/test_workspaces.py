@@ -7,35 +7,26 @@ nothing, which is what the exporter did before).
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
-from conftest import InProcess, MlflowServer, add_run, value
+from conftest import InProcess, MlflowServer, add_run, offline, value
 from mlops_kpi_exporter.config import config_from_dict
 
 HOUR_MS = 3_600_000
 START_MS = 1_750_000_000_000  # 2025-06-15: a fixed moment, the runs' costs do not depend on today
-OFFLINE = {"MLFLOW_MODEL_CATALOG_URI": "", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-           "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false"}
 M5 = 0.192  # m5.xlarge in the shipped catalog, per hour
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    saved = {key: os.environ.get(key) for key in OFFLINE}
-    os.environ.update(OFFLINE)
-    srv = MlflowServer(tmp_path_factory.mktemp("mlflow-workspaces"), env={"MLFLOW_ENABLE_WORKSPACES": "true"}).start()
-    try:
-        seed(srv)
-        yield srv
-    finally:
-        srv.kill()
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
+    with offline():
+        srv = MlflowServer(tmp_path_factory.mktemp("mlflow-workspaces"), env={"MLFLOW_ENABLE_WORKSPACES": "true"}).start()
+        try:
+            seed(srv)
+            yield srv
+        finally:
+            srv.kill()
 
 
 def seed(srv: MlflowServer) -> None:
