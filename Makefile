@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager chromium openjdk-17-jre-headless
 
-.PHONY: demo test test-heavy-servers unit fuzz generate install system-deps bench record-servers clean
+.PHONY: demo test test-real-servers unit fuzz generate install system-deps bench record-servers clean
 
 # Two installs in one .venv: the demo needs the runtime and the `local` extra (the full MLflow, for its
 # local store); the tests, benches and generators need `test`, which holds all of `local`.
@@ -27,21 +27,19 @@ demo: $(BIN)/.installed-local
 
 # The tests run real promtool/Prometheus/Alertmanager binaries from Debian; as root they are installed here.
 system-deps:
-	@command -v promtool >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 || { \
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && command -v java >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
 	  else echo "Install the Debian packages first: sudo apt-get install -y $(DEBIAN_PACKAGES)"; exit 1; fi; }
 
-# Real model servers that cost over ~90 s from cold (TorchServe, PyTriton, Ray Serve: tests/conftest.py
-# HEAVY_SERVERS) are marked heavy_server: not in `make test` (nor CI), run by `make test-heavy-servers`,
-# which also needs Java 17 for TorchServe (Debian's openjdk-17-jre-headless).
+# The whole suite, real model servers included (their venvs are built in the background as it runs;
+# TorchServe's frontend needs Java 17, Debian's openjdk-17-jre-headless).
 test: install system-deps
-	$(BIN)/pytest -m "not heavy_server"
+	$(BIN)/pytest
 
-test-heavy-servers: install system-deps
-	@command -v java >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
-	  else echo "Install Java 17 first: sudo apt-get install -y openjdk-17-jre-headless"; exit 1; fi; }
-	$(BIN)/pytest -m heavy_server tests/integration/test_real_servers.py
+# The real model servers' tier alone (tests/real_servers.py): each server from PyPI in its own venv.
+test-real-servers: install system-deps
+	$(BIN)/pytest tests/integration/test_real_servers.py
 
 # The quick loop: pure tests only (no MLflow server, Prometheus or browser), in seconds.
 unit: install

@@ -252,19 +252,39 @@ def moto_server(monkeypatch):
         server.stop()
 
 
-# Real model servers over ~90 s and hundreds of MiB from cold (TorchServe with torch and Java, PyTriton
-# with Triton, Ray Serve): their tests are marked heavy_server, left out of `make test` (and CI), and run
-# by `make test-heavy-servers`.
-HEAVY_SERVERS = ("torchserve", "pytriton", "ray")
+# The real model servers' venvs (tests/real_servers.py) take 15 to 60 s each from cold (TorchServe's with
+# torch, PyTriton's with Triton, Ray's): once the session knows which servers its tests use, they are
+# built one after another in the background while the tests before them run. A test that needs one
+# waits for it (ensure_venv's lock) and, if the background build failed, builds it itself and says why.
+_building: dict = {}
 
 
-def pytest_collection_modifyitems(items):
-    import pytest
+def pytest_collection_finish(session):
+    import threading
 
-    for item in items:
-        uses = set(getattr(item, "fixturenames", ()))
-        if any(f"{name}_server" in uses or f"[{name}" in item.nodeid for name in HEAVY_SERVERS):
-            item.add_marker(pytest.mark.heavy_server)
+    from real_servers import SPECS, ensure_venv
+
+    wanted = [spec for name, spec in SPECS.items()
+              if any(f"{name}_server" in getattr(item, "fixturenames", ()) or f"[{name}" in item.nodeid
+                     for item in session.items)]
+    if not wanted:
+        return
+
+    def build():
+        for spec in wanted:
+            if _building.get("stop"):
+                return
+            try:
+                ensure_venv(spec)
+            except Exception:  # noqa: BLE001 - the test that needs it builds it again and reports the error
+                pass
+
+    _building["thread"] = threading.Thread(target=build, name="server-venvs", daemon=True)
+    _building["thread"].start()
+
+
+def pytest_sessionfinish(session):
+    _building["stop"] = True  # no new build after the last test (one under way finishes or dies with us)
 
 
 # What a test's own `mlflow server` and client need to stay offline: no model catalog fetched, no

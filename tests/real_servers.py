@@ -353,7 +353,7 @@ LITSERVE = ServerSpec(
 # 5xx: the deployment raising answers 500 (Ray Serve's own "Internal Server Error" page).
 # Readiness: /-/healthz answers 200 as soon as the proxy is up, before the application is: the harness
 # waits for /-/routes to list /double. Metrics: on the --metrics-export-port, served by Ray's
-# dashboard agent; Ray pushes them there every metrics_report_interval_ms (10 s by default).
+# dashboard agent; Ray pushes them there every metrics_report_interval_ms (10 s by default, 1 s here).
 RAY_DRIVER = '''\
 import os
 import shutil
@@ -428,6 +428,8 @@ RAY = ServerSpec(
     command=lambda bin, app, ports: [str(bin / "python"), str(app / "driver.py")],
     env=lambda app, ports: {**{f"RAY_TEST_{name.upper()}_PORT": str(port) for name, port in ports.items()},
                             "RAY_TEST_TEMP_DIR": str(_ray_temp(ports)), "RAY_USAGE_STATS_ENABLED": "0",
+                            # its metrics reach the page every second, not every 10 s (a RayConfig entry)
+                            "RAY_metrics_report_interval_ms": "1000",
                             # Ray turns --node-ip-address=127.0.0.1 into the host's own address (its
                             # processes then talk over it) unless clusters are off, as on macOS: loopback
                             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
