@@ -259,14 +259,24 @@ def moto_server(monkeypatch):
 _building: dict = {}
 
 
+def _servers_used(item, specs) -> list[str]:
+    return [name for name in specs if f"{name}_server" in getattr(item, "fixturenames", ()) or f"[{name}" in item.nodeid]
+
+
+def pytest_collection_modifyitems(items):
+    """The real servers' tests last (in their own order), so their venvs are built behind the rest."""
+    from real_servers import SPECS
+
+    items.sort(key=lambda item: bool(_servers_used(item, SPECS)))  # stable: every other order kept
+
+
 def pytest_collection_finish(session):
     import threading
 
     from real_servers import SPECS, ensure_venv
 
-    wanted = [spec for name, spec in SPECS.items()
-              if any(f"{name}_server" in getattr(item, "fixturenames", ()) or f"[{name}" in item.nodeid
-                     for item in session.items)]
+    used = {name for item in session.items for name in _servers_used(item, SPECS)}
+    wanted = [spec for name, spec in SPECS.items() if name in used]
     if not wanted:
         return
 
