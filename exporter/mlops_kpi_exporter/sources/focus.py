@@ -21,10 +21,11 @@ import os
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from decimal import localcontext
 from pathlib import Path
 
 from mlops_kpi_exporter import extras
-from mlops_kpi_exporter.bill import COMPUTE_CATEGORIES, MISSING, Costs, FileTotals, add_costs, parse_tags, to_nano
+from mlops_kpi_exporter.bill import COMPUTE_CATEGORIES, EXACT, MISSING, Costs, FileTotals, add_costs, exact, parse_tags
 from mlops_kpi_exporter.config.billing import tag_keys
 from mlops_kpi_exporter.runs import UNTAGGED
 from mlops_kpi_exporter.sources import focus_columnar
@@ -80,12 +81,13 @@ class FocusReader:
                 log.info("%s: read row by row (%s)", name, exc)
         totals = FileTotals()
         rows = self._parquet_rows(path, name) if name.endswith(".parquet") else self._csv_rows(path, name)
-        for number, row in enumerate(rows, start=2):
-            try:
-                self._add_row(totals, row)
-            except (ValueError, TypeError) as exc:
-                raise NotFocus(f"{name}: row {number}: {exc}") from None
-        return totals
+        with localcontext(EXACT):  # exact sums of the rows' amounts, each group rounded once at the end
+            for number, row in enumerate(rows, start=2):
+                try:
+                    self._add_row(totals, row)
+                except (ValueError, TypeError) as exc:
+                    raise NotFocus(f"{name}: row {number}: {exc}") from None
+        return totals.in_nano()
 
     def _add_row(self, totals: FileTotals, row: dict) -> None:
         start, end = _utc(row.get("ChargePeriodStart")), _utc(row.get("ChargePeriodEnd"))
@@ -101,7 +103,7 @@ class FocusReader:
         billed_in = str(row.get("BillingCurrency") or "").strip()
         if billed_in not in MISSING and billed_in != self.currency:
             raise ValueError(f"BillingCurrency {billed_in}, not pricing.currency {self.currency}")
-        costs = [to_nano(row.get(column)) for column in COST_COLUMNS]
+        costs = [exact(row.get(column)) for column in COST_COLUMNS]
         add_costs(totals.costs, (month, provider, service, category), costs)
         tags = parse_tags(row.get("Tags"))
         compute = category in COMPUTE_CATEGORIES
