@@ -134,3 +134,10 @@ def test_a_regular_file_is_never_read_row_by_row(tmp_path, caplog, monkeypatch):
         got = asdict(READER.read(path))
     assert not [r for r in caplog.records if "row by row" in r.getMessage()], caplog.records
     assert got == by_rows(path, monkeypatch)
+
+
+def test_a_file_named_parquet_that_is_none_is_named(tmp_path):
+    path = tmp_path / "bill.parquet"
+    path.write_bytes(b"PAR1 and then nothing of a Parquet file")
+    with pytest.raises(NotFocus, match="bill.parquet: not a Parquet file"):
+        READER.read(path)

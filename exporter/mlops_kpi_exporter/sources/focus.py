@@ -147,20 +147,26 @@ class FocusReader:
             yield from reader
 
     def _parquet_rows(self, path: Path, name: str):
-        extras.require("parquet", f"{name}: reading a Parquet FOCUS export", ("pyarrow",))
-        import pyarrow.parquet as pq
+        """A Parquet file's rows, as DuckDB types them (Decimal, float, datetime, str, a MAP as a dict),
+        a batch at a time: memory follows the batch, not the file."""
+        extras.require("parquet", f"{name}: reading a Parquet FOCUS export", ("duckdb",))
+        import duckdb
 
         try:
-            table = pq.ParquetFile(path)
-        except Exception as exc:  # pyarrow's ArrowInvalid: not a Parquet file at all
+            columns = list(focus_columnar.columns_of(path, name))
+        except focus_columnar.Irregular as exc:
             raise NotFocus(f"{name}: not a Parquet file: {str(exc)[:120]}") from None
-        columns = table.schema_arrow.names
         self.check_columns(name, columns)
         wanted = [c for c in (*REQUIRED, *PROVIDER_COLUMNS, *OPTIONAL) if c in columns]
-        for batch in table.iter_batches(batch_size=50_000, columns=wanted):
-            data = batch.to_pydict()
-            for i in range(batch.num_rows):
-                yield {c: data[c][i] for c in wanted}
+        with focus_columnar.connect() as con:
+            try:
+                cursor = con.execute(f"SELECT {', '.join(focus_columnar.quoted(c) for c in wanted)} "
+                                     f"FROM {focus_columnar.source_sql(path, name)}")
+                while batch := cursor.fetchmany(50_000):
+                    for values in batch:
+                        yield dict(zip(wanted, values))
+            except duckdb.Error as exc:
+                raise NotFocus(f"{name}: unreadable Parquet: {str(exc)[:120]}") from None
 
 
 Stamp = tuple  # what tells that a file changed: (size, mtime) on disk, (size, ETag) on S3

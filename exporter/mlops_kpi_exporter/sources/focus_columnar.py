@@ -30,7 +30,7 @@ MISSING_SQL = "(" + ", ".join(f"'{m}'" for m in sorted(MISSING)) + ")"
 SETTINGS = {"threads": min(4, os.cpu_count() or 1)}  # up to 4 cores
 
 
-def _connect():
+def connect():
     """A DuckDB of its own, without its progress bar (it writes to stdout, where `once` writes the exposition)."""
     import duckdb
 
@@ -55,9 +55,14 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def quoted(column: str) -> str:
+    """A column's name in SQL, whatever it holds."""
+    return '"' + column.replace('"', '""') + '"'
+
+
 def _text(column: str | None) -> str:
     """A column as text, or NULL when the file has no such column."""
-    return f'CAST("{column}" AS VARCHAR)' if column else "CAST(NULL AS VARCHAR)"
+    return f"CAST({quoted(column)} AS VARCHAR)" if column else "CAST(NULL AS VARCHAR)"
 
 
 def _amount_text(column: str, kind: str) -> str:
@@ -102,7 +107,7 @@ def columns_of(path: Path, name: str) -> dict[str, str]:
     import duckdb
 
     try:
-        with _connect() as con:
+        with connect() as con:
             return {row[0]: row[1] for row in con.execute(f"DESCRIBE SELECT * FROM {source_sql(path, name)}").fetchall()}
     except duckdb.Error as exc:
         raise Irregular(f"{type(exc).__name__}: {str(exc)[:160]}") from None
@@ -149,7 +154,7 @@ def totals(reader: FocusReader, path: Path, name: str) -> FileTotals:
             f"FROM {{source}}))")
     source = source_sql(path, name)
     cost_sums = "sum(c0), sum(c1), sum(c2)"
-    with _connect() as con:
+    with connect() as con:
         try:
             con.execute(f"CREATE TEMP VIEW r AS {rows.format(source=source)}")
             groups = con.execute(
