@@ -1,12 +1,13 @@
 # syntax=docker/dockerfile:1
-# The exporter image: the runtime (MLflow's client package, mlflow-skinny) and the `aws` extra (bills
-# on S3, Cost Explorer). EXTRAS picks the extras: `aws,parquet` reads Parquet FOCUS bills too, and
+# The exporter image: the runtime (MLflow's client package, mlflow-skinny), the `aws` extra (bills on
+# S3, Cost Explorer) and `bills` (DuckDB: large FOCUS exports in columns, Parquet too). EXTRAS picks the
+# extras, and
 # `aws,local` adds the full MLflow (its server, SQL store and model serving): the image the compose
 # stack builds alongside (tagged -local) to run MLflow, the demo seeder and the model server, and the
 # Kubernetes demo overlay runs `demo` from. Both are built from this file at once, so the client and
 # the server are the same MLflow release.
 FROM python:3.11-slim-bookworm AS build
-ARG EXTRAS=aws
+ARG EXTRAS=aws,bills
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./

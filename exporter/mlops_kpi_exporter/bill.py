@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import json
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 
 from mlops_kpi_exporter.runs import NANO
 
@@ -24,17 +24,34 @@ MISSING = {"", "NULL", "null"}  # how bills write an empty amount
 PROVIDER_WORDS = (("aws", ("aws", "amazon")), ("gcp", ("google", "gcp")), ("azure", ("microsoft", "azure")))
 
 
-def to_nano(text: object) -> int:
-    """An amount as the bill writes it (a decimal string; empty or NULL is 0), in exact nano-units."""
+# Wide enough for any sum of a file's amounts, exactly (a bill's 38-digit decimals and more): a reader
+# adds a file's rows under it (decimal.localcontext(EXACT)), then rounds each group once (in_nano).
+EXACT = Context(prec=80, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation])
+
+
+def exact(text: object) -> Decimal:
+    """An amount as the bill writes it (a decimal string; empty or NULL is 0), exactly."""
     if text is None or (isinstance(text, str) and text.strip() in MISSING):
-        return 0
+        return Decimal(0)
     try:
         value = Decimal(str(text).strip())
     except InvalidOperation:
         raise ValueError(f"not a number: {str(text)[:40]!r}") from None
     if not value.is_finite():
         raise ValueError(f"not a finite number: {text!r}")
-    return int((value * NANO).to_integral_value())
+    if value.adjusted() > 30:
+        raise ValueError(f"not an amount: {str(text)[:40]!r}")
+    return value
+
+
+def nano(value: Decimal) -> int:
+    """An exact amount (or sum of amounts) in nano-units, rounded once, half to even."""
+    return int(EXACT.multiply(value, NANO).to_integral_value(rounding=ROUND_HALF_EVEN, context=EXACT))
+
+
+def to_nano(text: object) -> int:
+    """An amount as the bill writes it, in nano-units (Cost Explorer's amounts: one per figure)."""
+    return nano(exact(text))
 
 
 def parse_tags(text: object) -> dict[str, str]:
@@ -95,6 +112,15 @@ class FileTotals:
     # rows a billing.run_join rule matches: (rule index, key, provider, month, charge start ms, end ms)
     joined: dict[tuple[int, str, str, str, int, int], Costs] = field(default_factory=dict)
     rows: int = 0
+
+    def in_nano(self) -> FileTotals:
+        """The file's exact sums (Decimal costs, as a reader adds rows) in nano-units: each group's sum
+        rounded once, half to even, so a group is exact to the nano whatever its number of rows."""
+        for name in TABLE_KEYS:
+            table = getattr(self, name)
+            for key, costs in table.items():
+                table[key] = [nano(c) if isinstance(c, Decimal) else c for c in costs]
+        return self
 
     def to_json(self) -> dict:
         """As JSON can hold it: each table a list of [key as a list, costs]."""

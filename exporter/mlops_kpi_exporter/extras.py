@@ -5,7 +5,7 @@ package, mlflow-skinny. The rest comes with extras:
 
 - `local`: the full MLflow, whose SQL store (SQLAlchemy, Alembic) reads a local `sqlite:///` store (or
   a database URI) directly, and what the demo writes with (a pyfunc model, a Parquet bill);
-- `parquet`: pyarrow, to read FOCUS bills exported as Parquet;
+- `parquet` (or `bills`): DuckDB, to read FOCUS bills exported as Parquet (and any bill in columns);
 - `aws`: boto3, for bills on S3 and AWS Cost Explorer (sources/aws.py says so itself);
 - `sagemaker`: the sagemaker-mlflow plugin, for SageMaker's managed MLflow (tracking servers and MLflow
   Apps: `arn:aws:sagemaker:REGION:ACCOUNT:mlflow-tracking-server/NAME` or `...:mlflow-app/ID`), which

@@ -55,6 +55,26 @@ def test_the_columnar_reader_gives_the_row_readers_totals(tmp_path, monkeypatch,
     assert got["rows"] == len(QUIRKS) and got["joined"]
 
 
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_a_groups_costs_are_summed_exactly_and_rounded_once(tmp_path, monkeypatch, kind):
+    """1,000 rows of 0.0000000004 (0.4 nano-units each: 0 if each row were rounded) are 400 nano-units,
+    in both readers; the FinOps sample writes 11 decimals, so a month of it is a sum of such fractions."""
+    rows = [row("0.0000000004", "0.00000000045", "0.0000000005", "2026-11-02T00:00:00Z", "2026-11-02T01:00:00Z")
+            for _ in range(1000)]
+    path = tmp_path / f"bill.{kind}"
+    (write_parquet if kind == "parquet" else write_csv)(path, rows, FOCUS_12)
+    got = columnar(path)
+    assert got == by_rows(path, monkeypatch)
+    assert list(got["costs"].values()) == [[400, 450, 500]]
+
+
+def test_an_amount_no_bill_writes_is_named(tmp_path):
+    path = tmp_path / "bill.csv"
+    write_csv(path, [{**QUIRKS[0], "BilledCost": "1e31"}], FOCUS_12)
+    with pytest.raises(NotFocus, match="row 2: not an amount: '1e31'"):
+        READER.read(path)
+
+
 @pytest.mark.parametrize("bad, error", [
     ({"BilledCost": "1,5"}, "not a number"),
     ({"BilledCost": "1e-21"}, None),  # a number the row reader reads exactly: the same figures
@@ -114,3 +134,10 @@ def test_a_regular_file_is_never_read_row_by_row(tmp_path, caplog, monkeypatch):
         got = asdict(READER.read(path))
     assert not [r for r in caplog.records if "row by row" in r.getMessage()], caplog.records
     assert got == by_rows(path, monkeypatch)
+
+
+def test_a_file_named_parquet_that_is_none_is_named(tmp_path):
+    path = tmp_path / "bill.parquet"
+    path.write_bytes(b"PAR1 and then nothing of a Parquet file")
+    with pytest.raises(NotFocus, match="bill.parquet: not a Parquet file"):
+        READER.read(path)

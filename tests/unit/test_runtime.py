@@ -121,7 +121,7 @@ def test_a_local_store_with_the_extra_is_accepted():
     assert connection == MlflowConnection("sqlite:////tmp/mlflow.db", 30.0, Credentials(), None)
 
 
-def test_a_parquet_bill_without_pyarrow_names_the_parquet_extra(tmp_path):
+def test_a_parquet_bill_without_duckdb_names_the_parquet_extra(tmp_path):
     (tmp_path / "bill.parquet").write_bytes(b"PAR1")
     (tmp_path / "config.yml").write_text(
         f"mlflow: {{tracking_uri: 'http://127.0.0.1:9'}}\nbilling: {{sources: [{{name: gcp, focus: '{tmp_path}'}}]}}\n")
@@ -134,8 +134,8 @@ def test_a_parquet_bill_without_pyarrow_names_the_parquet_extra(tmp_path):
                 attempt()
             except ImportError as exc:
                 print(f"{type(exc).__name__}: {exc}")
-    """, ("pyarrow",), str(tmp_path / "config.yml"))
+    """, ("duckdb",), str(tmp_path / "config.yml"))
     assert proc.returncode == 0, proc.stderr
-    expected = (f"MissingExtra: {tmp_path / 'bill.parquet'}: reading a Parquet FOCUS export needs pyarrow, which the "
+    expected = (f"MissingExtra: {tmp_path / 'bill.parquet'}: reading a Parquet FOCUS export needs duckdb, which the "
                 "runtime install leaves out: pip install 'mlops-kpi-exporter[parquet]'")
     assert proc.stdout.splitlines() == [expected, expected]

@@ -58,7 +58,7 @@ class BillingSource:
         files = self.files.list()
         parquet = [name for name, _ in files if name.endswith(".parquet")]
         if parquet:  # said now, not at the first poll
-            extras.require("parquet", f"{parquet[0]}: reading a Parquet FOCUS export", ("pyarrow",))
+            extras.require("parquet", f"{parquet[0]}: reading a Parquet FOCUS export", ("duckdb",))
         return f"{len(files)} FOCUS files under {self.where}"
 
     def poll(self) -> tuple[list[Metric], str]:

@@ -21,10 +21,11 @@ import os
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from decimal import localcontext
 from pathlib import Path
 
 from mlops_kpi_exporter import extras
-from mlops_kpi_exporter.bill import COMPUTE_CATEGORIES, MISSING, Costs, FileTotals, add_costs, parse_tags, to_nano
+from mlops_kpi_exporter.bill import COMPUTE_CATEGORIES, EXACT, MISSING, Costs, FileTotals, add_costs, exact, parse_tags
 from mlops_kpi_exporter.config.billing import tag_keys
 from mlops_kpi_exporter.runs import UNTAGGED
 from mlops_kpi_exporter.sources import focus_columnar
@@ -80,12 +81,13 @@ class FocusReader:
                 log.info("%s: read row by row (%s)", name, exc)
         totals = FileTotals()
         rows = self._parquet_rows(path, name) if name.endswith(".parquet") else self._csv_rows(path, name)
-        for number, row in enumerate(rows, start=2):
-            try:
-                self._add_row(totals, row)
-            except (ValueError, TypeError) as exc:
-                raise NotFocus(f"{name}: row {number}: {exc}") from None
-        return totals
+        with localcontext(EXACT):  # exact sums of the rows' amounts, each group rounded once at the end
+            for number, row in enumerate(rows, start=2):
+                try:
+                    self._add_row(totals, row)
+                except (ValueError, TypeError) as exc:
+                    raise NotFocus(f"{name}: row {number}: {exc}") from None
+        return totals.in_nano()
 
     def _add_row(self, totals: FileTotals, row: dict) -> None:
         start, end = _utc(row.get("ChargePeriodStart")), _utc(row.get("ChargePeriodEnd"))
@@ -101,7 +103,7 @@ class FocusReader:
         billed_in = str(row.get("BillingCurrency") or "").strip()
         if billed_in not in MISSING and billed_in != self.currency:
             raise ValueError(f"BillingCurrency {billed_in}, not pricing.currency {self.currency}")
-        costs = [to_nano(row.get(column)) for column in COST_COLUMNS]
+        costs = [exact(row.get(column)) for column in COST_COLUMNS]
         add_costs(totals.costs, (month, provider, service, category), costs)
         tags = parse_tags(row.get("Tags"))
         compute = category in COMPUTE_CATEGORIES
@@ -145,20 +147,26 @@ class FocusReader:
             yield from reader
 
     def _parquet_rows(self, path: Path, name: str):
-        extras.require("parquet", f"{name}: reading a Parquet FOCUS export", ("pyarrow",))
-        import pyarrow.parquet as pq
+        """A Parquet file's rows, as DuckDB types them (Decimal, float, datetime, str, a MAP as a dict),
+        a batch at a time: memory follows the batch, not the file."""
+        extras.require("parquet", f"{name}: reading a Parquet FOCUS export", ("duckdb",))
+        import duckdb
 
         try:
-            table = pq.ParquetFile(path)
-        except Exception as exc:  # pyarrow's ArrowInvalid: not a Parquet file at all
+            columns = list(focus_columnar.columns_of(path, name))
+        except focus_columnar.Irregular as exc:
             raise NotFocus(f"{name}: not a Parquet file: {str(exc)[:120]}") from None
-        columns = table.schema_arrow.names
         self.check_columns(name, columns)
         wanted = [c for c in (*REQUIRED, *PROVIDER_COLUMNS, *OPTIONAL) if c in columns]
-        for batch in table.iter_batches(batch_size=50_000, columns=wanted):
-            data = batch.to_pydict()
-            for i in range(batch.num_rows):
-                yield {c: data[c][i] for c in wanted}
+        with focus_columnar.connect() as con:
+            try:
+                cursor = con.execute(f"SELECT {', '.join(focus_columnar.quoted(c) for c in wanted)} "
+                                     f"FROM {focus_columnar.source_sql(path, name)}")
+                while batch := cursor.fetchmany(50_000):
+                    for values in batch:
+                        yield dict(zip(wanted, values))
+            except duckdb.Error as exc:
+                raise NotFocus(f"{name}: unreadable Parquet: {str(exc)[:120]}") from None
 
 
 Stamp = tuple  # what tells that a file changed: (size, mtime) on disk, (size, ETag) on S3

@@ -1,9 +1,9 @@
 """The columnar FOCUS reader (the `bills` extra: DuckDB): the FileTotals of focus.FocusReader's row
 reader, at the pace of a columnar engine. DuckDB groups the file at read time, by only what the
 figures need (month, provider, service, category, charge category, the raw Tags and, for
-billing.run_join, the charge period of tagged rows), each row's cost turned into nano-units exactly
-as bill.to_nano does (exact decimals, rounded half to even), and the few thousand groups are then
-folded in Python by the row reader's own rules (tags, aliases, joins).
+billing.run_join, the charge period of tagged rows), each group's costs summed exactly (DECIMAL(38,
+18)), and the few thousand groups are then folded in Python by the row reader's own rules (tags,
+aliases, joins), each of the file's figures rounded once to nano-units as the row reader does it.
 
 A file with anything only the row reader can name exactly (a cost or time that is not one, another
 currency, a ragged CSV row, an unusual column type) is Irregular: the caller reads it row by row
@@ -13,10 +13,11 @@ instead, for the same figures or the same error.
 from __future__ import annotations
 
 import os
+from decimal import localcontext
 from pathlib import Path
 from typing import Any
 
-from mlops_kpi_exporter.bill import COMPUTE_CATEGORIES, MISSING, FileTotals, add_costs, parse_tags
+from mlops_kpi_exporter.bill import COMPUTE_CATEGORIES, EXACT, MISSING, FileTotals, add_costs, parse_tags
 from mlops_kpi_exporter.runs import UNTAGGED
 
 FocusReader = Any  # focus.FocusReader, which calls this module (its rules: keys, join_keys, join_one, check_columns)
@@ -29,7 +30,7 @@ MISSING_SQL = "(" + ", ".join(f"'{m}'" for m in sorted(MISSING)) + ")"
 SETTINGS = {"threads": min(4, os.cpu_count() or 1)}  # up to 4 cores
 
 
-def _connect():
+def connect():
     """A DuckDB of its own, without its progress bar (it writes to stdout, where `once` writes the exposition)."""
     import duckdb
 
@@ -54,9 +55,14 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def quoted(column: str) -> str:
+    """A column's name in SQL, whatever it holds."""
+    return '"' + column.replace('"', '""') + '"'
+
+
 def _text(column: str | None) -> str:
     """A column as text, or NULL when the file has no such column."""
-    return f'CAST("{column}" AS VARCHAR)' if column else "CAST(NULL AS VARCHAR)"
+    return f"CAST({quoted(column)} AS VARCHAR)" if column else "CAST(NULL AS VARCHAR)"
 
 
 def _amount_text(column: str, kind: str) -> str:
@@ -101,7 +107,7 @@ def columns_of(path: Path, name: str) -> dict[str, str]:
     import duckdb
 
     try:
-        with _connect() as con:
+        with connect() as con:
             return {row[0]: row[1] for row in con.execute(f"DESCRIBE SELECT * FROM {source_sql(path, name)}").fetchall()}
     except duckdb.Error as exc:
         raise Irregular(f"{type(exc).__name__}: {str(exc)[:160]}") from None
@@ -134,7 +140,7 @@ def totals(reader: FocusReader, path: Path, name: str) -> FileTotals:
     # three layers, so each cell is cleaned once: the amounts' text, their decimals, then the groups' columns
     texts = ", ".join(f"{_amount_text(c, types[c])} AS t{i}" for i, c in enumerate(COSTS))
     amounts = ", ".join(f"TRY_CAST(t{i} AS DECIMAL(38, {MAX_DECIMALS})) AS d{i}" for i in range(3))
-    nanos = ", ".join(f"coalesce(CAST(round_even(d{i} * 1000000000, 0) AS HUGEINT), 0) AS c{i}" for i in range(3))
+    exacts = ", ".join(f"coalesce(d{i}, 0) AS c{i}" for i in range(3))  # summed exactly, rounded once in Python
     bad = " OR ".join([*(f"(t{i} IS NOT NULL AND (d{i} IS NULL OR {_too_fine(f't{i}')}))" for i in range(3)),
                        "start_ts IS NULL", "(et IS NOT NULL AND end_ts IS NULL)",
                        f"({currency} NOT IN {MISSING_SQL} AND {currency} <> {_literal(reader.currency)})"])
@@ -142,13 +148,13 @@ def totals(reader: FocusReader, path: Path, name: str) -> FileTotals:
             f"{cleaned(col['ServiceName'], 'unknown')} AS service, {cleaned(col['ServiceCategory'], 'Other')} AS category, "
             f"trim(coalesce({_text(col['ChargeCategory'])}, '')) AS charge, {_text(col['Tags'])} AS tags, "
             f"{_text(col['AllocatedTags'])} AS allocated, epoch_us(start_ts) AS start_us, epoch_us(end_ts) AS end_us, "
-            f"{nanos}, ({bad}) AS bad "
+            f"{exacts}, ({bad}) AS bad "
             f"FROM (SELECT *, {amounts}, {_utc('st')} AS start_ts, {_utc('et')} AS end_ts "
             f"FROM (SELECT *, {texts}, {_present('ChargePeriodStart')} AS st, {_present('ChargePeriodEnd')} AS et "
             f"FROM {{source}}))")
     source = source_sql(path, name)
     cost_sums = "sum(c0), sum(c1), sum(c2)"
-    with _connect() as con:
+    with connect() as con:
         try:
             con.execute(f"CREATE TEMP VIEW r AS {rows.format(source=source)}")
             groups = con.execute(
@@ -166,14 +172,15 @@ def totals(reader: FocusReader, path: Path, name: str) -> FileTotals:
                     f"WHERE end_us IS NOT NULL AND ({found}) GROUP BY ALL", [*keys, *keys]).fetchall()
         except duckdb.Error as exc:
             raise Irregular(f"{type(exc).__name__}: {str(exc)[:160]}") from None
-    return _fold(reader, groups, joined)
+    with localcontext(EXACT):
+        return _fold(reader, groups, joined).in_nano()
 
 
 def _fold(reader: FocusReader, groups: list[tuple], joined: list[tuple]) -> FileTotals:
     """The groups folded into FileTotals by the row reader's rules."""
     out = FileTotals()
     for month, provider, service, category, charge, tags_text, has_end, c0, c1, c2, end_us, count, _ in groups:
-        costs = [int(c0), int(c1), int(c2)]
+        costs = [c0, c1, c2]  # exact Decimals
         add_costs(out.costs, (month, provider, service, category), costs)
         compute = category in COMPUTE_CATEGORIES
         if compute and charge in ("Usage", *MISSING):
@@ -188,5 +195,5 @@ def _fold(reader: FocusReader, groups: list[tuple], joined: list[tuple]) -> File
     for provider, month, start_us, end_us, tags_text, allocated_text, c0, c1, c2 in joined:
         row = {"AllocatedTags": allocated_text}
         reader.join_one(out, row, parse_tags(tags_text), provider, month, start_us // 1000, end_us // 1000,
-                        [int(c0), int(c1), int(c2)])
+                        [c0, c1, c2])
     return out
