@@ -24,6 +24,7 @@ all as MLflow's bundled catalog and ours have them; my-finetune from the config:
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import datetime, timezone
 
@@ -113,9 +114,9 @@ class Clock:
         return POLLED_AT + self.shift
 
 
-def source(url: str, prefix: str, clock=None, **traces) -> TraceSource:
+def source(url: str, prefix: str, clock=None, concurrency: int = 2, **traces) -> TraceSource:
     cfg = config_from_dict({
-        "mlflow": {"tracking_uri": url, "experiments": [f"{prefix}-*"], "timeout": "10s"},
+        "mlflow": {"tracking_uri": url, "experiments": [f"{prefix}-*"], "timeout": "10s", "concurrency": concurrency},
         "traces": {"token_prices": {"my-finetune": FINETUNE}, **traces},
     })
     return TraceSource(*connected(cfg), clock=clock or Clock())
@@ -337,3 +338,105 @@ def test_the_report_shows_genai_spend_by_experiment_and_model(server, prefix):
     page = io.StringIO()
     write_report(cfg, connected(cfg)[1], Period(now - 3_600_000, now + 60_000), "html", page, now)
     assert "GenAI spend" in page.getvalue() and "my-finetune" in page.getvalue()
+
+
+# -- span batches read several at once ------------------------------------------------------------
+@pytest.fixture
+def small_reads(monkeypatch):
+    """Search pages and chunks of 3 traces, span batches of 2: a dozen traces make several of each."""
+    from mlops_kpi_exporter.sources import trace_store, traces
+
+    monkeypatch.setattr(trace_store, "SPAN_BATCH", 2)
+    monkeypatch.setattr(trace_store, "SEARCH_PAGE", 3)
+    monkeypatch.setattr(traces, "SEARCH_PAGE", 3)
+
+
+def seed_three(prefix: str) -> dict[str, str]:
+    """seed()'s chat and rag, and ops: three gpt-4o-mini calls (60 in, 6 out in all) and a trace with no
+    LLM call, whose metadata records neither tokens nor a cost."""
+    ops = f"{prefix}-ops"
+    ids = seed(prefix) | {f"O{i}": trace(ops, ("gpt-4o-mini", "openai", usage(10 * i, i))) for i in (1, 2, 3)}
+    ids["quiet"] = trace(ops)
+    return ids
+
+
+class BatchGets:
+    """Wraps a source's batch_spans: the requests in flight (their peak) and the trace ids asked for. The
+    first calls wait until `fill` of them are in flight at once (an event, not a sleep), so a pool that
+    can overlap them must; a batch holding `fail_on` fails as a server error would."""
+
+    def __init__(self, src: TraceSource, fill: int = 1, fail_on: str | None = None):
+        self.batch_spans, self.fill, self.fail_on = src.trace_store.batch_spans, fill, fail_on
+        self.lock, self.full = threading.Lock(), threading.Event()
+        self.in_flight = self.peak = 0
+        self.asked: list[str] = []
+        src.trace_store.batch_spans = self
+
+    def __call__(self, trace_ids: list[str]) -> dict:
+        from mlflow.exceptions import MlflowException
+
+        with self.lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            self.asked += trace_ids
+            if self.in_flight >= self.fill:
+                self.full.set()
+        try:
+            self.full.wait(timeout=30)  # the peak assertion fails if the pool never filled
+            if self.fail_on in trace_ids:
+                raise MlflowException("batchGet failed", error_code="INTERNAL_ERROR")
+            return self.batch_spans(trace_ids)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def test_span_batches_in_flight_at_once_give_the_same_figures(server, prefix, small_reads):
+    """mlflow.concurrency 1 and 4: at most that many traces/batchGet requests at once (and that many
+    reached), every trace that recorded tokens read once, the quiet one never, the same figures."""
+    from mlflow import MlflowClient
+
+    ids = seed_three(prefix)
+    chat, ops = f"{prefix}-chat", f"{prefix}-ops"
+    quiet = MlflowClient(server.url).get_trace(ids["quiet"]).info.trace_metadata
+    assert "mlflow.trace.tokenUsage" not in quiet and "mlflow.trace.cost" not in quiet, quiet
+    figures = {}
+    for concurrency in (1, 4):
+        src = source(server.url, prefix, concurrency=concurrency, mode="aggregate")
+        batch_gets = BatchGets(src, fill=concurrency)
+        m, summary = poll(src)
+        assert batch_gets.peak == concurrency, (concurrency, batch_gets.peak)
+        assert sorted(batch_gets.asked) == sorted(t for name, t in ids.items() if name != "quiet")
+        assert "11 traces" in summary and "spans of 10 traces read" in summary, summary
+        assert value(m, "mlops_genai_traces", experiment=ops, status="OK") == 4
+        assert value(m, "mlops_genai_tokens", experiment=ops, model="gpt-4o-mini", token_type="input") == 60
+        assert value(m, "mlops_genai_tokens", experiment=ops, model="gpt-4o-mini", token_type="output") == 6
+        assert value(m, "mlops_genai_cost", experiment=chat, model="gpt-4o") == pytest.approx(0.00725, abs=1e-12)
+        figures[concurrency] = genai(m)
+    assert figures[1] == figures[4]
+
+
+def test_a_failed_span_batch_fails_the_poll_and_keeps_the_last_figures(server, prefix, small_reads):
+    """A batch failing after two chunks of new traces were folded: the poll fails, /metrics keeps the last
+    good figures; the next poll counts every new trace once, as a fresh source does."""
+    seed_three(prefix)
+    chat = f"{prefix}-chat"
+    src = source(server.url, prefix, concurrency=4, mode="aggregate")
+    exporter = InProcess(src.config, [src])
+    before = genai(exporter.poll())
+    # seven new traces, a second apart: the search finds them in this order, in chunks of 3, 3 and 1
+    late = [trace(chat, ("gpt-4o-mini", "openai", usage(100 + k, 10)), at=WRITTEN_AT + 1 + k) for k in range(7)]
+    batch_gets = BatchGets(src, fail_on=late[-1])
+    assert not exporter.poller.poll_once(src)
+    failed = exporter.samples()
+    assert value(failed, "mlops_source_up", source="traces") == 0
+    assert genai(failed) == before
+    assert set(late) <= set(batch_gets.asked)
+    assert [t in src.recent for t in late] == [True] * 6 + [False]  # two chunks folded, the failed one not at all
+
+    batch_gets.fail_on = None
+    after = genai(exporter.poll())
+    fresh = source(server.url, prefix, mode="aggregate")
+    assert after == genai(InProcess(fresh.config, [fresh]).poll())
+    assert value(exporter.samples(), "mlops_genai_traces", experiment=chat, status="OK") == 4 + 7
+    assert genai(exporter.poll()) == after  # found again in the look-back window: still counted once

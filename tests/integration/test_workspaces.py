@@ -96,6 +96,9 @@ def test_every_run_is_costed_in_its_own_workspace(server):
     assert value(m, "mlops_model_versions", workspace="team-a", model="churn") == 1
     assert value(m, "mlops_kpi", workspace="team-b", experiment="train", kpi="auc-b") == pytest.approx(0.91)
     assert value(m, "mlops_genai_traces", workspace="team-a", experiment="train", status="OK") == 1
+    # its spans (the model's name) read by the pool's threads, each request in team-a
+    assert value(m, "mlops_genai_tokens", workspace="team-a", experiment="train", model="my-model",
+                 token_type="input") == 1000
     # budgets by workspace (`team-a/*`) or by name in every workspace (`train`)
     assert value(m, "mlops_budget_cost_month_to_date", budget="team-a") == pytest.approx(3 * M5 + 0.001)
     assert value(m, "mlops_budget_cost_month_to_date", budget="every-train") == pytest.approx(11 * M5)

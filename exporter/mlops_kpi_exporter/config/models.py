@@ -118,7 +118,7 @@ class MlflowConfig(_Strict):
     retry_backoff: Duration = 5.0
     watermark_overlap: Duration = 300.0
     page_size: int = Field(1000, ge=1, le=50000)
-    concurrency: int = Field(2, ge=1, le=16)  # searches in flight at once while syncing (see "Sizing")
+    concurrency: int = Field(2, ge=1, le=16)  # requests in flight at once: runs' searches, traces' span batches (see "Sizing")
     shard: ShardConfig | None = None  # several exporters sharing one MLflow (see "Sizing")
     auth: MlflowAuth = Field(default_factory=MlflowAuth)
     ui_url: str | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -103,30 +104,31 @@ class TraceStore:
                         raise
         return out
 
-    def spans(self, infos: list[Any]) -> dict[str, list[Any] | None]:
-        """Trace id -> its spans; None for a trace whose spans cannot be loaded (its own totals count)."""
-        out: dict[str, list[Any] | None] = {}
-        for workspace, some in self._by_workspace(infos, lambda info: info.experiment_id).items():
-            with in_workspace(workspace):
-                out.update(self._spans(some))
-        return out
+    def span_reads(self, infos: list[Any]) -> list[Callable[[], dict[str, list[Any] | None]]]:
+        """The requests that read the spans of these traces, each made in its trace's workspace and safe
+        to run in any thread (in_workspace binds only the calling thread's context): one per SPAN_BATCH
+        traces kept in the tracking store, one per trace whose spans are an artifact. Each gives trace
+        id -> its spans; None for a trace whose spans cannot be loaded (its own totals count). The
+        batches hold disjoint traces: their results merge in any order."""
+        reads: list[Callable[[], dict[str, list[Any] | None]]] = []
+        by_workspace = self._by_workspace(infos, lambda info: info.experiment_id)
+        for workspace, some in sorted(by_workspace.items(), key=lambda item: item[0] or ""):
+            in_store = [i.trace_id for i in some if (i.tags or {}).get(SPANS_LOCATION) == TRACKING_STORE]
+            for start in range(0, len(in_store), SPAN_BATCH):
+                reads.append(within(workspace, partial(self.batch_spans, in_store[start : start + SPAN_BATCH])))
+            stored = set(in_store)
+            reads += [within(workspace, partial(self._artifact_spans, i.trace_id)) for i in some
+                      if i.trace_id not in stored]
+        return reads
 
-    def _spans(self, infos: list[Any]) -> dict[str, list[Any] | None]:
-        out: dict[str, list[Any] | None] = {}
-        in_store = [i.trace_id for i in infos if (i.tags or {}).get(SPANS_LOCATION) == TRACKING_STORE]
-        stored = set(in_store)
-        for start in range(0, len(in_store), SPAN_BATCH):
-            out.update(self.batch_spans(in_store[start : start + SPAN_BATCH]))
-        for info in infos:
-            if info.trace_id in out or info.trace_id in stored:
-                continue
-            try:  # older clients wrote spans as an artifact: one request each
-                out[info.trace_id] = list(self.client.get_trace(info.trace_id, display=False).data.spans)
-            except MlflowException as exc:
-                if not _is_gone(exc):
-                    raise
-                out[info.trace_id] = None
-        return out
+    def _artifact_spans(self, trace_id: str) -> dict[str, list[Any] | None]:
+        """Older clients wrote spans as an artifact: one request each."""
+        try:
+            return {trace_id: list(self.client.get_trace(trace_id, display=False).data.spans)}
+        except MlflowException as exc:
+            if not _is_gone(exc):
+                raise
+            return {trace_id: None}
 
     def batch_spans(self, trace_ids: list[str]) -> dict[str, list[Any]]:
         """The spans of traces kept in the tracking store, by trace id. From a plain http(s) server, the

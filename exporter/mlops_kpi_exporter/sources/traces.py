@@ -5,8 +5,9 @@ Its parts live apart: what one trace says (trace_facts.py: pure parsing), what i
 (token_pricing.py), the books it is folded into (genai_books.py), the MLflow trace APIs that are
 read (sources/trace_store.py), the families shown (metrics/genai.py). This module is the sync.
 
-The spans of a trace that recorded tokens or a cost are read once, when it has ended, in batches,
-and reduced to one entry per LLM call (only spans name the model). What is kept is sums per
+The spans of a trace that recorded tokens or a cost are read once, when it has ended, in batches
+(up to `mlflow.concurrency` of them in flight while the search goes on), and reduced to one entry per
+LLM call (only spans name the model). What is kept is sums per
 experiment (genai_books.py `ExperimentSpend`), never the traces: plus the traces still IN_PROGRESS
 and those that ended within the look-back window (`recent`), so that the next poll neither misses
 nor counts one twice.
@@ -27,8 +28,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,7 @@ from prometheus_client.metrics_core import Metric
 
 from mlops_kpi_exporter.bad_data import BadData
 from mlops_kpi_exporter.config import Config
+from mlops_kpi_exporter.extras import is_database_uri
 from mlops_kpi_exporter.facts import GenaiFacts
 from mlops_kpi_exporter.genai_books import ExperimentSpend, fold
 from mlops_kpi_exporter.resolved import resolve
@@ -49,6 +52,14 @@ from mlops_kpi_exporter.trace_facts import end_ms, facts_of, needs_spans, record
 log = logging.getLogger(__name__)
 
 LOGGED_SKIPS = 10_000  # trace ids remembered so that a skip is logged once, not at every recount
+CHUNKS_AHEAD = 2  # chunks of ended traces whose spans are being read while the search goes on
+
+
+def _at_once(read: Callable[[], Any]) -> Future:
+    """A read made now, in this thread (a local store: its queries run in this process anyway)."""
+    future: Future = Future()
+    future.set_result(read())
+    return future
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,7 @@ class TraceSource(MlflowReader):
         self.overlap_ms = int(config.mlflow.watermark_overlap * 1000)
         self.clock = clock
         self.rules = resolve(config).trace_rules
+        self.span_workers = 0 if is_database_uri(mlflow.tracking_uri) else config.mlflow.concurrency
         # the client opens lazily (and tests swap it); each call is made in its experiment's workspace
         self.trace_store = TraceStore(lambda: self.client, lambda exp_id: self.watch.workspace_of.get(exp_id))
         self.watch = RunSync(config, mlflow, rules=None)  # type: ignore[arg-type] - only its experiment matching
@@ -286,31 +298,58 @@ class TraceSource(MlflowReader):
                 else:
                     self.in_progress.pop(trace_id, None)  # deleted while in progress
         read = _Read(spend=self.spend, in_progress=self.in_progress, recent=self.recent)
-        pending: list[Any] = []
-        for trace_id, info in found.items():
-            if str(info.experiment_id) not in watched or trace_id in self.recent:
-                continue
-            self._take(info, read, pending)
-            if len(pending) >= SEARCH_PAGE:
-                self._fold_pending(pending, read, since)
-        self._fold_pending(pending, read, since)
+        new = (info for trace_id, info in found.items()
+               if str(info.experiment_id) in watched and trace_id not in self.recent)
+        self._fold_all(self._ended(new, read), read, since)
         return read.counted, read.span_reads
 
     def _recount(self, experiment_ids: list[str], now_ms: int, filter_string: str | None = None) -> _Read:
         """Every trace of the experiments (that the filter keeps), read afresh into books of their own."""
         read = _Read(spend={e: ExperimentSpend() for e in experiment_ids})
-        seen: set[str] = set()  # pages may overlap when traces are written meanwhile: count each once
-        pending: list[Any] = []
         remember_from = now_ms - self.overlap_ms  # what the next poll's look-back will find again
-        for info in self.trace_store.search(experiment_ids, filter_string):
-            if info.trace_id in seen:
-                continue
-            seen.add(info.trace_id)
+        self._fold_all(self._ended(self._once(self.trace_store.search(experiment_ids, filter_string)), read),
+                       read, remember_from)
+        return read
+
+    @staticmethod
+    def _once(infos: Iterable[Any]) -> Iterator[Any]:
+        """Each trace once: pages may overlap when traces are written meanwhile."""
+        seen: set[str] = set()
+        for info in infos:
+            if info.trace_id not in seen:
+                seen.add(info.trace_id)
+                yield info
+
+    def _ended(self, infos: Iterable[Any], read: _Read) -> Iterator[list[Any]]:
+        """The ended traces of `infos`, in chunks of up to SEARCH_PAGE (each trace sorted by _take)."""
+        pending: list[Any] = []
+        for info in infos:
             self._take(info, read, pending)
             if len(pending) >= SEARCH_PAGE:
-                self._fold_pending(pending, read, remember_from)
-        self._fold_pending(pending, read, remember_from)
-        return read
+                yield pending
+                pending = []
+        if pending:
+            yield pending
+
+    def _fold_all(self, chunks: Iterable[list[Any]], read: _Read, remember_from: int) -> None:
+        """Fold chunks of ended traces, in order. Their spans are read by up to mlflow.concurrency requests
+        at once while the search goes on to the next chunks (CHUNKS_AHEAD at most, which bounds memory); a
+        chunk is folded only once all its spans came, so a failed read fails the poll with none of its
+        chunk folded, and the figures are those of a read one batch at a time."""
+        pool = ThreadPoolExecutor(self.span_workers, thread_name_prefix="trace-spans") if self.span_workers else None
+        submit = pool.submit if pool else _at_once
+        waiting: deque[tuple[list[Any], int, list[Future]]] = deque()
+        try:
+            for chunk in chunks:
+                wanted = [info for info in chunk if state_of(info) in ("OK", "ERROR") and needs_spans(info)]
+                waiting.append((chunk, len(wanted), [submit(r) for r in self.trace_store.span_reads(wanted)]))
+                while len(waiting) > CHUNKS_AHEAD:
+                    self._fold_chunk(*waiting.popleft(), read, remember_from)
+            while waiting:
+                self._fold_chunk(*waiting.popleft(), read, remember_from)
+        finally:
+            if pool:  # after an error, the batches not yet started are dropped, not read for nothing
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _take(self, info: Any, read: _Read, pending: list[Any]) -> None:
         """Sort one trace info: in progress (followed), or ended (folded with the next batch)."""
@@ -324,15 +363,15 @@ class TraceSource(MlflowReader):
         read.in_progress.pop(info.trace_id, None)
         pending.append(info)
 
-    def _fold_pending(self, pending: list[Any], read: _Read, remember_from: int) -> None:
-        """Read the spans of a batch of ended traces and fold them; each is remembered in `recent` (when
-        it ended at or after `remember_from`) as it is folded, never before."""
-        if not pending:
-            return
-        wanted = [info for info in pending if state_of(info) in ("OK", "ERROR") and needs_spans(info)]
-        spans = self.trace_store.spans(wanted)
-        read.span_reads += len(wanted)
-        for info in pending:
+    def _fold_chunk(self, chunk: list[Any], span_reads: int, reads: list[Future], read: _Read,
+                    remember_from: int) -> None:
+        """Fold a chunk of ended traces once every read of its spans has come; each trace is remembered in
+        `recent` (when it ended at or after `remember_from`) as it is folded, never before."""
+        spans: dict[str, list[Any] | None] = {}
+        for future in reads:
+            spans.update(future.result())  # the first failed read fails the poll here
+        read.span_reads += span_reads
+        for info in chunk:
             exp_id = str(info.experiment_id)
             spend = read.spend[exp_id]
             state, tokens = state_of(info), recorded_total_tokens(info)
@@ -350,7 +389,6 @@ class TraceSource(MlflowReader):
             request = info.request_time if isinstance(info.request_time, int) else 0
             if end_ms(info) >= remember_from:
                 read.recent[info.trace_id] = Recent(exp_id, end_ms(info), request, state, tokens)
-        pending.clear()
 
     def _skip(self, spend: ExperimentSpend, info: Any, reason: str, detail: str) -> None:
         spend.skipped[reason] += 1
