@@ -27,7 +27,7 @@ and, in the same run, after the first poll (MLflow's caches warm: the ratio errs
     what the first poll costs.
 MLflow's catalog download and telemetry are off (no network).
 
-    .venv/bin/python bench/bench_traces.py                  # 100,000 traces (about 35 minutes, 11 of them
+    .venv/bin/python bench/bench_traces.py                  # 100,000 traces (about 25 minutes, 8 of them
                                                             # seeding the store, kept in bench/.work for reruns)
     .venv/bin/python bench/bench_traces.py --traces 2000 --no-write  # a quick smoke run
 """
