@@ -10,7 +10,7 @@ met in one place, and the sync (sources/traces.py) reads as what it does.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -37,6 +37,15 @@ def _is_gone(exc: BaseException) -> bool:
     """A trace whose spans cannot be loaded (missing or corrupted data, deleted meanwhile)."""
     return getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "BAD_REQUEST",
                                               "INVALID_PARAMETER_VALUE")
+
+
+def each_once(infos: Iterable[Any]) -> Iterator[Any]:
+    """Each trace once: search pages may overlap when traces are written meanwhile."""
+    seen: set[str] = set()
+    for info in infos:
+        if info.trace_id not in seen:
+            seen.add(info.trace_id)
+            yield info
 
 
 class TraceStore:

@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,22 +45,13 @@ from mlops_kpi_exporter.resolved import resolve
 from mlops_kpi_exporter.metrics.genai import GenaiView, families
 from mlops_kpi_exporter.mlflow_client import MlflowConnection, MlflowReader, is_data_error
 from mlops_kpi_exporter.sources.run_sync import RunSync
-from mlops_kpi_exporter.sources.trace_store import SEARCH_PAGE, TraceStore, is_unsupported
+from mlops_kpi_exporter.sources.span_reads import fold_ahead
+from mlops_kpi_exporter.sources.trace_store import SEARCH_PAGE, TraceStore, each_once, is_unsupported
 from mlops_kpi_exporter.trace_facts import end_ms, facts_of, needs_spans, recorded_total_tokens, state_of
 
 log = logging.getLogger(__name__)
 
 LOGGED_SKIPS = 10_000  # trace ids remembered so that a skip is logged once, not at every recount
-CHUNKS_AHEAD = 2  # chunks of ended traces whose spans are being read while the search goes on
-
-
-def _at_once(read: Callable[[], Any]) -> Future:
-    """A read made now, in this thread (a local store: its queries run in this process anyway)."""
-    future: Future = Future()
-    future.set_result(read())
-    return future
-
-
 @dataclass(frozen=True)
 class Recent:
     """A trace counted (or skipped) that ended within the look-back window."""
@@ -307,18 +297,9 @@ class TraceSource(MlflowReader):
         """Every trace of the experiments (that the filter keeps), read afresh into books of their own."""
         read = _Read(spend={e: ExperimentSpend() for e in experiment_ids})
         remember_from = now_ms - self.overlap_ms  # what the next poll's look-back will find again
-        self._fold_all(self._ended(self._once(self.trace_store.search(experiment_ids, filter_string)), read),
+        self._fold_all(self._ended(each_once(self.trace_store.search(experiment_ids, filter_string)), read),
                        read, remember_from)
         return read
-
-    @staticmethod
-    def _once(infos: Iterable[Any]) -> Iterator[Any]:
-        """Each trace once: pages may overlap when traces are written meanwhile."""
-        seen: set[str] = set()
-        for info in infos:
-            if info.trace_id not in seen:
-                seen.add(info.trace_id)
-                yield info
 
     def _ended(self, infos: Iterable[Any], read: _Read) -> Iterator[list[Any]]:
         """The ended traces of `infos`, in chunks of up to SEARCH_PAGE (each trace sorted by _take)."""
@@ -332,24 +313,13 @@ class TraceSource(MlflowReader):
             yield pending
 
     def _fold_all(self, chunks: Iterable[list[Any]], read: _Read, remember_from: int) -> None:
-        """Fold chunks of ended traces, in order. Their spans are read by up to mlflow.concurrency requests
-        at once while the search goes on to the next chunks (CHUNKS_AHEAD at most, which bounds memory); a
-        chunk is folded only once all its spans came, so a failed read fails the poll with none of its
-        chunk folded, and the figures are those of a read one batch at a time."""
-        pool = ThreadPoolExecutor(self.span_workers, thread_name_prefix="trace-spans") if self.span_workers else None
-        submit = pool.submit if pool else _at_once
-        waiting: deque[tuple[list[Any], int, list[Future]]] = deque()
-        try:
-            for chunk in chunks:
-                wanted = [info for info in chunk if state_of(info) in ("OK", "ERROR") and needs_spans(info)]
-                waiting.append((chunk, len(wanted), [submit(r) for r in self.trace_store.span_reads(wanted)]))
-                while len(waiting) > CHUNKS_AHEAD:
-                    self._fold_chunk(*waiting.popleft(), read, remember_from)
-            while waiting:
-                self._fold_chunk(*waiting.popleft(), read, remember_from)
-        finally:
-            if pool:  # after an error, the batches not yet started are dropped, not read for nothing
-                pool.shutdown(wait=True, cancel_futures=True)
+        """Fold chunks of ended traces in order, their spans read ahead (span_reads.py)."""
+        def reads(chunk: list[Any]) -> tuple[int, list[Callable[[], Any]]]:
+            wanted = [info for info in chunk if state_of(info) in ("OK", "ERROR") and needs_spans(info)]
+            return len(wanted), self.trace_store.span_reads(wanted)
+
+        fold_ahead(chunks, reads, lambda chunk, count, spans: self._fold_chunk(chunk, count, spans, read, remember_from),
+                   self.span_workers)
 
     def _take(self, info: Any, read: _Read, pending: list[Any]) -> None:
         """Sort one trace info: in progress (followed), or ended (folded with the next batch)."""
@@ -363,13 +333,10 @@ class TraceSource(MlflowReader):
         read.in_progress.pop(info.trace_id, None)
         pending.append(info)
 
-    def _fold_chunk(self, chunk: list[Any], span_reads: int, reads: list[Future], read: _Read,
+    def _fold_chunk(self, chunk: list[Any], span_reads: int, spans: dict[str, list[Any] | None], read: _Read,
                     remember_from: int) -> None:
         """Fold a chunk of ended traces once every read of its spans has come; each trace is remembered in
         `recent` (when it ended at or after `remember_from`) as it is folded, never before."""
-        spans: dict[str, list[Any] | None] = {}
-        for future in reads:
-            spans.update(future.result())  # the first failed read fails the poll here
         read.span_reads += span_reads
         for info in chunk:
             exp_id = str(info.experiment_id)
